@@ -1,0 +1,28 @@
+//! Compiles `proto/` with protox (pure Rust, no system `protoc`) and writes the
+//! descriptor set that gRPC reflection serves.
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &["proto/peer.proto", "proto/admin.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // tonic-prost-build 0.14 prints no rerun-if-changed lines of its own.
+    println!("cargo:rerun-if-changed=proto");
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // compile_fds does not write the set: reflection needs it on disk.
+    std::fs::write(
+        out.join("iarnet_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! iarnet: a decentralized compute-resource mesh.
+pub mod mesh;
+pub mod proto;

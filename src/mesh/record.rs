@@ -1,0 +1,184 @@
+//! Member records and the rule that decides which of two records is newer.
+
+use std::sync::Arc;
+
+use crate::proto::peer::{Member, MemberDigest, MemberStatus};
+
+/// Milliseconds on the driver's monotonic clock (the core never reads a clock).
+pub type Millis = u64;
+
+/// What never changes for one run of a node: interned and shared.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct MemberInfo {
+    pub id: Arc<str>,
+    pub name: String,
+    pub addr: String,
+    pub generation: u64,
+}
+
+/// Liveness of a member as one node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+impl Status {
+    pub fn from_proto(raw: i32) -> Option<Status> {
+        match MemberStatus::try_from(raw).ok()? {
+            MemberStatus::Alive => Some(Status::Alive),
+            MemberStatus::Suspect => Some(Status::Suspect),
+            MemberStatus::Dead => Some(Status::Dead),
+            MemberStatus::Left => Some(Status::Left),
+            MemberStatus::Unspecified => None,
+        }
+    }
+
+    pub fn to_proto(self) -> i32 {
+        match self {
+            Status::Alive => MemberStatus::Alive as i32,
+            Status::Suspect => MemberStatus::Suspect as i32,
+            Status::Dead => MemberStatus::Dead as i32,
+            Status::Left => MemberStatus::Left as i32,
+        }
+    }
+
+    /// Dead and departed members are tombstones: kept a while, never gossiped to.
+    pub fn is_tombstone(self) -> bool {
+        matches!(self, Status::Dead | Status::Left)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Alive => "alive",
+            Status::Suspect => "suspect",
+            Status::Dead => "dead",
+            Status::Left => "left",
+        }
+    }
+}
+
+/// The part of a record that orders it against another record of the same member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub generation: u64,
+    pub incarnation: u64,
+    pub status: Status,
+    /// Independent suspicion confirmations (only meaningful for `Suspect`).
+    pub confirmations: u32,
+}
+
+impl Stamp {
+    /// Whether a record stamped `self` replaces one stamped `old`.
+    ///
+    /// A new generation (a restart) wins outright. Within a generation `Left`
+    /// is final; `Dead` at incarnation i beats anything at i or below, and
+    /// only the owner can climb above it (refutation); `Suspect` at i beats
+    /// `Alive` at i; more confirmations beat fewer for the same suspicion.
+    pub fn supersedes(&self, old: &Stamp) -> bool {
+        use Status::*;
+        if self.generation != old.generation {
+            return self.generation > old.generation;
+        }
+        let (new_inc, old_inc) = (self.incarnation, old.incarnation);
+        match (self.status, old.status) {
+            (_, Left) => false,
+            (Left, _) => true,
+            (Dead, Dead) => false,
+            (Dead, _) => new_inc >= old_inc,
+            (Suspect, Suspect) => {
+                new_inc > old_inc || (new_inc == old_inc && self.confirmations > old.confirmations)
+            }
+            (Suspect, Alive) => new_inc >= old_inc,
+            (Alive | Suspect, Dead) | (Alive, Alive | Suspect) => new_inc > old_inc,
+        }
+    }
+
+    pub fn of_digest(d: &MemberDigest) -> Option<Stamp> {
+        Some(Stamp {
+            generation: d.generation,
+            incarnation: d.incarnation,
+            status: Status::from_proto(d.status)?,
+            confirmations: d.confirmations,
+        })
+    }
+
+    pub fn of_member(m: &Member) -> Option<Stamp> {
+        Some(Stamp {
+            generation: m.generation,
+            incarnation: m.incarnation,
+            status: Status::from_proto(m.status)?,
+            confirmations: m.suspected_by.len() as u32,
+        })
+    }
+}
+
+/// Stable 64-bit hash (FNV-1a, then a mixer so XOR-combined sums stay uniform).
+/// Stable across builds and platforms, unlike `std`'s hasher: every node must
+/// compute the same view hash for the same view.
+#[derive(Clone, Copy)]
+pub struct StableHasher(u64);
+
+impl StableHasher {
+    pub fn new() -> Self {
+        StableHasher(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub fn bytes(mut self, bytes: &[u8]) -> Self {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator so ("ab","c") and ("a","bc") differ.
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        self
+    }
+
+    pub fn u64(self, v: u64) -> Self {
+        self.bytes(&v.to_le_bytes())
+    }
+
+    pub fn finish(self) -> u64 {
+        // splitmix64 finalizer
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl Default for StableHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The bucket a member id falls in, for `bucket_count` a power of two.
+pub fn bucket_of(id: &str, bucket_count: u32) -> u32 {
+    (StableHasher::new().bytes(id.as_bytes()).finish() as u32) & (bucket_count.max(1) - 1)
+}
+
+/// How many buckets a view of `n` members is split into when hashes differ.
+/// Small views send their whole digest at once (one bucket).
+pub fn bucket_count_for(n: usize) -> u32 {
+    if n <= 32 {
+        1
+    } else {
+        ((n / 16).next_power_of_two() as u32).min(4096)
+    }
+}
+
+/// The hash of one digest entry; a view's hash is the XOR of its entries'.
+pub fn entry_hash(id: &str, stamp: &Stamp, held_version: u64) -> u64 {
+    StableHasher::new()
+        .bytes(id.as_bytes())
+        .u64(stamp.generation)
+        .u64(stamp.incarnation)
+        .u64(stamp.status.to_proto() as u64)
+        .u64(u64::from(stamp.confirmations))
+        .u64(held_version)
+        .finish()
+}

@@ -1,0 +1,185 @@
+//! The member table one node holds, with its hash kept up to date on every
+//! change so that comparing two views costs one number.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::record::{bucket_of, entry_hash, MemberInfo, Millis, Stamp, Status};
+use crate::proto::peer::{Member, MemberDigest, ProviderSet};
+
+/// Finest bucket resolution kept incrementally; coarser counts fold it.
+pub const FINE_BUCKETS: u32 = 4096;
+
+/// What one node holds about one member.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub info: Arc<MemberInfo>,
+    pub incarnation: u64,
+    pub status: Status,
+    /// The owner's provider-set version as last announced in its record.
+    pub provider_version: u64,
+    /// The provider set held for this member, if any was received.
+    pub providers: Option<Arc<ProviderSet>>,
+    /// Nodes that independently failed to reach it (SUSPECT only).
+    pub suspected_by: Box<[Arc<str>]>,
+    /// When this node saw the current status begin (suspicion or tombstone start).
+    pub since: Millis,
+    /// When this node last heard from the member itself.
+    pub last_heard: Option<Millis>,
+}
+
+impl Entry {
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            generation: self.info.generation,
+            incarnation: self.incarnation,
+            status: self.status,
+            confirmations: self.suspected_by.len() as u32,
+        }
+    }
+
+    pub fn held_version(&self) -> u64 {
+        self.providers.as_ref().map_or(0, |p| p.version)
+    }
+
+    pub fn digest(&self) -> MemberDigest {
+        MemberDigest {
+            id: self.info.id.to_string(),
+            generation: self.info.generation,
+            incarnation: self.incarnation,
+            status: self.status.to_proto(),
+            provider_version: self.held_version(),
+            confirmations: self.suspected_by.len() as u32,
+        }
+    }
+
+    pub fn to_member(&self) -> Member {
+        Member {
+            id: self.info.id.to_string(),
+            name: self.info.name.clone(),
+            generation: self.info.generation,
+            addr: self.info.addr.clone(),
+            incarnation: self.incarnation,
+            status: self.status.to_proto(),
+            provider_version: self.provider_version,
+            suspected_by: self.suspected_by.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn hash(&self) -> u64 {
+        entry_hash(&self.info.id, &self.stamp(), self.held_version())
+    }
+}
+
+/// Every member one node knows, itself included.
+#[derive(Debug)]
+pub struct View {
+    entries: HashMap<Arc<str>, Entry>,
+    hash: u64,
+    fine: Vec<u64>,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View {
+            entries: HashMap::new(),
+            hash: 0,
+            fine: vec![0; FINE_BUCKETS as usize],
+        }
+    }
+}
+
+impl View {
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    fn toggle(&mut self, entry: &Entry) {
+        let h = entry.hash();
+        self.hash ^= h;
+        self.fine[bucket_of(&entry.info.id, FINE_BUCKETS) as usize] ^= h;
+    }
+
+    /// Inserts or replaces the entry for `entry.info.id`.
+    pub fn put(&mut self, entry: Entry) {
+        self.toggle(&entry);
+        if let Some(old) = self.entries.insert(entry.info.id.clone(), entry) {
+            self.toggle(&old);
+        }
+    }
+
+    /// Changes an entry in place, keeping the hashes right.
+    pub fn update<R>(&mut self, id: &str, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
+        let mut entry = self.entries.remove(id)?;
+        self.toggle(&entry);
+        let out = f(&mut entry);
+        self.toggle(&entry);
+        self.entries.insert(entry.info.id.clone(), entry);
+        Some(out)
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Entry> {
+        let old = self.entries.remove(id)?;
+        self.toggle(&old);
+        Some(old)
+    }
+
+    /// One hash per bucket, for `bucket_count` a power of two up to [`FINE_BUCKETS`].
+    pub fn bucket_hashes(&self, bucket_count: u32) -> Vec<u64> {
+        let k = bucket_count.clamp(1, FINE_BUCKETS);
+        let mut out = vec![0u64; k as usize];
+        for (i, h) in self.fine.iter().enumerate() {
+            out[i & (k as usize - 1)] ^= h;
+        }
+        out
+    }
+
+    /// How many entries fall in each of `bucket_count` buckets.
+    pub fn bucket_sizes(&self, bucket_count: u32) -> Vec<usize> {
+        let mut out = vec![0usize; bucket_count.max(1) as usize];
+        for id in self.entries.keys() {
+            out[bucket_of(id, bucket_count) as usize] += 1;
+        }
+        out
+    }
+
+    /// Entries whose id falls in one of `buckets` (a membership mask of `bucket_count`).
+    pub fn in_buckets<'a>(
+        &'a self,
+        bucket_count: u32,
+        mask: &'a [bool],
+    ) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.entries.values().filter(move |e| {
+            mask.get(bucket_of(&e.info.id, bucket_count) as usize)
+                .copied()
+                .unwrap_or(false)
+        })
+    }
+}
+
+/// Turns a list of bucket indices into a membership mask, ignoring indices out of range.
+pub fn bucket_mask(bucket_count: u32, buckets: &[u32]) -> Vec<bool> {
+    let mut mask = vec![false; bucket_count.max(1) as usize];
+    for b in buckets {
+        if let Some(slot) = mask.get_mut(*b as usize) {
+            *slot = true;
+        }
+    }
+    mask
+}
