@@ -1,3 +1,4 @@
 //! iarnet: a decentralized compute-resource mesh.
+pub mod config;
 pub mod mesh;
 pub mod proto;

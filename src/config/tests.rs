@@ -1,0 +1,116 @@
+use super::*;
+
+fn load(file: &str, env: &[(&str, &str)], flags: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut layers = Layers::default();
+    layers.file(DEFAULT_CONFIG_YAML, Source::Default)?;
+    layers.file(file, Source::File)?;
+    layers.env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    for (k, v) in flags {
+        layers.flag(k, v);
+    }
+    Config::from_layers(&layers)
+}
+
+#[test]
+fn shipped_config_equals_built_in_defaults() {
+    let shipped = Config::shipped();
+    let mut built = Config::from_layers(&Layers::default()).expect("defaults are valid");
+    built.sources = shipped.sources.clone();
+    assert_eq!(shipped, built, "config.yaml and the code defaults disagree");
+    assert_eq!(shipped.peer_listen_addr.port(), 50051);
+    assert_eq!(shipped.gossip.fanout, 3);
+    assert_eq!(shipped.gossip.interval, Duration::from_secs(1));
+}
+
+#[test]
+fn precedence_is_flag_then_env_then_file() {
+    let file =
+        "peer_listen_addr: \":6000\"\ninitial_peers: [\"a:1\"]\nresource_limits:\n  cpu: \"2\"\n";
+    let cfg = load(file, &[], &[]).expect("valid");
+    assert_eq!(cfg.peer_listen_addr.port(), 6000);
+    assert_eq!(cfg.initial_peers, vec!["a:1"]);
+
+    let env = [
+        ("IARNET_PEER_LISTEN_ADDR", ":7000"),
+        ("IARNET_INITIAL_PEERS", "b:1, c:2"),
+        ("IARNET_CPU_LIMIT", "500m"),
+    ];
+    let cfg = load(file, &env, &[]).expect("valid");
+    assert_eq!(cfg.peer_listen_addr.port(), 7000);
+    assert_eq!(cfg.initial_peers, vec!["b:1", "c:2"]);
+    assert_eq!(cfg.resource_limits.cpu.map(|q| q.milli()), Some(500));
+
+    let flags = [
+        ("peer_listen_addr", "127.0.0.1:8000"),
+        ("initial_peers", "d:1"),
+    ];
+    let cfg = load(file, &env, &flags).expect("valid");
+    assert_eq!(cfg.peer_listen_addr.to_string(), "127.0.0.1:8000");
+    assert_eq!(cfg.initial_peers, vec!["d:1"]);
+    assert!(cfg
+        .sources
+        .contains(&("peer_listen_addr".into(), Source::Flag)));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let file = r#"
+mode: cloud
+peer_listen_addr: "nowhere"
+initial_peers: ["ok:1", "bad-peer", "x:0"]
+resource_limits:
+  cpu: "lots"
+  memory: "16Gb"
+  gpu: "1.5"
+  disk: "1Ti"
+gossip:
+  fanout: 0
+  interval: "soon"
+colour: blue
+"#;
+    let err = load(file, &[("IARNET_FOO", "1")], &[]).expect_err("invalid");
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    for expected in [
+        "mode",
+        "peer_listen_addr",
+        "initial_peers",
+        "resource_limits.cpu",
+        "resource_limits.memory",
+        "resource_limits.gpu",
+        "resource_limits.disk",
+        "gossip.fanout",
+        "gossip.interval",
+        "colour",
+        "IARNET_FOO",
+    ] {
+        assert!(
+            keys.contains(&expected),
+            "{expected} not reported; got {keys:?}"
+        );
+    }
+    assert_eq!(
+        keys.iter().filter(|k| **k == "initial_peers").count(),
+        2,
+        "both bad peers named"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("\"bad-peer\"") && text.contains("\"16Gb\"") && text.contains("config file"),
+        "{text}"
+    );
+}
+
+#[test]
+fn misspelled_keys_get_a_suggestion() {
+    let err = load("peer_listen_adr: \":1\"\n", &[], &[]).expect_err("unknown key");
+    assert!(
+        err.to_string().contains("did you mean `peer_listen_addr`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn broken_yaml_is_one_clear_problem() {
+    let err = load("mode: [unclosed", &[], &[]).expect_err("bad yaml");
+    assert!(err.to_string().contains("not valid YAML"), "{err}");
+}
