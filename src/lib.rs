@@ -1,4 +1,25 @@
 //! iarnet: a decentralized compute-resource mesh.
+//!
+//! Every node runs the same binary, gossips with a few random peers each
+//! round, and so learns who is alive and which resource providers exist
+//! anywhere in the mesh.
+//!
+//! # Layout
+//! - [`mesh`]: the sans-IO gossip core (membership, failure detection,
+//!   provider records) and its deterministic simulator.
+//! - [`node`]: a running node: the async loop that drives the core over
+//!   tonic, connection pooling, startup and graceful shutdown.
+//! - [`api`]: the gRPC services: `peer.PeerService` for nodes,
+//!   `iarnet.admin.v1.Admin` for operators.
+//! - [`config`]: layered configuration (file, env, flags) and its validation.
+//! - [`cli`]: the binary's flags; [`signal`]: SIGTERM/SIGINT handling.
+//! - [`proto`]: generated protobuf code and the reflection descriptor set.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod mesh;
+pub mod node;
 pub mod proto;
+pub mod signal;

@@ -1,0 +1,115 @@
+//! `peer.PeerService`: what other nodes call.
+
+use std::sync::Arc;
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::node::gossip::Shared;
+use crate::node::stats::Stats;
+use crate::proto::peer::peer_service_server::PeerService;
+use crate::proto::peer::{
+    ExchangeRequest, ExchangeResponse, ProviderCallRequest, ProviderCallResponse,
+    ProviderExchangeRequest, ProviderExchangeResponse,
+};
+
+/// Longest id or address accepted in a gossip record.
+const MAX_FIELD: usize = 512;
+
+pub struct PeerApi {
+    shared: Arc<Shared>,
+}
+
+impl PeerApi {
+    pub fn new(shared: Arc<Shared>) -> PeerApi {
+        PeerApi { shared }
+    }
+
+    fn count<Q: Message, R: Message>(&self, req: &Q, resp: &R) {
+        Stats::add(&self.shared.stats.bytes_received, req.encoded_len());
+        Stats::add(&self.shared.stats.bytes_sent, resp.encoded_len());
+    }
+}
+
+fn check_len(field: &str, value: &str) -> Result<(), Status> {
+    if value.len() > MAX_FIELD {
+        return Err(Status::invalid_argument(format!(
+            "{field} is {} bytes long; the limit is {MAX_FIELD}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl PeerService for PeerApi {
+    async fn exchange_peers(
+        &self,
+        request: Request<ExchangeRequest>,
+    ) -> Result<Response<ExchangeResponse>, Status> {
+        self.shared.check_running()?;
+        let req = request.into_inner();
+        if let Some(sender) = &req.sender {
+            check_len("sender.id", &sender.id)?;
+            check_len("sender.addr", &sender.addr)?;
+            if sender.id.is_empty() || sender.addr.is_empty() {
+                return Err(Status::invalid_argument(
+                    "sender.id and sender.addr must be set (or leave sender out entirely, as the original protocol does)",
+                ));
+            }
+        }
+        let len = req.encoded_len();
+        let resp = self.shared.mesh().handle_exchange(self.shared.now(), req);
+        Stats::add(&self.shared.stats.bytes_received, len);
+        Stats::add(&self.shared.stats.bytes_sent, resp.encoded_len());
+        Ok(Response::new(resp))
+    }
+
+    async fn exchange_providers(
+        &self,
+        request: Request<ProviderExchangeRequest>,
+    ) -> Result<Response<ProviderExchangeResponse>, Status> {
+        self.shared.check_running()?;
+        let req = request.into_inner();
+        check_len("sender_id", &req.sender_id)?;
+        let snapshot = req.clone();
+        let resp = self.shared.mesh().handle_providers(req);
+        self.count(&snapshot, &resp);
+        Ok(Response::new(resp))
+    }
+
+    async fn call_provider(
+        &self,
+        request: Request<ProviderCallRequest>,
+    ) -> Result<Response<ProviderCallResponse>, Status> {
+        self.shared.check_running()?;
+        let req = request.into_inner();
+        if req.provider_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "provider_id is empty: name a provider listed by iarnet.admin.v1.Admin/ListProviders",
+            ));
+        }
+        if req.method.is_empty() {
+            return Err(Status::invalid_argument(
+                "method is empty: name the provider operation to call",
+            ));
+        }
+        let node = self.shared.mesh().id().to_string();
+        let owned = self
+            .shared
+            .mesh()
+            .providers()
+            .iter()
+            .any(|p| p.id == req.provider_id && p.owner_id == node);
+        if !owned {
+            return Err(Status::not_found(format!(
+                "provider {:?} is not owned by node {node:?}; call the node that owns it (see ListProviders)",
+                req.provider_id
+            )));
+        }
+        Err(Status::unimplemented(format!(
+            "method {:?} is not implemented for provider {:?} on this node",
+            req.method, req.provider_id
+        )))
+    }
+}

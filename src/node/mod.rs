@@ -1,0 +1,309 @@
+//! A running node: binds the gRPC port, serves PeerService, Admin, health and
+//! reflection, and drives the gossip core until it is shut down.
+
+pub mod gossip;
+mod identity;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tracing::{info, warn, Instrument};
+
+use crate::api::admin::AdminApi;
+use crate::api::peer::PeerApi;
+use crate::config::Config;
+use crate::mesh::record::StableHasher;
+use crate::mesh::{Identity, Mesh, MeshConfig, Status};
+use crate::proto::admin::admin_server::AdminServer;
+use crate::proto::peer::peer_service_server::PeerServiceServer;
+use crate::proto::peer::{Member, ProviderInfo};
+use gossip::{Shared, MAX_GRPC_MESSAGE};
+use stats::StatsSnapshot;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr}: {error} (is another process using the port? set peer_listen_addr)")]
+    Bind { addr: SocketAddr, error: String },
+    #[error("cannot write {path}: {error} (set data_dir to a writable directory, or set node_id)")]
+    DataDir { path: String, error: String },
+    #[error("cannot build the gRPC reflection service: {0}")]
+    Reflection(String),
+}
+
+/// One member as this node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberSnapshot {
+    pub id: String,
+    pub name: String,
+    pub addr: String,
+    pub generation: u64,
+    pub incarnation: u64,
+    pub status: Status,
+    pub providers: Vec<String>,
+    pub is_self: bool,
+}
+
+/// The names gRPC health reports on, besides the whole server ("").
+const HEALTH_SERVICES: &[&str] = &["peer.PeerService", "iarnet.admin.v1.Admin"];
+
+fn mesh_config(cfg: &Config) -> MeshConfig {
+    let g = &cfg.gossip;
+    MeshConfig {
+        fanout: g.fanout,
+        gossip_interval: g.interval.as_millis() as u64,
+        suspicion_mult: g.suspicion_mult,
+        suspicion_max_mult: g.suspicion_max_mult,
+        tombstone_grace: g.tombstone_grace.as_millis() as u64,
+        forget_after: (g.tombstone_grace * 10).as_millis() as u64,
+        max_message_bytes: g.max_message_bytes,
+        ..MeshConfig::default()
+    }
+}
+
+/// Starts a node from a validated configuration.
+pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
+    let listener = TcpListener::bind(config.peer_listen_addr)
+        .await
+        .map_err(|e| NodeError::Bind {
+            addr: config.peer_listen_addr,
+            error: e.to_string(),
+        })?;
+    let local_addr = listener.local_addr().map_err(|e| NodeError::Bind {
+        addr: config.peer_listen_addr,
+        error: e.to_string(),
+    })?;
+    let id = identity::node_id(&config)?;
+    let generation = identity::new_generation();
+    let advertise = identity::advertise_addr(&config, local_addr);
+    let rng_seed = StableHasher::new()
+        .bytes(id.as_bytes())
+        .u64(generation)
+        .finish();
+    let mesh = Mesh::new(
+        Identity {
+            id: id.clone(),
+            name: config.node_name.clone(),
+            addr: advertise.clone(),
+            generation,
+        },
+        mesh_config(&config),
+        rng_seed,
+        0,
+    );
+    let span = tracing::info_span!("node", id = %id);
+    info!(parent: &span, %local_addr, %advertise, generation, seeds = ?config.initial_peers, "iarnet node starting");
+    if config.advertise_addr.is_none() && local_addr.ip().is_unspecified() {
+        warn!(parent: &span, %advertise, "advertise_addr is unset; peers will dial the host name: set advertise_addr in containers");
+    }
+
+    let shared = Arc::new(Shared::new(mesh, config));
+    let cancel = CancellationToken::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in std::iter::once(&"").chain(HEALTH_SERVICES) {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    // Older grpcurl releases only speak v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            PeerServiceServer::new(PeerApi::new(shared.clone()))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE),
+        )
+        .add_service(AdminServer::new(AdminApi::new(shared.clone())));
+    let server_stop = cancel.child_token();
+    let server = tokio::spawn(
+        async move {
+            let incoming = TcpListenerStream::new(listener);
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, server_stop.cancelled_owned())
+                .await
+            {
+                warn!(error = %e, "grpc server stopped with an error");
+            }
+        }
+        .instrument(span.clone()),
+    );
+    let gossip = tokio::spawn(
+        gossip::gossip_loop(shared.clone(), cancel.child_token())
+            .instrument(tracing::info_span!(parent: &span, "gossip")),
+    );
+    let seeds = tokio::spawn(
+        gossip::seed_loop(shared.clone(), cancel.child_token())
+            .instrument(tracing::info_span!(parent: &span, "seeds")),
+    );
+    Ok(NodeHandle {
+        shared,
+        cancel,
+        health,
+        tasks: vec![gossip, seeds],
+        server: Some(server),
+        local_addr,
+    })
+}
+
+/// Owns a running node's tasks; dropping it stops them.
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    health: HealthReporter,
+    tasks: Vec<JoinHandle<()>>,
+    server: Option<JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+impl NodeHandle {
+    pub fn id(&self) -> String {
+        self.shared.mesh().id().to_string()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.shared.mesh().info().generation
+    }
+
+    /// The address peers dial.
+    pub fn advertise_addr(&self) -> String {
+        self.shared.mesh().info().addr.clone()
+    }
+
+    /// The address the gRPC server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Every member this node holds, tombstones included.
+    pub fn members(&self) -> Vec<MemberSnapshot> {
+        let mesh = self.shared.mesh();
+        let me = mesh.id().to_string();
+        let mut out: Vec<MemberSnapshot> = mesh
+            .view()
+            .iter()
+            .map(|e| MemberSnapshot {
+                id: e.info.id.to_string(),
+                name: e.info.name.clone(),
+                addr: e.info.addr.clone(),
+                generation: e.info.generation,
+                incarnation: e.incarnation,
+                status: e.status,
+                providers: e
+                    .providers
+                    .as_ref()
+                    .map(|s| s.providers.iter().map(|p| p.id.clone()).collect())
+                    .unwrap_or_default(),
+                is_self: *e.info.id == *me,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Providers advertised by live members, this node's own included.
+    pub fn providers(&self) -> Vec<ProviderInfo> {
+        self.shared.mesh().providers()
+    }
+
+    /// Replaces the providers this node advertises to the mesh.
+    pub fn set_providers(&self, providers: Vec<ProviderInfo>) {
+        self.shared.mesh().set_providers(providers);
+    }
+
+    /// Contacts `addr` now (the operator's "add peer"); returns who answered.
+    pub async fn add_peer(&self, addr: &str) -> Option<Member> {
+        gossip::run_exchange(
+            &self.shared,
+            crate::mesh::Target {
+                addr: addr.to_string(),
+                id: None,
+            },
+        )
+        .await
+    }
+
+    /// Graceful stop: health goes NOT_SERVING, peers are told we leave, the
+    /// server drains; all within `shutdown_grace`.
+    pub async fn shutdown(mut self) {
+        let grace = self.shared.config.shutdown_grace;
+        for name in std::iter::once(&"").chain(HEALTH_SERVICES) {
+            self.health
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        let goodbye = tokio::time::timeout(grace / 2, gossip::say_goodbye(&self.shared));
+        if goodbye.await.is_err() {
+            warn!("goodbye to peers did not finish within the grace period");
+        }
+        self.cancel.cancel();
+        let tasks = std::mem::take(&mut self.tasks)
+            .into_iter()
+            .chain(self.server.take());
+        let all = futures_join(tasks);
+        if tokio::time::timeout(grace / 2, all).await.is_err() {
+            warn!(grace = ?grace, "tasks did not stop within the grace period; aborting them");
+        }
+        self.shared.stop();
+        info!("iarnet node stopped");
+    }
+
+    /// Stops at once without telling anyone, as a crash would.
+    pub fn kill(mut self) {
+        self.shared.stop();
+        self.cancel.cancel();
+        for t in self.tasks.drain(..).chain(self.server.take()) {
+            t.abort();
+        }
+    }
+}
+
+async fn futures_join(tasks: impl Iterator<Item = JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        for t in self.tasks.iter().chain(self.server.iter()) {
+            t.abort();
+        }
+    }
+}
+
+/// How long a caller may wait for a whole graceful shutdown.
+pub fn shutdown_bound(config: &Config) -> Duration {
+    config.shutdown_grace + Duration::from_secs(1)
+}

@@ -1,0 +1,158 @@
+//! Real nodes over tonic on 127.0.0.1: forming, crash, leave, restart, providers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{all_see_alive, find, start, wait_until};
+use iarnet::mesh::Status;
+use iarnet::node::NodeHandle;
+use iarnet::proto::peer::ProviderInfo;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn mesh(n: usize, prefix: &str) -> Vec<NodeHandle> {
+    let seed = start(&format!("{prefix}0"), &[]).await;
+    let seed_addr = vec![seed.advertise_addr()];
+    let mut nodes = vec![seed];
+    for i in 1..n {
+        nodes.push(start(&format!("{prefix}{i}"), &seed_addr).await);
+    }
+    let ids: Vec<String> = nodes.iter().map(|n| n.id()).collect();
+    let refs: Vec<&NodeHandle> = nodes.iter().collect();
+    wait_until("every node to see every node alive", WAIT, || {
+        all_see_alive(&refs, &ids)
+    })
+    .await;
+    nodes
+}
+
+fn provider(id: &str) -> ProviderInfo {
+    ProviderInfo {
+        id: id.into(),
+        name: format!("{id} docker"),
+        r#type: "docker".into(),
+        host: "127.0.0.1".into(),
+        port: 2375,
+        status: 1,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_nodes_form_from_one_seed_and_share_providers() {
+    let nodes = mesh(8, "form").await;
+
+    nodes[3].set_providers(vec![provider("form3-docker")]);
+    wait_until("the provider to reach every node", WAIT, || {
+        for n in &nodes {
+            let ps = n.providers();
+            if !ps
+                .iter()
+                .any(|p| p.id == "form3-docker" && p.owner_id == "form3")
+            {
+                return Err(format!(
+                    "{} has providers {:?}",
+                    n.id(),
+                    ps.iter().map(|p| &p.id).collect::<Vec<_>>()
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    nodes[3].set_providers(Vec::new());
+    wait_until(
+        "the removed provider to vanish everywhere",
+        WAIT,
+        || match nodes.iter().find(|n| !n.providers().is_empty()) {
+            Some(n) => Err(format!("{} still has {:?}", n.id(), n.providers())),
+            None => Ok(()),
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_is_detected_by_all_and_its_providers_vanish() {
+    let mut nodes = mesh(5, "crash").await;
+    nodes[2].set_providers(vec![provider("crash2-docker")]);
+    wait_until("the provider to spread", WAIT, || {
+        match nodes.iter().find(|n| n.providers().len() != 1) {
+            Some(n) => Err(format!("{} has {} providers", n.id(), n.providers().len())),
+            None => Ok(()),
+        }
+    })
+    .await;
+
+    nodes.remove(2).kill();
+    wait_until("every node to hold crash2 dead", WAIT, || {
+        for n in &nodes {
+            match find(n, "crash2") {
+                Some(m) if m.status == Status::Dead => {}
+                None => {}
+                Some(m) => return Err(format!("{} holds crash2 {:?}", n.id(), m.status)),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    for n in &nodes {
+        assert!(
+            n.providers().is_empty(),
+            "{} still lists a dead node's provider",
+            n.id()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_is_seen_as_left_not_dead() {
+    let mut nodes = mesh(5, "leave").await;
+    nodes.remove(1).shutdown().await;
+    // Left (not dead) means the goodbye arrived and spread, not the failure detector.
+    wait_until("every node to hold leave1 as left", WAIT, || {
+        for n in &nodes {
+            match find(n, "leave1") {
+                Some(m) if m.status == Status::Left => {}
+                other => return Err(format!("{} holds {:?}", n.id(), other.map(|m| m.status))),
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_rejoins_as_a_new_generation() {
+    let mut nodes = mesh(4, "restart").await;
+    let seed = vec![nodes[0].advertise_addr()];
+    let old = nodes.remove(3);
+    let old_generation = old.generation();
+    old.kill();
+    let fresh = start("restart3", &seed).await;
+    let new_generation = fresh.generation();
+    assert!(new_generation > old_generation);
+    nodes.push(fresh);
+    wait_until(
+        "every node to hold restart3's new generation alive",
+        WAIT,
+        || {
+            for n in &nodes {
+                match find(n, "restart3") {
+                    Some(m) if m.generation == new_generation && m.status == Status::Alive => {}
+                    other => {
+                        return Err(format!(
+                            "{} holds {:?}",
+                            n.id(),
+                            other.map(|m| (m.generation, m.status))
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+}
