@@ -15,7 +15,7 @@ use tracing::{debug, info};
 
 use super::intern::Interner;
 use super::record::{bucket_count_for, MemberInfo, Millis, Stamp, Status};
-use super::view::{bucket_mask, Entry, View};
+use super::view::{bucket_mask, Entry, Suspecters, View};
 use crate::proto::peer::{
     Digest, ExchangeRequest, ExchangeResponse, Member, MemberDigest, ProviderExchangeRequest,
     ProviderExchangeResponse, ProviderInfo, ProviderSet,
@@ -172,7 +172,8 @@ impl Mesh {
             status: Status::Alive,
             provider_version: 0,
             providers: None,
-            suspected_by: Box::new([]),
+            suspected_by: Suspecters::default(),
+            bucket: 0,
             since: now,
             last_heard: Some(now),
         });
@@ -318,38 +319,39 @@ impl Mesh {
         if self.status == Status::Left {
             return Vec::new();
         }
-        let live = self.live_targets();
-        let mut targets: Vec<Target> = live
-            .choose_multiple(&mut self.rng, self.cfg.fanout)
-            .cloned()
-            .collect();
-
-        // The nodes we suspect get re-probed: a success brings the refutation back quickly.
-        let me = self.me.id.clone();
-        let suspects: Vec<Target> = self
-            .view
-            .iter()
-            .filter(|e| e.status == Status::Suspect && e.suspected_by.contains(&me))
-            .map(target_of)
-            .collect();
-        for t in suspects.into_iter().take(self.cfg.fanout) {
+        // One pass over the view; only the chosen entries are cloned into targets.
+        let me = &self.me.id;
+        let mut live: Vec<&Entry> = Vec::new();
+        let mut dead: Vec<&Entry> = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
+        for e in self.view.iter() {
+            match e.status {
+                _ if e.info.id == *me => {}
+                Status::Alive => live.push(e),
+                Status::Suspect => {
+                    live.push(e);
+                    // Re-probe what we suspect: a success brings the refutation back quickly.
+                    if e.suspected_by.contains(me) && targets.len() < self.cfg.fanout {
+                        targets.push(target_of(e));
+                    }
+                }
+                Status::Dead => dead.push(e),
+                Status::Left => {}
+            }
+        }
+        for e in live.choose_multiple(&mut self.rng, self.cfg.fanout) {
+            let t = target_of(e);
             if !targets.contains(&t) {
                 targets.push(t);
             }
         }
 
         // Now and then a dead member, so a healed partition finds its way back.
-        let dead: Vec<Target> = self
-            .view
-            .iter()
-            .filter(|e| e.status == Status::Dead)
-            .map(target_of)
-            .collect();
         if !dead.is_empty() {
             let p = dead.len() as f64 / (live.len() + 1) as f64;
             if self.rng.random_bool(p.min(1.0)) {
-                if let Some(t) = dead.choose(&mut self.rng) {
-                    targets.push(t.clone());
+                if let Some(e) = dead.choose(&mut self.rng) {
+                    targets.push(target_of(e));
                 }
             }
         }
@@ -419,7 +421,7 @@ impl Mesh {
             info!(member = %id, "member declared dead");
             self.view.update(&id, |e| {
                 e.status = Status::Dead;
-                e.suspected_by = Box::new([]);
+                e.suspected_by = Suspecters::default();
                 e.since = now;
             });
         }
@@ -496,13 +498,13 @@ impl Mesh {
             Status::Alive => {
                 debug!(member = %e.info.id, "member suspected");
                 e.status = Status::Suspect;
-                e.suspected_by = Box::new([me]);
+                e.suspected_by = Suspecters::from(vec![me]);
                 e.since = now;
             }
             Status::Suspect if !e.suspected_by.contains(&me) && e.suspected_by.len() < k => {
                 let mut by = e.suspected_by.to_vec();
                 by.push(me);
-                e.suspected_by = by.into_boxed_slice();
+                e.suspected_by = Suspecters::from(by);
             }
             _ => {}
         });
@@ -708,7 +710,9 @@ impl Mesh {
             self.refute_from_digest(&digest.entries);
             resp.members = self.missing_for(&digest.entries, k, &mask);
             if k > 1 {
-                resp.digest = Some(self.digest_for(k, &digest.buckets));
+                // Whole buckets only, as many as fit: the caller learns which were covered.
+                let covered = self.fit_buckets(k, digest.buckets);
+                resp.digest = Some(self.digest_for(k, &covered));
             }
         } else if req.view_hash != 0 && req.view_hash != (self.view.hash() | 1) {
             let k = bucket_count_for(self.view.len());
@@ -855,6 +859,7 @@ impl Mesh {
                 provider_version: m.provider_version,
                 providers: None,
                 suspected_by: interned_ids(&self.interner, &m.suspected_by, k),
+                bucket: 0,
                 since: now,
                 last_heard: direct.then_some(now),
             };
@@ -898,6 +903,7 @@ impl Mesh {
                     None
                 },
                 suspected_by,
+                bucket: 0,
                 since: if status_changed || old.incarnation != m.incarnation {
                     now
                 } else {
@@ -1011,17 +1017,17 @@ fn same_provider(a: &ProviderInfo, b: &ProviderInfo) -> bool {
     }
 }
 
-fn interned_ids(interner: &Interner, ids: &[String], cap: usize) -> Box<[Arc<str>]> {
+fn interned_ids(interner: &Interner, ids: &[String], cap: usize) -> Suspecters {
     let mut out: Vec<Arc<str>> = Vec::new();
     for id in ids.iter().take(cap) {
         if !out.iter().any(|o| **o == **id) {
             out.push(interner.id(id));
         }
     }
-    out.into_boxed_slice()
+    Suspecters::from(out)
 }
 
-fn union_ids(old: &[Arc<str>], interner: &Interner, new: &[String], cap: usize) -> Box<[Arc<str>]> {
+fn union_ids(old: &[Arc<str>], interner: &Interner, new: &[String], cap: usize) -> Suspecters {
     let mut out = old.to_vec();
     for id in new {
         if out.len() >= cap {
@@ -1031,5 +1037,5 @@ fn union_ids(old: &[Arc<str>], interner: &Interner, new: &[String], cap: usize) 
             out.push(interner.id(id));
         }
     }
-    out.into_boxed_slice()
+    Suspecters::from(out)
 }

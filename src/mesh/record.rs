@@ -78,22 +78,25 @@ impl Stamp {
     /// only the owner can climb above it (refutation); `Suspect` at i beats
     /// `Alive` at i; more confirmations beat fewer for the same suspicion.
     pub fn supersedes(&self, old: &Stamp) -> bool {
-        use Status::*;
-        if self.generation != old.generation {
-            return self.generation > old.generation;
-        }
-        let (new_inc, old_inc) = (self.incarnation, old.incarnation);
-        match (self.status, old.status) {
-            (_, Left) => false,
-            (Left, _) => true,
-            (Dead, Dead) => false,
-            (Dead, _) => new_inc >= old_inc,
-            (Suspect, Suspect) => {
-                new_inc > old_inc || (new_inc == old_inc && self.confirmations > old.confirmations)
-            }
-            (Suspect, Alive) => new_inc >= old_inc,
-            (Alive | Suspect, Dead) | (Alive, Alive | Suspect) => new_inc > old_inc,
-        }
+        self.order_key() > old.order_key()
+    }
+
+    /// SWIM's precedence as one lexicographic key, so the order is total and
+    /// transitive: replicas applying records in any order agree on the winner.
+    fn order_key(&self) -> (u64, bool, u64, u8, u32) {
+        let rank = match self.status {
+            Status::Alive => 0,
+            Status::Suspect => 1,
+            Status::Dead => 2,
+            Status::Left => 3,
+        };
+        let left = self.status == Status::Left;
+        let confirmations = if self.status == Status::Suspect {
+            self.confirmations
+        } else {
+            0
+        };
+        (self.generation, left, self.incarnation, rank, confirmations)
     }
 
     pub fn of_digest(d: &MemberDigest) -> Option<Stamp> {

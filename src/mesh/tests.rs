@@ -287,3 +287,11 @@ fn sim_lossy_network_has_no_false_deaths() {
         s.seed()
     );
 }
+
+#[test]
+fn an_entry_stays_small() {
+    // 10^8 of these in the 10,000-node simulation: keep an eye on the size.
+    let size = std::mem::size_of::<super::view::Entry>();
+    println!("Entry is {size} bytes");
+    assert!(size <= 72, "Entry grew to {size} bytes");
+}
