@@ -295,3 +295,157 @@ fn an_entry_stays_small() {
     println!("Entry is {size} bytes");
     assert!(size <= 72, "Entry grew to {size} bytes");
 }
+
+/// Runs one exchange from `a` to `b` the way a driver does, with no loss.
+fn exchange(a: &mut Mesh, b: &mut Mesh, now: u64) {
+    let target = Target {
+        addr: b.info().addr.clone(),
+        id: Some(b.info().id.clone()),
+    };
+    let (mut ex, first) = a.open(target);
+    let mut queue = std::collections::VecDeque::from([first]);
+    while let Some(call) = queue.pop_front() {
+        let reply = match call {
+            Call::Peers(r) => Reply::Peers(b.handle_exchange(now, r)),
+            Call::Providers(r) => Reply::Providers(b.handle_providers(r)),
+        };
+        queue.extend(a.on_reply(now, &mut ex, reply));
+    }
+}
+
+fn arb_records() -> impl Strategy<Value = Vec<(usize, u64, u64, Status)>> {
+    prop::collection::vec((0usize..300, 1u64..3, 0u64..3, arb_status()), 0..300)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Digest then delta: two views that differ arbitrarily (small views and
+    /// bucketed ones) become identical after a few exchanges, each one only
+    /// sending what the other lacks.
+    #[test]
+    fn two_views_converge_through_digests_and_deltas(ra in arb_records(), rb in arb_records()) {
+        let cfg = MeshConfig { max_message_bytes: 8 * 1024, ..MeshConfig::default() };
+        let mut a = Mesh::new(identity("a", 1), cfg.clone(), 1, 0);
+        let mut b = Mesh::new(identity("b", 1), cfg, 2, 0);
+        for (who, g, i, s) in ra {
+            let _ = a.apply_member(0, member(&format!("m{who}"), g, i, s), false);
+        }
+        for (who, g, i, s) in rb {
+            let _ = b.apply_member(0, member(&format!("m{who}"), g, i, s), false);
+        }
+        a.set_providers(vec![ProviderInfo { id: "pa".into(), ..Default::default() }]);
+        b.set_providers(vec![ProviderInfo { id: "pb".into(), ..Default::default() }]);
+        for round in 0..40 {
+            if a.view_hash() == b.view_hash() {
+                break;
+            }
+            if round % 2 == 0 { exchange(&mut a, &mut b, 1) } else { exchange(&mut b, &mut a, 1) }
+        }
+        prop_assert_eq!(a.view_hash(), b.view_hash());
+        prop_assert_eq!(a.view().len(), b.view().len());
+        let mut pa: Vec<String> = a.providers().into_iter().map(|p| p.id).collect();
+        pa.sort();
+        prop_assert_eq!(pa, vec!["pa".to_string(), "pb".to_string()]);
+    }
+}
+
+#[test]
+fn converged_views_exchange_one_small_call() {
+    let mut a = Mesh::new(identity("a", 1), MeshConfig::default(), 1, 0);
+    let mut b = Mesh::new(identity("b", 1), MeshConfig::default(), 2, 0);
+    for i in 0..500 {
+        let m = member(&format!("m{i}"), 1, 0, Status::Alive);
+        let _ = a.apply_member(0, m.clone(), false);
+        let _ = b.apply_member(0, m, false);
+    }
+    exchange(&mut a, &mut b, 1);
+    assert_eq!(a.view_hash(), b.view_hash());
+    let (mut ex, Call::Peers(req)) = a.open(Target {
+        addr: "b:1".into(),
+        id: None,
+    }) else {
+        panic!("an exchange opens with ExchangePeers");
+    };
+    let resp = b.handle_exchange(2, req.clone());
+    let bytes = prost::Message::encoded_len(&req) + prost::Message::encoded_len(&resp);
+    assert!(
+        a.on_reply(2, &mut ex, Reply::Peers(resp)).is_empty(),
+        "nothing more to say"
+    );
+    assert!(
+        bytes < 200,
+        "a converged exchange of a 500-member view took {bytes} bytes"
+    );
+}
+
+fn failing_exchange(mesh: &mut Mesh, id: &str, now: u64) {
+    let target = Target {
+        addr: format!("{id}:1"),
+        id: Some(id.into()),
+    };
+    let (mut ex, _) = mesh.open(target);
+    while mesh.on_failure(now, &mut ex).is_some() {}
+}
+
+#[test]
+fn detector_suspects_then_declares_dead_after_the_timeout() {
+    let mut mesh = Mesh::new(identity("me", 1), MeshConfig::default(), 1, 0);
+    let _ = mesh.apply_member(0, member("x", 1, 0, Status::Alive), true);
+    failing_exchange(&mut mesh, "x", 1_000);
+    assert_eq!(
+        mesh.view().get("x").map(|e| e.status),
+        Some(Status::Suspect)
+    );
+    let timeout = mesh.suspicion_timeout(mesh.live_count(), 1);
+    mesh.tick(1_000 + timeout - 1);
+    assert_eq!(
+        mesh.view().get("x").map(|e| e.status),
+        Some(Status::Suspect)
+    );
+    mesh.tick(1_000 + timeout);
+    assert_eq!(mesh.view().get("x").map(|e| e.status), Some(Status::Dead));
+    assert!(mesh.providers().is_empty());
+}
+
+#[test]
+fn a_refuted_suspicion_never_becomes_death() {
+    let mut mesh = Mesh::new(identity("me", 1), MeshConfig::default(), 1, 0);
+    let _ = mesh.apply_member(0, member("x", 1, 0, Status::Alive), true);
+    failing_exchange(&mut mesh, "x", 1_000);
+    // x heard of it and raised its incarnation: an owner-written refutation.
+    assert_eq!(
+        mesh.apply_member(1_500, member("x", 1, 1, Status::Alive), false),
+        Ok(true)
+    );
+    mesh.tick(1_000_000);
+    assert_eq!(
+        mesh.view().get("x").map(|e| (e.status, e.incarnation)),
+        Some((Status::Alive, 1))
+    );
+}
+
+#[test]
+fn deleted_tombstones_are_not_resurrected_by_old_copies() {
+    let cfg = MeshConfig::default();
+    let grace = cfg.tombstone_grace;
+    let mut mesh = Mesh::new(identity("me", 1), cfg, 1, 0);
+    let _ = mesh.apply_member(0, member("x", 7, 2, Status::Dead), false);
+    mesh.tick(grace + 1);
+    assert!(
+        mesh.view().get("x").is_none(),
+        "tombstone deleted after the grace period"
+    );
+    assert!(mesh
+        .apply_member(grace + 2, member("x", 7, 2, Status::Alive), false)
+        .is_err());
+    assert!(mesh
+        .apply_member(grace + 2, member("x", 6, 9, Status::Alive), false)
+        .is_err());
+    assert!(mesh.view().get("x").is_none());
+    // A restart (new generation) is welcome.
+    assert_eq!(
+        mesh.apply_member(grace + 3, member("x", 8, 0, Status::Alive), false),
+        Ok(true)
+    );
+}
