@@ -25,9 +25,10 @@ impl PeerApi {
         PeerApi { shared }
     }
 
-    fn count<Q: Message, R: Message>(&self, req: &Q, resp: &R) {
-        Stats::add(&self.shared.stats.bytes_received, req.encoded_len());
-        Stats::add(&self.shared.stats.bytes_sent, resp.encoded_len());
+    /// Counts a served gossip call: `request_len` bytes in, the reply out.
+    fn count<R: Message>(&self, request_len: usize, reply: &R) {
+        Stats::add(&self.shared.stats.bytes_received, request_len);
+        Stats::add(&self.shared.stats.bytes_sent, reply.encoded_len());
     }
 }
 
@@ -60,8 +61,7 @@ impl PeerService for PeerApi {
         }
         let len = req.encoded_len();
         let resp = self.shared.mesh().handle_exchange(self.shared.now(), req);
-        Stats::add(&self.shared.stats.bytes_received, len);
-        Stats::add(&self.shared.stats.bytes_sent, resp.encoded_len());
+        self.count(len, &resp);
         Ok(Response::new(resp))
     }
 
@@ -72,9 +72,9 @@ impl PeerService for PeerApi {
         self.shared.check_running()?;
         let req = request.into_inner();
         check_len("sender_id", &req.sender_id)?;
-        let snapshot = req.clone();
+        let len = req.encoded_len();
         let resp = self.shared.mesh().handle_providers(req);
-        self.count(&snapshot, &resp);
+        self.count(len, &resp);
         Ok(Response::new(resp))
     }
 

@@ -147,35 +147,37 @@ async fn call_once(
     mut client: PeerServiceClient<Channel>,
     call: Call,
 ) -> Result<Reply, Status> {
-    let timeout = shared.config.gossip.call_timeout;
     Stats::add(&shared.stats.calls_sent, 1);
-    let deadline = |len: usize| {
-        Stats::add(&shared.stats.bytes_sent, len);
-    };
-    let reply = match call {
+    Ok(match call {
         Call::Peers(req) => {
-            deadline(req.encoded_len());
-            let mut req = Request::new(req);
-            req.set_timeout(timeout);
-            let resp = tokio::time::timeout(timeout, client.exchange_peers(req))
-                .await
-                .map_err(|_| Status::deadline_exceeded("gossip call timed out"))??
-                .into_inner();
-            Stats::add(&shared.stats.bytes_received, resp.encoded_len());
-            Reply::Peers(resp)
+            let req = request(shared, req);
+            Reply::Peers(answered(shared, client.exchange_peers(req)).await?)
         }
         Call::Providers(req) => {
-            deadline(req.encoded_len());
-            let mut req = Request::new(req);
-            req.set_timeout(timeout);
-            let resp = tokio::time::timeout(timeout, client.exchange_providers(req))
-                .await
-                .map_err(|_| Status::deadline_exceeded("gossip call timed out"))??
-                .into_inner();
-            Stats::add(&shared.stats.bytes_received, resp.encoded_len());
-            Reply::Providers(resp)
+            let req = request(shared, req);
+            Reply::Providers(answered(shared, client.exchange_providers(req)).await?)
         }
-    };
+    })
+}
+
+/// A gossip request carrying its deadline to the server, counted as sent.
+fn request<T: Message>(shared: &Shared, body: T) -> Request<T> {
+    Stats::add(&shared.stats.bytes_sent, body.encoded_len());
+    let mut req = Request::new(body);
+    req.set_timeout(shared.config.gossip.call_timeout);
+    req
+}
+
+/// Awaits a gossip call within the call timeout, counting the reply's bytes.
+async fn answered<T: Message>(
+    shared: &Shared,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    let reply = tokio::time::timeout(shared.config.gossip.call_timeout, call)
+        .await
+        .map_err(|_| Status::deadline_exceeded("gossip call timed out"))??
+        .into_inner();
+    Stats::add(&shared.stats.bytes_received, reply.encoded_len());
     Ok(reply)
 }
 
