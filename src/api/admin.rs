@@ -71,7 +71,7 @@ impl Admin for AdminApi {
                 incarnation: e.incarnation,
                 state: e.status.as_str().to_string(),
                 last_heard_secs: e
-                    .last_heard
+                    .heard()
                     .map_or(-1.0, |t| now.saturating_sub(t) as f64 / 1000.0),
                 providers: e
                     .providers

@@ -293,7 +293,7 @@ fn an_entry_stays_small() {
     // 10^8 of these in the 10,000-node simulation: keep an eye on the size.
     let size = std::mem::size_of::<super::view::Entry>();
     println!("Entry is {size} bytes");
-    assert!(size <= 72, "Entry grew to {size} bytes");
+    assert!(size <= 64, "Entry grew to {size} bytes");
 }
 
 /// Runs one exchange from `a` to `b` the way a driver does, with no loss.

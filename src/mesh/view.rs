@@ -1,11 +1,14 @@
 //! The member table one node holds, with its hash kept up to date on every
 //! change so that comparing two views costs one number.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::record::{bucket_of, entry_hash, MemberInfo, Millis, Stamp, Status};
 use crate::proto::peer::{Member, MemberDigest, ProviderSet};
+
+/// `Entry::last_heard` of a member never heard from directly.
+pub const NEVER: Millis = Millis::MAX;
 
 /// Finest bucket resolution kept incrementally; coarser counts fold it.
 pub const FINE_BUCKETS: u32 = 4096;
@@ -26,11 +29,39 @@ pub struct Entry {
     pub bucket: u16,
     /// When this node saw the current status begin (suspicion or tombstone start).
     pub since: Millis,
-    /// When this node last heard from the member itself.
-    pub last_heard: Option<Millis>,
+    /// When this node last heard from the member itself ([`NEVER`] if not yet).
+    pub last_heard: Millis,
+}
+
+// Entries are identified by member id: a view is a set of them, looked up by
+// id, so the id is stored once (in the shared `info`) rather than again as a key.
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.info.id == other.info.id
+    }
+}
+
+impl Eq for Entry {}
+
+impl std::hash::Hash for Entry {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Must hash exactly like the `str` it borrows as.
+        (*self.info.id).hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for Entry {
+    fn borrow(&self) -> &str {
+        &self.info.id
+    }
 }
 
 impl Entry {
+    /// When this node last heard from the member itself, if ever.
+    pub fn heard(&self) -> Option<Millis> {
+        (self.last_heard != NEVER).then_some(self.last_heard)
+    }
+
     pub fn stamp(&self) -> Stamp {
         Stamp {
             generation: self.info.generation,
@@ -99,7 +130,7 @@ impl std::ops::Deref for Suspecters {
 /// Every member one node knows, itself included.
 #[derive(Debug)]
 pub struct View {
-    entries: HashMap<Arc<str>, Entry>,
+    entries: HashSet<Entry>,
     hash: u64,
     fine: Vec<u64>,
 }
@@ -107,7 +138,7 @@ pub struct View {
 impl Default for View {
     fn default() -> Self {
         View {
-            entries: HashMap::new(),
+            entries: HashSet::new(),
             hash: 0,
             fine: vec![0; FINE_BUCKETS as usize],
         }
@@ -132,7 +163,7 @@ impl View {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.values()
+        self.entries.iter()
     }
 
     fn toggle(&mut self, entry: &Entry) {
@@ -145,23 +176,23 @@ impl View {
     pub fn put(&mut self, mut entry: Entry) {
         entry.bucket = bucket_of(&entry.info.id, FINE_BUCKETS) as u16;
         self.toggle(&entry);
-        if let Some(old) = self.entries.insert(entry.info.id.clone(), entry) {
+        if let Some(old) = self.entries.replace(entry) {
             self.toggle(&old);
         }
     }
 
     /// Changes an entry in place, keeping the hashes right.
     pub fn update<R>(&mut self, id: &str, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
-        let mut entry = self.entries.remove(id)?;
+        let mut entry = self.entries.take(id)?;
         self.toggle(&entry);
         let out = f(&mut entry);
         self.toggle(&entry);
-        self.entries.insert(entry.info.id.clone(), entry);
+        self.entries.insert(entry);
         Some(out)
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Entry> {
-        let old = self.entries.remove(id)?;
+        let old = self.entries.take(id)?;
         self.toggle(&old);
         Some(old)
     }
@@ -180,7 +211,7 @@ impl View {
     pub fn bucket_sizes(&self, bucket_count: u32) -> Vec<usize> {
         let k = bucket_count.clamp(1, FINE_BUCKETS) as usize;
         let mut out = vec![0usize; k];
-        for e in self.entries.values() {
+        for e in self.entries.iter() {
             out[e.bucket as usize & (k - 1)] += 1;
         }
         out
@@ -193,7 +224,7 @@ impl View {
         mask: &'a [bool],
     ) -> impl Iterator<Item = &'a Entry> + 'a {
         let k = bucket_count.clamp(1, FINE_BUCKETS) as usize;
-        self.entries.values().filter(move |e| {
+        self.entries.iter().filter(move |e| {
             mask.get(e.bucket as usize & (k - 1))
                 .copied()
                 .unwrap_or(false)

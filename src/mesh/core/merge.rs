@@ -100,7 +100,7 @@ impl Mesh {
                 suspected_by: interned_ids(&self.interner, &m.suspected_by, k),
                 bucket: 0,
                 since: now,
-                last_heard: direct.then_some(now),
+                last_heard: if direct { now } else { NEVER },
             };
             info!(member = %m.id, status = stamp.status.as_str(), "member discovered");
             self.view.put(entry);
@@ -148,7 +148,7 @@ impl Mesh {
                 } else {
                     old.since
                 },
-                last_heard: if direct { Some(now) } else { old.last_heard },
+                last_heard: if direct { now } else { old.last_heard },
             };
             self.view.put(entry);
             return Ok(true);
@@ -169,7 +169,7 @@ impl Mesh {
             self.view.update(&m.id, |e| e.suspected_by = merged);
         }
         if direct && old_generation == m.generation {
-            self.view.update(&m.id, |e| e.last_heard = Some(now));
+            self.view.update(&m.id, |e| e.last_heard = now);
         }
         if merge {
             Ok(true)

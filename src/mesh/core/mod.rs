@@ -17,7 +17,7 @@ mod merge;
 
 use super::intern::Interner;
 use super::record::{bucket_count_for, MemberInfo, Millis, Stamp, Status};
-use super::view::{bucket_mask, Entry, Suspecters, View};
+use super::view::{bucket_mask, Entry, Suspecters, View, NEVER};
 use crate::proto::peer::{
     Digest, ExchangeRequest, ExchangeResponse, Member, MemberDigest, ProviderExchangeRequest,
     ProviderExchangeResponse, ProviderInfo, ProviderSet,
@@ -179,7 +179,7 @@ impl Mesh {
             suspected_by: Suspecters::default(),
             bucket: 0,
             since: now,
-            last_heard: Some(now),
+            last_heard: now,
         });
         mesh
     }
