@@ -56,6 +56,8 @@ fn fmt(x: Option<f64>, unit: &str) -> String {
 // ----- iarnet over real loopback gRPC --------------------------------------
 
 struct LoopbackRun {
+    /// Seconds until the last node was started (part of the convergence time).
+    startup_secs: f64,
     rounds: Option<f64>,
     secs: Option<f64>,
     bytes: Option<f64>,
@@ -83,6 +85,7 @@ async fn loopback_run(n: usize, measure_detection: bool) -> LoopbackRun {
         }
         nodes.push(node);
     }
+    let startup_secs = t0.elapsed().as_secs_f64();
     let converged = |nodes: &[NodeHandle]| {
         nodes.iter().all(|node| {
             node.providers().len() == n
@@ -131,6 +134,7 @@ async fn loopback_run(n: usize, measure_detection: bool) -> LoopbackRun {
         node.kill();
     }
     LoopbackRun {
+        startup_secs,
         rounds,
         secs,
         bytes,
@@ -252,6 +256,13 @@ async fn main() {
                 pick(theirs.iter().map(|r| r.secs_to_converge).collect()),
                 "s",
             ),
+            target: "-".into(),
+        });
+        rows.push(Row {
+            measure: "loopback: of which starting all nodes".into(),
+            n,
+            ours: fmt(median(ours.iter().map(|r| r.startup_secs).collect()), "s"),
+            theirs: "-".into(),
             target: "-".into(),
         });
         rows.push(Row {
