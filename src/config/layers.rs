@@ -566,10 +566,14 @@ pub fn valid_host_port(s: &str) -> bool {
 }
 
 fn default_node_name() -> String {
+    hostname().unwrap_or_else(|| "iarnet".to_string())
+}
+
+/// This machine's host name (`$HOSTNAME`, else `/etc/hostname`), if known.
+pub fn hostname() -> Option<String> {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "iarnet".to_string())
 }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use layers::{valid_host_port, Layers, Source};
+pub use layers::{hostname, valid_host_port, Layers, Source};
 pub use quantity::Quantity;
 
 /// The shipped configuration, used when no file is given.

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::Rng;
 
 use super::NodeError;
-use crate::config::Config;
+use crate::config::{hostname, Config};
 
 /// The configured id, else the one in `data_dir/node-id` (created on first start).
 pub fn node_id(cfg: &Config) -> Result<String, NodeError> {
@@ -66,12 +66,4 @@ pub fn advertise_addr(cfg: &Config, bound: SocketAddr) -> String {
     } else {
         bound.to_string()
     }
-}
-
-fn hostname() -> Option<String> {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
 }
