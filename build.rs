@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["proto/peer.proto", "proto/admin.proto"];
+const PROTOS: &[&str] = &[
+    "proto/peer.proto",
+    "proto/admin.proto",
+    "proto/resource.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // tonic-prost-build 0.14 prints no rerun-if-changed lines of its own.

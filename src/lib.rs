@@ -22,4 +22,5 @@ pub mod config;
 pub mod mesh;
 pub mod node;
 pub mod proto;
+pub mod resource;
 pub mod signal;

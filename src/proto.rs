@@ -13,10 +13,18 @@ pub mod iarnet {
             tonic::include_proto!("iarnet.admin.v1");
         }
     }
+    pub mod resource {
+        pub mod v1 {
+            tonic::include_proto!("iarnet.resource.v1");
+        }
+    }
 }
 
 /// The operator API (package `iarnet.admin.v1`).
 pub use iarnet::admin::v1 as admin;
+
+/// The resource plane API and CallProvider payloads (package `iarnet.resource.v1`).
+pub use iarnet::resource::v1 as resource;
 
 /// Encoded `FileDescriptorSet` of every iarnet proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -1,0 +1,1 @@
+//! The Docker engine as a provider (bollard).

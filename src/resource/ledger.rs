@@ -1,0 +1,134 @@
+//! The capacity ledger of one provider: admission without over-commit.
+
+use std::collections::HashMap;
+
+use super::error::ResourceError;
+use super::types::{Capacity, Resources};
+
+/// Reservations by key (a deployment id). Every change goes through
+/// `reserve`/`release`, which keep `reserved` equal to the sum of the
+/// reservations and never above `total`.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    provider: String,
+    total: Resources,
+    reserved: Resources,
+    held: HashMap<String, Resources>,
+}
+
+impl Ledger {
+    pub fn new(provider: &str, total: Resources) -> Ledger {
+        Ledger {
+            provider: provider.to_string(),
+            total,
+            ..Ledger::default()
+        }
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        Capacity {
+            total: self.total,
+            reserved: self.reserved,
+        }
+    }
+
+    /// Reserves `need` under `key`; a key already held is not counted twice.
+    pub fn reserve(&mut self, key: &str, need: Resources) -> Result<(), ResourceError> {
+        if self.held.contains_key(key) {
+            return Ok(());
+        }
+        let available = self.total.saturating_sub(&self.reserved);
+        if !available.fits(&need) {
+            return Err(ResourceError::Exhausted {
+                provider: self.provider.clone(),
+                need,
+                available,
+            });
+        }
+        self.reserved = self.reserved.saturating_add(&need);
+        self.held.insert(key.to_string(), need);
+        Ok(())
+    }
+
+    /// Records a reservation found in the backend (a restart rebuilding its
+    /// books). It is kept even when it exceeds the total: it exists.
+    pub fn adopt(&mut self, key: &str, need: Resources) {
+        if self.held.insert(key.to_string(), need).is_none() {
+            self.reserved = self.reserved.saturating_add(&need);
+        }
+    }
+
+    pub fn release(&mut self, key: &str) -> Option<Resources> {
+        let need = self.held.remove(key)?;
+        self.reserved = self.reserved.saturating_sub(&need);
+        Some(need)
+    }
+
+    pub fn holds(&self, key: &str) -> bool {
+        self.held.contains_key(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.held.keys().map(|k| k.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn res(cpu: u64, mem: u64, gpus: u32) -> Resources {
+        Resources {
+            cpu_millis: cpu,
+            memory_bytes: mem,
+            gpus,
+            storage_bytes: 0,
+        }
+    }
+
+    proptest! {
+        /// Any sequence of reserves and releases keeps reserved = sum of
+        /// holdings <= total, and releasing everything restores the total.
+        #[test]
+        fn reservations_never_exceed_capacity(
+            ops in proptest::collection::vec((0u8..8, 0u64..3000, 0u64..5000, 0u32..3, any::<bool>()), 1..200)
+        ) {
+            let total = res(8000, 16000, 4);
+            let mut l = Ledger::new("p", total);
+            for (key, cpu, mem, gpus, is_reserve) in ops {
+                let key = format!("d{key}");
+                if is_reserve {
+                    let before = l.capacity();
+                    let r = l.reserve(&key, res(cpu, mem, gpus));
+                    if r.is_err() {
+                        prop_assert_eq!(before, l.capacity());
+                    }
+                } else {
+                    l.release(&key);
+                }
+                let c = l.capacity();
+                prop_assert!(c.total.fits(&c.reserved));
+                let sum = l.held.values().fold(Resources::ZERO, |a, r| a.saturating_add(r));
+                prop_assert_eq!(sum, c.reserved);
+            }
+            let keys: Vec<String> = l.keys().map(String::from).collect();
+            for k in keys {
+                l.release(&k);
+            }
+            prop_assert_eq!(l.capacity().reserved, Resources::ZERO);
+            prop_assert_eq!(l.capacity().available(), total);
+        }
+    }
+
+    #[test]
+    fn same_key_is_reserved_once() {
+        let mut l = Ledger::new("p", res(1000, 1000, 0));
+        l.reserve("a", res(600, 10, 0)).unwrap();
+        l.reserve("a", res(600, 10, 0)).unwrap();
+        assert_eq!(l.capacity().reserved.cpu_millis, 600);
+        let err = l.reserve("b", res(600, 10, 0)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.to_string().contains("400m"), "{err}");
+    }
+}

@@ -1,0 +1,189 @@
+//! The in-memory twin of a provider: same admission, idempotency and GPU
+//! rules as the real ones, no containers. Used by tests and benchmarks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use futures::stream;
+
+use super::error::ResourceError;
+use super::gpu::{GpuInfo, GpuPool};
+use super::ledger::Ledger;
+use super::provider::{LogOptions, LogStream, ProgressSink, Provider};
+use super::types::{
+    DeploySpec, DeployState, Deployment, LogLine, Progress, ProviderDescriptor, ProviderKind,
+    Resources,
+};
+use super::validate::deployment_key;
+
+struct Books {
+    ledger: Ledger,
+    gpus: GpuPool,
+    deployments: HashMap<String, Deployment>,
+}
+
+pub struct MemoryProvider {
+    id: String,
+    labels: BTreeMap<String, String>,
+    books: Mutex<Books>,
+}
+
+impl MemoryProvider {
+    pub fn new(id: &str, total: Resources, labels: BTreeMap<String, String>) -> MemoryProvider {
+        MemoryProvider::with_gpus(id, total, labels, Vec::new())
+    }
+
+    /// A provider whose GPU dimension comes from `gpus` (the NVML twin).
+    pub fn with_gpus(
+        id: &str,
+        mut total: Resources,
+        labels: BTreeMap<String, String>,
+        gpus: Vec<GpuInfo>,
+    ) -> MemoryProvider {
+        if !gpus.is_empty() {
+            total.gpus = gpus.len() as u32;
+        }
+        MemoryProvider {
+            id: id.to_string(),
+            labels,
+            books: Mutex::new(Books {
+                ledger: Ledger::new(id, total),
+                gpus: GpuPool::new(gpus),
+                deployments: HashMap::new(),
+            }),
+        }
+    }
+
+    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn find(&self, id: &str) -> Result<Deployment, ResourceError> {
+        self.books().deployments.get(id).cloned().ok_or_else(|| {
+            ResourceError::NotFound(format!(
+                "deployment {id:?} not found on provider {}",
+                self.id
+            ))
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for MemoryProvider {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn describe(&self) -> Result<ProviderDescriptor, ResourceError> {
+        let books = self.books();
+        let mut labels = self.labels.clone();
+        if let Some(model) = books.gpus.models().first() {
+            labels.insert("gpu.model".into(), model.clone());
+        }
+        Ok(ProviderDescriptor {
+            id: self.id.clone(),
+            name: self.id.clone(),
+            kind: ProviderKind::Memory,
+            endpoint: "memory".into(),
+            healthy: true,
+            capacity: books.ledger.capacity(),
+            labels,
+        })
+    }
+
+    async fn deploy(
+        &self,
+        spec: &DeploySpec,
+        progress: ProgressSink,
+    ) -> Result<Deployment, ResourceError> {
+        let key = deployment_key("mem", &spec.request_id);
+        let mut books = self.books();
+        if let Some(d) = books.deployments.get(&key) {
+            return Ok(d.clone());
+        }
+        let mut need = spec.resources;
+        if spec.gpu_shared {
+            need.gpus = 0;
+        }
+        books.ledger.reserve(&key, need)?;
+        let gpus = match books.gpus.assign(
+            &key,
+            spec.resources.gpus,
+            spec.gpu_model.as_deref(),
+            spec.gpu_shared,
+        ) {
+            Ok(g) => g,
+            Err(e) => {
+                books.ledger.release(&key);
+                return Err(e);
+            }
+        };
+        let mut d = Deployment {
+            id: key.clone(),
+            request_id: spec.request_id.clone(),
+            provider_id: self.id.clone(),
+            image: spec.image.clone(),
+            resources: spec.resources,
+            gpus,
+            history: Vec::new(),
+        };
+        for s in [
+            DeployState::Pending,
+            DeployState::Starting,
+            DeployState::Running,
+        ] {
+            progress.emit(Progress::State(s.clone()));
+            d.push_state(s);
+        }
+        books.deployments.insert(key, d.clone());
+        Ok(d)
+    }
+
+    async fn status(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {
+        self.find(deployment_id)
+    }
+
+    async fn list(&self) -> Result<Vec<Deployment>, ResourceError> {
+        let mut all: Vec<Deployment> = self.books().deployments.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(all)
+    }
+
+    async fn logs(
+        &self,
+        deployment_id: &str,
+        opts: LogOptions,
+    ) -> Result<LogStream, ResourceError> {
+        let d = self.find(deployment_id)?;
+        let lines = vec![
+            format!("{} started from {}", d.id, d.image),
+            format!("{} is {}", d.id, d.state()),
+        ];
+        let skip = opts
+            .tail
+            .map_or(0, |t| lines.len().saturating_sub(t as usize));
+        Ok(Box::pin(stream::iter(lines.into_iter().skip(skip).map(
+            |text| {
+                Ok(LogLine {
+                    stderr: false,
+                    text,
+                })
+            },
+        ))))
+    }
+
+    async fn stop(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {
+        let mut books = self.books();
+        let Some(d) = books.deployments.get_mut(deployment_id) else {
+            return Err(ResourceError::NotFound(format!(
+                "deployment {deployment_id:?} not found on provider {}",
+                self.id
+            )));
+        };
+        d.push_state(DeployState::Stopped);
+        let d = d.clone();
+        books.ledger.release(deployment_id);
+        books.gpus.release(deployment_id);
+        Ok(d)
+    }
+}

@@ -1,0 +1,32 @@
+//! The resource plane: providers that run containers, the capacity they
+//! advertise, and placement of deployments across the mesh.
+//!
+//! ```text
+//! types      amounts, capacity, specs, deployments        (pure data)
+//! validate   field-by-field spec checks, idempotency keys
+//! ledger     per-provider reservations: admission without over-commit
+//! gpu        NVML inventory (and its twin), GPUs assigned by UUID
+//! provider   the Provider trait
+//! memory     in-memory twin of a provider
+//! docker     the Docker engine through bollard
+//! kubernetes a cluster through kube
+//! ```
+//!
+//! Every provider does its own admission: it reserves under its lock before
+//! creating anything and releases on failure (reserve, then bind). The
+//! manager ranks candidates from capacity cached through gossip and simply
+//! tries the next one when an owner refuses.
+
+pub mod docker;
+pub mod error;
+pub mod gpu;
+pub mod kubernetes;
+pub mod ledger;
+pub mod memory;
+pub mod provider;
+pub mod types;
+pub mod validate;
+
+pub use error::ResourceError;
+pub use provider::{LogOptions, LogStream, ProgressSink, Provider};
+pub use types::*;

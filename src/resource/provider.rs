@@ -1,0 +1,72 @@
+//! The one trait every provider implements: Docker, Kubernetes, the
+//! in-memory twin, and the proxy for a provider owned by another node.
+
+use futures::stream::BoxStream;
+use tokio::sync::mpsc;
+
+use super::error::ResourceError;
+use super::types::{DeploySpec, Deployment, LogLine, Progress, ProviderDescriptor};
+
+/// Where a deploy reports its progress; dropping the receiver is fine.
+#[derive(Debug, Clone, Default)]
+pub struct ProgressSink(Option<mpsc::UnboundedSender<Progress>>);
+
+impl ProgressSink {
+    pub fn none() -> ProgressSink {
+        ProgressSink(None)
+    }
+
+    pub fn channel() -> (ProgressSink, mpsc::UnboundedReceiver<Progress>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (ProgressSink(Some(tx)), rx)
+    }
+
+    pub fn emit(&self, p: Progress) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(p);
+        }
+    }
+}
+
+/// How much of a log to read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Only the last `tail` lines of what exists now (None = all).
+    pub tail: Option<u32>,
+    /// Keep streaming new lines until the deployment ends.
+    pub follow: bool,
+}
+
+pub type LogStream = BoxStream<'static, Result<LogLine, ResourceError>>;
+
+/// A place that runs containers.
+///
+/// Admission happens inside `deploy`: the provider reserves under its own
+/// lock before it creates anything and releases on failure, so the sum of
+/// reservations never exceeds capacity. `deploy` is idempotent on
+/// `spec.request_id`: a retry returns the deployment the first call made.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Stable id, unique in the mesh.
+    fn id(&self) -> &str;
+
+    /// Identity, health, capacity and labels, as of now.
+    async fn describe(&self) -> Result<ProviderDescriptor, ResourceError>;
+
+    async fn deploy(
+        &self,
+        spec: &DeploySpec,
+        progress: ProgressSink,
+    ) -> Result<Deployment, ResourceError>;
+
+    async fn status(&self, deployment_id: &str) -> Result<Deployment, ResourceError>;
+
+    /// Every deployment this provider runs for iarnet.
+    async fn list(&self) -> Result<Vec<Deployment>, ResourceError>;
+
+    async fn logs(&self, deployment_id: &str, opts: LogOptions)
+        -> Result<LogStream, ResourceError>;
+
+    /// Stops and removes the container; its reservation is released.
+    async fn stop(&self, deployment_id: &str) -> Result<Deployment, ResourceError>;
+}

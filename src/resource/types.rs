@@ -1,0 +1,277 @@
+//! The vocabulary of the resource plane: amounts, capacity, deploy specs and
+//! deployments. Pure data, shared by providers, the manager and the wire.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::SystemTime;
+
+/// An amount of compute. CPU in millicores, memory and storage in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Resources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+    pub storage_bytes: u64,
+}
+
+impl Resources {
+    pub const ZERO: Resources = Resources {
+        cpu_millis: 0,
+        memory_bytes: 0,
+        gpus: 0,
+        storage_bytes: 0,
+    };
+
+    /// True when every dimension of `need` fits in `self`. A zero storage
+    /// total means "not accounted" and fits anything.
+    pub fn fits(&self, need: &Resources) -> bool {
+        need.cpu_millis <= self.cpu_millis
+            && need.memory_bytes <= self.memory_bytes
+            && need.gpus <= self.gpus
+            && (need.storage_bytes <= self.storage_bytes || self.storage_bytes == u64::MAX)
+    }
+
+    pub fn saturating_add(&self, o: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_add(o.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(o.memory_bytes),
+            gpus: self.gpus.saturating_add(o.gpus),
+            storage_bytes: self.storage_bytes.saturating_add(o.storage_bytes),
+        }
+    }
+
+    pub fn saturating_sub(&self, o: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
+            gpus: self.gpus.saturating_sub(o.gpus),
+            storage_bytes: self.storage_bytes.saturating_sub(o.storage_bytes),
+        }
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cpu={}m memory={}Mi gpu={}",
+            self.cpu_millis,
+            self.memory_bytes >> 20,
+            self.gpus
+        )?;
+        if self.storage_bytes != 0 && self.storage_bytes != u64::MAX {
+            write!(f, " storage={}Mi", self.storage_bytes >> 20)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a provider has: `total`, of which `reserved` is promised to deployments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub total: Resources,
+    pub reserved: Resources,
+}
+
+impl Capacity {
+    pub fn available(&self) -> Resources {
+        self.total.saturating_sub(&self.reserved)
+    }
+}
+
+/// Where a provider sits relative to this node; earlier tiers are preferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    /// This node's own Docker engine or Kubernetes cluster.
+    Internal,
+    /// A Docker host or cluster an operator registered on this node.
+    External,
+    /// Another node's provider, learned by gossip.
+    Discovered,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Internal => "internal",
+            Tier::External => "external",
+            Tier::Discovered => "discovered",
+        }
+    }
+}
+
+/// The kind of backend behind a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    Docker,
+    Kubernetes,
+    /// The in-memory twin used by tests and benchmarks.
+    Memory,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Docker => "docker",
+            ProviderKind::Kubernetes => "k8s",
+            ProviderKind::Memory => "memory",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ProviderKind> {
+        match s {
+            "docker" => Some(ProviderKind::Docker),
+            "k8s" | "kubernetes" => Some(ProviderKind::Kubernetes),
+            "memory" => Some(ProviderKind::Memory),
+            _ => None,
+        }
+    }
+}
+
+/// A provider's identity and standing, as advertised to the mesh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderDescriptor {
+    pub id: String,
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Where the backend is reached (socket path, URL); never credentials.
+    pub endpoint: String,
+    pub healthy: bool,
+    pub capacity: Capacity,
+    /// `region`, `zone`, `gpu.model`, …
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A port to publish: `container` inside, `host` outside (0 = any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSpec {
+    pub container: u16,
+    pub host: u16,
+    pub udp: bool,
+}
+
+/// What to run and what it needs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeploySpec {
+    /// Chosen by the caller; a retry with the same id gets the same deployment.
+    pub request_id: String,
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortSpec>,
+    pub resources: Resources,
+    /// Only GPUs of this model (substring match on the model name).
+    pub gpu_model: Option<String>,
+    /// Several deployments may use the same GPU.
+    pub gpu_shared: bool,
+    /// Labels put on the container.
+    pub labels: BTreeMap<String, String>,
+    /// Labels the provider must carry (e.g. `region: eu-west`).
+    pub required_labels: BTreeMap<String, String>,
+}
+
+/// The life of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeployState {
+    Pending,
+    Pulling,
+    Starting,
+    Running,
+    Exited(i64),
+    Failed(String),
+    Stopped,
+}
+
+impl DeployState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeployState::Pending => "pending",
+            DeployState::Pulling => "pulling",
+            DeployState::Starting => "starting",
+            DeployState::Running => "running",
+            DeployState::Exited(_) => "exited",
+            DeployState::Failed(_) => "failed",
+            DeployState::Stopped => "stopped",
+        }
+    }
+
+    /// No longer holds resources.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            DeployState::Exited(_) | DeployState::Failed(_) | DeployState::Stopped
+        )
+    }
+}
+
+impl fmt::Display for DeployState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeployState::Exited(code) => write!(f, "exited({code})"),
+            DeployState::Failed(why) => write!(f, "failed: {why}"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// One state change, with when it was seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateChange {
+    pub state: DeployState,
+    pub at: SystemTime,
+}
+
+/// A deployment as its provider knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    /// Provider-scoped id (a container name or pod name).
+    pub id: String,
+    pub request_id: String,
+    pub provider_id: String,
+    pub image: String,
+    pub resources: Resources,
+    /// UUIDs of the GPUs assigned to it.
+    pub gpus: Vec<String>,
+    pub history: Vec<StateChange>,
+}
+
+impl Deployment {
+    pub fn state(&self) -> DeployState {
+        self.history
+            .last()
+            .map(|c| c.state.clone())
+            .unwrap_or(DeployState::Pending)
+    }
+
+    /// Appends `state` unless it is already the current one.
+    pub fn push_state(&mut self, state: DeployState) {
+        if self.history.last().map(|c| &c.state) != Some(&state) {
+            self.history.push(StateChange {
+                state,
+                at: SystemTime::now(),
+            });
+        }
+    }
+}
+
+/// Progress of a deploy, reported while it runs (image pulls take time).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    State(DeployState),
+    /// An image pull step: layer id, status text, bytes done and total.
+    Pull {
+        layer: String,
+        status: String,
+        current: u64,
+        total: u64,
+    },
+}
+
+/// One line of a deployment's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub stderr: bool,
+    pub text: String,
+}
