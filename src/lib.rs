@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod mesh;
 pub mod node;
+pub mod placement;
 pub mod proto;
 pub mod resource;
 pub mod signal;

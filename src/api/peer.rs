@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use crate::node::gossip::Shared;
 use crate::node::stats::Stats;
+use crate::placement::Manager;
 use crate::proto::peer::peer_service_server::PeerService;
 use crate::proto::peer::{
     ExchangeRequest, ExchangeResponse, ProviderCallRequest, ProviderCallResponse,
@@ -18,11 +19,12 @@ const MAX_FIELD: usize = 512;
 
 pub struct PeerApi {
     shared: Arc<Shared>,
+    manager: Arc<Manager>,
 }
 
 impl PeerApi {
-    pub fn new(shared: Arc<Shared>) -> PeerApi {
-        PeerApi { shared }
+    pub fn new(shared: Arc<Shared>, manager: Arc<Manager>) -> PeerApi {
+        PeerApi { shared, manager }
     }
 
     /// Counts a served gossip call: `request_len` bytes in, the reply out.
@@ -94,22 +96,16 @@ impl PeerService for PeerApi {
                 "method is empty: name the provider operation to call",
             ));
         }
-        let node = self.shared.mesh().id().to_string();
-        let owned = self
-            .shared
-            .mesh()
-            .providers()
-            .iter()
-            .any(|p| p.id == req.provider_id && p.owner_id == node);
-        if !owned {
-            return Err(Status::not_found(format!(
-                "provider {:?} is not owned by node {node:?}; call the node that owns it (see ListProviders)",
-                req.provider_id
-            )));
-        }
-        Err(Status::unimplemented(format!(
-            "method {:?} is not implemented for provider {:?} on this node",
-            req.method, req.provider_id
-        )))
+        check_len("provider_id", &req.provider_id)?;
+        check_len("method", &req.method)?;
+        let response = self
+            .manager
+            .serve_call(&req.provider_id, &req.method, &req.payload)
+            .await?;
+        Ok(Response::new(ProviderCallResponse {
+            success: true,
+            response,
+            error: String::new(),
+        }))
     }
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde_yaml_ng::Value as Yaml;
 
-use super::{Config, ConfigError, GossipConfig, Mode, Problem, Quantity, ResourceLimits};
+use super::{
+    Config, ConfigError, GossipConfig, Mode, Problem, Quantity, ResourceConfig, ResourceLimits,
+};
+use crate::placement::Strategy;
 
 /// Where a value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -68,6 +71,20 @@ const KEYS: &[(&str, bool, Option<&str>)] = &[
     ("gossip.max_message_size", false, None),
     ("gossip.seed_resolve_interval", false, None),
     ("shutdown_grace", false, Some("IARNET_SHUTDOWN_GRACE")),
+    (
+        "allow_remote_access",
+        false,
+        Some("IARNET_ALLOW_REMOTE_ACCESS"),
+    ),
+    (
+        "placement.strategy",
+        false,
+        Some("IARNET_PLACEMENT_STRATEGY"),
+    ),
+    ("placement.region", false, Some("IARNET_REGION")),
+    ("placement.zone", false, Some("IARNET_ZONE")),
+    ("docker.host", false, Some("IARNET_DOCKER_HOST")),
+    ("kubernetes.namespace", false, Some("IARNET_K8S_NAMESPACE")),
 ];
 
 /// `IARNET_*` variables read elsewhere (the binary), not configuration keys.
@@ -328,6 +345,14 @@ pub(super) fn build(layers: &Layers) -> Result<Config, ConfigError> {
             Duration::from_millis(100),
             Duration::from_secs(3600),
         ),
+        resources: ResourceConfig {
+            allow_remote_access: p.boolean("allow_remote_access", true),
+            strategy: p.strategy(),
+            region: p.opt_scalar("placement.region").filter(|s| !s.is_empty()),
+            zone: p.opt_scalar("placement.zone").filter(|s| !s.is_empty()),
+            docker_host: p.opt_scalar("docker.host").filter(|s| !s.is_empty()),
+            k8s_namespace: p.scalar("kubernetes.namespace", "default"),
+        },
         sources: layers
             .values
             .iter()
@@ -385,6 +410,26 @@ impl Parser<'_> {
                 Mode::Auto
             }
         }
+    }
+
+    fn boolean(&mut self, key: &str, default: bool) -> bool {
+        let text = self.scalar(key, if default { "true" } else { "false" });
+        match text.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => true,
+            "false" | "no" | "off" | "0" => false,
+            _ => {
+                self.fail(key, &text, "expected true or false");
+                default
+            }
+        }
+    }
+
+    fn strategy(&mut self) -> Strategy {
+        let text = self.scalar("placement.strategy", "spread");
+        Strategy::parse(&text).unwrap_or_else(|why| {
+            self.fail("placement.strategy", &text, &why);
+            Strategy::default()
+        })
     }
 
     fn listen(&mut self, key: &str, default: &str) -> SocketAddr {

@@ -84,6 +84,23 @@ pub struct GossipConfig {
     pub seed_resolve_interval: Duration,
 }
 
+/// The resource plane's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceConfig {
+    /// `allow_remote_access`: offer this node's providers to other nodes
+    /// (default true). Off: nothing is advertised and CallProvider is refused.
+    pub allow_remote_access: bool,
+    /// `placement.strategy`: the default ranking (default `spread`).
+    pub strategy: crate::placement::Strategy,
+    /// `placement.region` / `placement.zone`: labels of this node's providers.
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    /// `docker.host`: the engine to use (default: `DOCKER_HOST`, else the local socket).
+    pub docker_host: Option<String>,
+    /// `kubernetes.namespace`: where pods are created (default `default`).
+    pub k8s_namespace: String,
+}
+
 /// A validated node configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -109,6 +126,7 @@ pub struct Config {
     pub gossip: GossipConfig,
     /// `shutdown_grace`: the bound on a graceful shutdown (default `10s`).
     pub shutdown_grace: Duration,
+    pub resources: ResourceConfig,
     /// Where each value came from, for the summary an operator sees.
     pub sources: Vec<(String, Source)>,
 }

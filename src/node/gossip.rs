@@ -30,7 +30,7 @@ pub struct Shared {
     pub stats: Stats,
     stopped: AtomicBool,
     pub config: Config,
-    pool: Pool,
+    pub(crate) pool: Pool,
 }
 
 impl Shared {
@@ -73,7 +73,7 @@ impl Shared {
 }
 
 /// One lazily connected channel per peer address, reused across rounds.
-struct Pool {
+pub(crate) struct Pool {
     clients: Mutex<HashMap<String, PeerServiceClient<Channel>>>,
     timeout: Duration,
 }
@@ -86,7 +86,7 @@ impl Pool {
         }
     }
 
-    fn client(&self, addr: &str) -> Result<PeerServiceClient<Channel>, Status> {
+    pub(crate) fn client(&self, addr: &str) -> Result<PeerServiceClient<Channel>, Status> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());

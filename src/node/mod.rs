@@ -3,6 +3,7 @@
 
 pub mod gossip;
 mod identity;
+pub mod resources;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -20,13 +21,18 @@ use tracing::{info, warn, Instrument};
 
 use crate::api::admin::AdminApi;
 use crate::api::peer::PeerApi;
+use crate::api::resources::ResourceApi;
 use crate::config::Config;
 use crate::mesh::record::StableHasher;
 use crate::mesh::{Identity, Mesh, MeshConfig, Status};
+use crate::placement::Manager;
 use crate::proto::admin::admin_server::AdminServer;
 use crate::proto::peer::peer_service_server::PeerServiceServer;
 use crate::proto::peer::{Member, ProviderInfo};
+use crate::proto::resource::resource_service_server::ResourceServiceServer;
+use crate::resource::Tier;
 use gossip::{Shared, MAX_GRPC_MESSAGE};
+pub use resources::ProviderSetup;
 use stats::StatsSnapshot;
 
 /// Why a node could not start.
@@ -54,7 +60,11 @@ pub struct MemberSnapshot {
 }
 
 /// The names gRPC health reports on, besides the whole server ("").
-const HEALTH_SERVICES: &[&str] = &["peer.PeerService", "iarnet.admin.v1.Admin"];
+const HEALTH_SERVICES: &[&str] = &[
+    "peer.PeerService",
+    "iarnet.admin.v1.Admin",
+    "iarnet.resource.v1.ResourceService",
+];
 
 fn mesh_config(cfg: &Config) -> MeshConfig {
     let g = &cfg.gossip;
@@ -70,8 +80,14 @@ fn mesh_config(cfg: &Config) -> MeshConfig {
     }
 }
 
-/// Starts a node from a validated configuration.
+/// Starts a node from a validated configuration, with the internal
+/// provider its `mode` finds.
 pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
+    start_with(config, ProviderSetup::Detect).await
+}
+
+/// Starts a node with the given provider setup.
+pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHandle, NodeError> {
     let listener = TcpListener::bind(config.peer_listen_addr)
         .await
         .map_err(|e| NodeError::Bind {
@@ -109,6 +125,28 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let shared = Arc::new(Shared::new(mesh, config));
     let cancel = CancellationToken::new();
 
+    let manager = Arc::new(Manager::new(
+        &id,
+        Arc::new(resources::NodeDiscovery {
+            shared: shared.clone(),
+        }),
+        shared.config.resources.strategy,
+        shared.config.resources.allow_remote_access,
+        rng_seed ^ 0x9e37_79b9_7f4a_7c15,
+    ));
+    let internal = match setup {
+        ProviderSetup::Detect => resources::detect_internal(&shared.config, &id)
+            .await
+            .into_iter()
+            .collect(),
+        ProviderSetup::Given(list) => list,
+    };
+    for p in internal {
+        if let Err(e) = manager.add_provider(p, Tier::Internal).await {
+            warn!(parent: &span, error = %e, "internal provider left out");
+        }
+    }
+
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in std::iter::once(&"").chain(HEALTH_SERVICES) {
         health
@@ -132,11 +170,14 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            PeerServiceServer::new(PeerApi::new(shared.clone()))
+            PeerServiceServer::new(PeerApi::new(shared.clone(), manager.clone()))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE),
         )
-        .add_service(AdminServer::new(AdminApi::new(shared.clone())));
+        .add_service(AdminServer::new(AdminApi::new(shared.clone())))
+        .add_service(ResourceServiceServer::new(ResourceApi::new(
+            manager.clone(),
+        )));
     let server_stop = cancel.child_token();
     let server = tokio::spawn(
         async move {
@@ -158,11 +199,20 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         gossip::seed_loop(shared.clone(), cancel.child_token())
             .instrument(tracing::info_span!(parent: &span, "seeds")),
     );
+    let refresh = tokio::spawn(
+        resources::refresh_loop(
+            manager.clone(),
+            (shared.config.gossip.interval * 5).max(Duration::from_secs(1)),
+            cancel.child_token(),
+        )
+        .instrument(tracing::info_span!(parent: &span, "resources")),
+    );
     Ok(NodeHandle {
         shared,
+        manager,
         cancel,
         health,
-        tasks: vec![gossip, seeds],
+        tasks: vec![gossip, seeds, refresh],
         server: Some(server),
         local_addr,
     })
@@ -171,6 +221,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
 /// Owns a running node's tasks; dropping it stops them.
 pub struct NodeHandle {
     shared: Arc<Shared>,
+    manager: Arc<Manager>,
     cancel: CancellationToken,
     health: HealthReporter,
     tasks: Vec<JoinHandle<()>>,
@@ -195,6 +246,11 @@ impl NodeHandle {
     /// The address the gRPC server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The resource manager: providers, placement, deployments.
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.manager
     }
 
     pub fn config(&self) -> &Config {

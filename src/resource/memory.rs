@@ -96,7 +96,7 @@ impl Provider for MemoryProvider {
         spec: &DeploySpec,
         progress: ProgressSink,
     ) -> Result<Deployment, ResourceError> {
-        let key = deployment_key("mem", &spec.request_id);
+        let key = deployment_key("iarnet", &spec.request_id);
         let mut books = self.books();
         if let Some(d) = books.deployments.get(&key) {
             return Ok(d.clone());

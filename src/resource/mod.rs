@@ -26,6 +26,7 @@ pub mod memory;
 pub mod provider;
 pub mod types;
 pub mod validate;
+pub mod wire;
 
 pub use error::ResourceError;
 pub use provider::{LogOptions, LogStream, ProgressSink, Provider};

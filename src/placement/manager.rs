@@ -1,0 +1,623 @@
+//! The resource manager of one node: its own providers (internal and
+//! external), the ones other nodes advertise (discovered), placement, and
+//! the serving side of `CallProvider`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use futures::StreamExt;
+use prost::Message;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use crate::proto::peer::ProviderInfo;
+use crate::proto::resource as pb;
+use crate::resource::validate::{deployment_key, validate};
+use crate::resource::wire::{deployment_to_proto, spec_from_proto};
+use crate::resource::{
+    DeploySpec, Deployment, LogOptions, LogStream, ProgressSink, Provider, ProviderDescriptor,
+    ProviderKind, ResourceError, Tier,
+};
+
+use super::proxy::{ProviderCaller, RemoteProvider};
+use super::rank::{Candidate, Index, Need, Strategy};
+
+/// What the manager needs from the mesh.
+pub trait Discovery: Send + Sync + 'static {
+    /// Providers that other live nodes advertise.
+    fn discovered(&self) -> Vec<Candidate>;
+    /// Advertises this node's providers to the mesh.
+    fn publish(&self, providers: Vec<ProviderInfo>);
+    /// Reaches other nodes' `CallProvider`.
+    fn caller(&self) -> Arc<dyn ProviderCaller>;
+}
+
+/// Status codes carried in `ProviderInfo.status`.
+pub const PROVIDER_HEALTHY: i32 = 1;
+pub const PROVIDER_UNHEALTHY: i32 = 2;
+
+/// How many providers one deploy tries before giving up.
+const MAX_ATTEMPTS: usize = 8;
+
+struct Local {
+    provider: Arc<dyn Provider>,
+    tier: Tier,
+    desc: ProviderDescriptor,
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    candidate: Candidate,
+}
+
+/// Per-request choices for one deploy.
+#[derive(Debug, Clone, Default)]
+pub struct PlaceOptions {
+    pub strategy: Option<Strategy>,
+    pub region: Option<String>,
+    pub provider_id: Option<String>,
+}
+
+/// A deploy's outcome: the deployment and where it went and why.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub deployment: Deployment,
+    pub placement: pb::Placement,
+}
+
+pub struct Manager {
+    node_id: String,
+    discovery: Arc<dyn Discovery>,
+    strategy: Strategy,
+    allow_remote_access: bool,
+    locals: RwLock<BTreeMap<String, Local>>,
+    /// Deployments placed through this node, by deployment id; the provider
+    /// is recorded before the deploy is sent so that a retry finds it.
+    records: Mutex<HashMap<String, Record>>,
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    rng: Mutex<SmallRng>,
+    published: Mutex<Option<Vec<ProviderInfo>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Manager {
+    pub fn new(
+        node_id: &str,
+        discovery: Arc<dyn Discovery>,
+        strategy: Strategy,
+        allow_remote_access: bool,
+        seed: u64,
+    ) -> Manager {
+        Manager {
+            node_id: node_id.to_string(),
+            discovery,
+            strategy,
+            allow_remote_access,
+            locals: RwLock::default(),
+            records: Mutex::default(),
+            inflight: Mutex::default(),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            published: Mutex::default(),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn default_strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    pub fn allow_remote_access(&self) -> bool {
+        self.allow_remote_access
+    }
+
+    /// Adds one of this node's providers and advertises it.
+    pub async fn add_provider(
+        &self,
+        provider: Arc<dyn Provider>,
+        tier: Tier,
+    ) -> Result<ProviderDescriptor, ResourceError> {
+        let desc = provider.describe().await?;
+        {
+            let mut locals = self.locals.write().unwrap_or_else(PoisonError::into_inner);
+            if locals.contains_key(&desc.id) {
+                return Err(ResourceError::invalid(
+                    "name",
+                    format!(
+                        "a provider with id {:?} is already registered on this node",
+                        desc.id
+                    ),
+                ));
+            }
+            locals.insert(
+                desc.id.clone(),
+                Local {
+                    provider,
+                    tier,
+                    desc: desc.clone(),
+                },
+            );
+        }
+        info!(provider = %desc.id, kind = desc.kind.as_str(), tier = tier.as_str(), capacity = %desc.capacity.total, "provider added");
+        self.publish();
+        Ok(desc)
+    }
+
+    /// Removes an external provider; internal ones stay.
+    pub fn remove_provider(&self, id: &str) -> Result<(), ResourceError> {
+        {
+            let mut locals = self.locals.write().unwrap_or_else(PoisonError::into_inner);
+            match locals.get(id).map(|l| l.tier) {
+                None => {
+                    return Err(ResourceError::NotFound(format!(
+                        "provider {id:?} is not registered on node {}; see ListProviders",
+                        self.node_id
+                    )))
+                }
+                Some(Tier::Internal) => {
+                    return Err(ResourceError::invalid(
+                        "id",
+                        format!("{id:?} is this node's internal provider; only external providers can be unregistered"),
+                    ))
+                }
+                Some(_) => {
+                    locals.remove(id);
+                }
+            }
+        }
+        info!(provider = %id, "provider removed");
+        self.publish();
+        Ok(())
+    }
+
+    fn local(&self, id: &str) -> Option<(Arc<dyn Provider>, Tier)> {
+        let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
+        locals.get(id).map(|l| (l.provider.clone(), l.tier))
+    }
+
+    /// Re-reads every local provider's capacity and health; advertises changes.
+    pub async fn refresh(&self) {
+        let providers: Vec<Arc<dyn Provider>> = {
+            let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
+            locals.values().map(|l| l.provider.clone()).collect()
+        };
+        for p in providers {
+            self.refresh_one(&*p).await;
+        }
+        self.publish();
+    }
+
+    async fn refresh_one(&self, p: &dyn Provider) {
+        let desc = p.describe().await;
+        let mut locals = self.locals.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(l) = locals.get_mut(p.id()) {
+            match desc {
+                Ok(d) => l.desc = d,
+                Err(e) => {
+                    if l.desc.healthy {
+                        warn!(provider = %p.id(), error = %e, "provider is unhealthy");
+                    }
+                    l.desc.healthy = false;
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let infos: Vec<ProviderInfo> = if self.allow_remote_access {
+            let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
+            locals.values().map(|l| provider_info(&l.desc)).collect()
+        } else {
+            // Remote access off: nothing is offered to other nodes.
+            Vec::new()
+        };
+        let mut last = lock(&self.published);
+        if last.as_ref() != Some(&infos) {
+            *last = Some(infos.clone());
+            self.discovery.publish(infos);
+        }
+    }
+
+    /// Every provider this node can place on, best tier first.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let mut out: Vec<Candidate> = {
+            let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
+            locals
+                .values()
+                .map(|l| Candidate {
+                    id: l.desc.id.clone(),
+                    name: l.desc.name.clone(),
+                    kind: l.desc.kind,
+                    tier: l.tier,
+                    owner_id: self.node_id.clone(),
+                    owner_addr: String::new(),
+                    healthy: l.desc.healthy,
+                    capacity: l.desc.capacity,
+                    labels: l.desc.labels.clone(),
+                })
+                .collect()
+        };
+        let mine: HashSet<String> = out.iter().map(|c| c.id.clone()).collect();
+        out.extend(
+            self.discovery
+                .discovered()
+                .into_iter()
+                .filter(|c| c.owner_id != self.node_id && !mine.contains(&c.id)),
+        );
+        out.sort_by(|a, b| (a.tier, &a.id).cmp(&(b.tier, &b.id)));
+        out
+    }
+
+    fn provider_for(&self, c: &Candidate) -> Result<Arc<dyn Provider>, ResourceError> {
+        if c.owner_id == self.node_id {
+            return self.local(&c.id).map(|(p, _)| p).ok_or_else(|| {
+                ResourceError::NotFound(format!("provider {:?} is no longer registered", c.id))
+            });
+        }
+        Ok(Arc::new(RemoteProvider::new(
+            c.clone(),
+            self.discovery.caller(),
+        )))
+    }
+
+    fn request_lock(&self, request_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut inflight = lock(&self.inflight);
+        inflight.retain(|_, l| Arc::strong_count(l) > 1);
+        inflight.entry(request_id.to_string()).or_default().clone()
+    }
+
+    /// Places and starts a deployment: ranks the feasible providers from the
+    /// cached view and tries them in order until one admits it.
+    pub async fn deploy(
+        &self,
+        spec: DeploySpec,
+        opts: PlaceOptions,
+        progress: ProgressSink,
+    ) -> Result<Placed, ResourceError> {
+        validate(&spec)?;
+        let strategy = opts.strategy.unwrap_or(self.strategy);
+        let id = deployment_key("iarnet", &spec.request_id);
+        let guard = self.request_lock(&spec.request_id);
+        let _held = guard.lock().await;
+
+        // A retry: go back to the provider the first attempt went to.
+        let previous = lock(&self.records).get(&id).cloned();
+        if let Some(rec) = previous {
+            let p = self.provider_for(&rec.candidate)?;
+            match p.deploy(&spec, progress.clone()).await {
+                Ok(d) => {
+                    return Ok(self.placed(
+                        d,
+                        &rec.candidate,
+                        strategy,
+                        "retry of an earlier request",
+                        vec![],
+                    ))
+                }
+                Err(e) if e.try_elsewhere() => {
+                    debug!(request = %spec.request_id, error = %e, "earlier provider refused the retry");
+                    lock(&self.records).remove(&id);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        let index = Index::build(self.candidates());
+        let need = Need {
+            resources: spec.resources,
+            gpu_model: spec.gpu_model.as_deref(),
+            required_labels: Some(&spec.required_labels),
+            region: opts.region.as_deref(),
+            provider_id: opts.provider_id.as_deref(),
+        };
+        let mut skip = HashSet::new();
+        let mut refused = Vec::new();
+        while skip.len() < MAX_ATTEMPTS {
+            let ranked: Vec<Candidate> = {
+                let mut rng = lock(&self.rng);
+                index
+                    .rank(&need, strategy, 3, &skip, &mut rng)
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            };
+            if ranked.is_empty() {
+                break;
+            }
+            for c in ranked {
+                skip.insert(c.id.clone());
+                lock(&self.records).insert(
+                    id.clone(),
+                    Record {
+                        candidate: c.clone(),
+                    },
+                );
+                let result = match self.provider_for(&c) {
+                    Ok(p) => p.deploy(&spec, progress.clone()).await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(d) => {
+                        if c.owner_id == self.node_id {
+                            if let Some((p, _)) = self.local(&c.id) {
+                                self.refresh_one(&*p).await;
+                                self.publish();
+                            }
+                        }
+                        let why = format!(
+                            "{} tier, {} ({} free before)",
+                            c.tier.as_str(),
+                            strategy,
+                            c.capacity.available()
+                        );
+                        info!(request = %spec.request_id, provider = %c.id, owner = %c.owner_id, %why, "deployment placed");
+                        return Ok(self.placed(d, &c, strategy, &why, refused));
+                    }
+                    Err(e) if e.try_elsewhere() => {
+                        lock(&self.records).remove(&id);
+                        debug!(provider = %c.id, error = %e, "provider refused; trying the next");
+                        refused.push(format!("{}: {e}", c.id));
+                    }
+                    Err(e) => {
+                        lock(&self.records).remove(&id);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let looked = index.len();
+        Err(ResourceError::NoPlacement(if refused.is_empty() {
+            format!(
+                "none of the {looked} known providers has {} free{}{} (see GetCapacity and ListProviders)",
+                spec.resources,
+                spec.gpu_model.as_ref().map(|m| format!(" with a {m} GPU")).unwrap_or_default(),
+                if spec.required_labels.is_empty() { String::new() } else { format!(" and labels {:?}", spec.required_labels) },
+            )
+        } else {
+            format!("every candidate refused: {}", refused.join("; "))
+        }))
+    }
+
+    fn placed(
+        &self,
+        deployment: Deployment,
+        c: &Candidate,
+        strategy: Strategy,
+        why: &str,
+        refused: Vec<String>,
+    ) -> Placed {
+        Placed {
+            deployment,
+            placement: pb::Placement {
+                provider_id: c.id.clone(),
+                owner_id: c.owner_id.clone(),
+                tier: c.tier.as_str().to_string(),
+                strategy: strategy.as_str().to_string(),
+                reason: why.to_string(),
+                refused,
+            },
+        }
+    }
+
+    /// The provider holding deployment `id`: recorded at placement, else
+    /// searched among this node's providers (deployments other nodes placed here).
+    async fn holder(&self, id: &str) -> Result<(Arc<dyn Provider>, String), ResourceError> {
+        let rec = lock(&self.records).get(id).cloned();
+        if let Some(rec) = rec {
+            return Ok((self.provider_for(&rec.candidate)?, rec.candidate.owner_id));
+        }
+        let providers: Vec<Arc<dyn Provider>> = {
+            let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
+            locals.values().map(|l| l.provider.clone()).collect()
+        };
+        for p in providers {
+            if p.status(id).await.is_ok() {
+                return Ok((p, self.node_id.clone()));
+            }
+        }
+        Err(ResourceError::NotFound(format!(
+            "deployment {id:?} is unknown to node {}: ask the node that placed it, or ListDeployments",
+            self.node_id
+        )))
+    }
+
+    pub async fn status(&self, id: &str) -> Result<(Deployment, String), ResourceError> {
+        let (p, owner) = self.holder(id).await?;
+        Ok((p.status(id).await?, owner))
+    }
+
+    pub async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, ResourceError> {
+        let (p, _) = self.holder(id).await?;
+        p.logs(id, opts).await
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<(Deployment, String), ResourceError> {
+        let (p, owner) = self.holder(id).await?;
+        let d = p.stop(id).await?;
+        if owner == self.node_id {
+            self.refresh_one(&*p).await;
+            self.publish();
+        }
+        Ok((d, owner))
+    }
+
+    /// Deployments this node placed, and those on its own providers.
+    pub async fn list(&self) -> Vec<(Deployment, String)> {
+        let mut out: BTreeMap<String, (Deployment, String)> = BTreeMap::new();
+        let providers: Vec<Arc<dyn Provider>> = {
+            let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
+            locals.values().map(|l| l.provider.clone()).collect()
+        };
+        for p in providers {
+            match p.list().await {
+                Ok(ds) => out.extend(
+                    ds.into_iter()
+                        .map(|d| (d.id.clone(), (d, self.node_id.clone()))),
+                ),
+                Err(e) => warn!(provider = %p.id(), error = %e, "cannot list deployments"),
+            }
+        }
+        let remote: Vec<(String, Record)> = lock(&self.records)
+            .iter()
+            .filter(|(id, r)| r.candidate.owner_id != self.node_id && !out.contains_key(*id))
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect();
+        for (id, rec) in remote {
+            if let Ok(p) = self.provider_for(&rec.candidate) {
+                if let Ok(d) = p.status(&id).await {
+                    out.insert(id, (d, rec.candidate.owner_id.clone()));
+                }
+            }
+        }
+        out.into_values().collect()
+    }
+
+    // ----- the serving side of CallProvider -------------------------------
+
+    /// Runs `method` on one of this node's own providers for another node.
+    /// Only own providers are served, so a call never hops further.
+    pub async fn serve_call(
+        &self,
+        provider_id: &str,
+        method: &str,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, Status> {
+        if !self.allow_remote_access {
+            return Err(Status::permission_denied(format!(
+                "node {} has allow_remote_access off: its providers serve only local requests",
+                self.node_id
+            )));
+        }
+        let Some((p, tier)) = self.local(provider_id) else {
+            return Err(Status::not_found(format!(
+                "provider {provider_id:?} is not owned by node {}; call the node that owns it (see ListProviders)",
+                self.node_id
+            )));
+        };
+        fn decode<M: Message + Default>(method: &str, payload: &[u8]) -> Result<M, Status> {
+            M::decode(payload).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "payload of {method:?} is not a valid iarnet.resource.v1 message: {e}"
+                ))
+            })
+        }
+        let me = &self.node_id;
+        let bytes = match method {
+            "capacity" => {
+                let _: pb::CapacityCall = decode(method, payload)?;
+                self.refresh_one(&*p).await;
+                let c = self
+                    .candidates()
+                    .into_iter()
+                    .find(|c| c.id == provider_id)
+                    .ok_or_else(|| Status::not_found("provider removed"))?;
+                let mut e = provider_entry(&c);
+                e.tier = tier.as_str().to_string();
+                e.encode_to_vec()
+            }
+            "deploy" => {
+                let call: pb::DeployCall = decode(method, payload)?;
+                let spec = spec_from_proto(call.spec.ok_or_else(|| {
+                    Status::invalid_argument("DeployCall.spec is missing")
+                })?)?;
+                validate(&spec)?;
+                let d = p.deploy(&spec, ProgressSink::none()).await?;
+                self.refresh_one(&*p).await;
+                self.publish();
+                deployment_to_proto(&d, me).encode_to_vec()
+            }
+            "status" => {
+                let call: pb::StatusCall = decode(method, payload)?;
+                deployment_to_proto(&p.status(&call.deployment_id).await?, me).encode_to_vec()
+            }
+            "stop" => {
+                let call: pb::StopCall = decode(method, payload)?;
+                let d = p.stop(&call.deployment_id).await?;
+                self.refresh_one(&*p).await;
+                self.publish();
+                deployment_to_proto(&d, me).encode_to_vec()
+            }
+            "logs" => {
+                let call: pb::LogsCall = decode(method, payload)?;
+                let ended = p.status(&call.deployment_id).await?.state().is_final();
+                let all: Vec<pb::LogEntry> = p
+                    .logs(&call.deployment_id, LogOptions::default())
+                    .await?
+                    .filter_map(|l| async move { l.ok() })
+                    .map(|l| pb::LogEntry {
+                        stderr: l.stderr,
+                        text: l.text,
+                    })
+                    .collect()
+                    .await;
+                let next = all.len() as u64;
+                let mut lines: Vec<pb::LogEntry> =
+                    all.into_iter().skip(call.skip as usize).collect();
+                if call.tail > 0 && lines.len() > call.tail as usize {
+                    lines.drain(..lines.len() - call.tail as usize);
+                }
+                pb::LogsReply { lines, ended, next }.encode_to_vec()
+            }
+            other => {
+                return Err(Status::unimplemented(format!(
+                    "method {other:?} is not a provider operation: use capacity, deploy, status, logs or stop"
+                )))
+            }
+        };
+        Ok(bytes)
+    }
+}
+
+/// How a provider is advertised in gossip: identity, kind, health,
+/// capacity and labels; never credentials.
+pub fn provider_info(d: &ProviderDescriptor) -> ProviderInfo {
+    ProviderInfo {
+        id: d.id.clone(),
+        name: d.name.clone(),
+        r#type: d.kind.as_str().to_string(),
+        status: if d.healthy {
+            PROVIDER_HEALTHY
+        } else {
+            PROVIDER_UNHEALTHY
+        },
+        labels: d.labels.clone().into_iter().collect(),
+        capacity: Some(d.capacity.into()),
+        ..Default::default()
+    }
+}
+
+/// A discovered provider as a placement candidate.
+pub fn candidate_from_gossip(p: &ProviderInfo, owner_addr: &str) -> Candidate {
+    Candidate {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        kind: ProviderKind::parse(&p.r#type).unwrap_or(ProviderKind::Memory),
+        tier: Tier::Discovered,
+        owner_id: p.owner_id.clone(),
+        owner_addr: owner_addr.to_string(),
+        healthy: p.status == PROVIDER_HEALTHY,
+        capacity: p.capacity.unwrap_or_default().into(),
+        labels: p.labels.clone().into_iter().collect(),
+    }
+}
+
+pub fn provider_entry(c: &Candidate) -> pb::ProviderEntry {
+    pb::ProviderEntry {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        r#type: c.kind.as_str().to_string(),
+        tier: c.tier.as_str().to_string(),
+        owner_id: c.owner_id.clone(),
+        healthy: c.healthy,
+        capacity: Some(c.capacity.into()),
+        labels: c.labels.clone().into_iter().collect(),
+        endpoint: String::new(),
+    }
+}

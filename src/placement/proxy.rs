@@ -1,0 +1,226 @@
+//! A provider owned by another node, operated over `CallProvider`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use prost::Message;
+
+use crate::proto::peer::{ProviderCallRequest, ProviderCallResponse};
+use crate::proto::resource as pb;
+use crate::resource::wire::{deployment_from_proto, spec_to_proto};
+use crate::resource::{
+    DeploySpec, Deployment, LogLine, LogOptions, LogStream, ProgressSink, Provider,
+    ProviderDescriptor, ResourceError,
+};
+
+use super::rank::Candidate;
+
+/// Sends one `CallProvider` request to a node, with a deadline.
+#[async_trait::async_trait]
+pub trait ProviderCaller: Send + Sync + 'static {
+    async fn call(
+        &self,
+        owner_addr: &str,
+        request: ProviderCallRequest,
+        timeout: Duration,
+    ) -> Result<ProviderCallResponse, tonic::Status>;
+}
+
+/// Deadlines: a deploy may pull an image; everything else is quick.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(600);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const LOG_POLL: Duration = Duration::from_millis(500);
+
+pub struct RemoteProvider {
+    candidate: Candidate,
+    caller: Arc<dyn ProviderCaller>,
+}
+
+impl RemoteProvider {
+    pub fn new(candidate: Candidate, caller: Arc<dyn ProviderCaller>) -> RemoteProvider {
+        RemoteProvider { candidate, caller }
+    }
+
+    async fn call<Req: Message, Resp: Message + Default>(
+        &self,
+        method: &str,
+        payload: Req,
+        timeout: Duration,
+    ) -> Result<Resp, ResourceError> {
+        call(&*self.caller, &self.candidate, method, payload, timeout).await
+    }
+}
+
+async fn call<Req: Message, Resp: Message + Default>(
+    caller: &dyn ProviderCaller,
+    c: &Candidate,
+    method: &str,
+    payload: Req,
+    timeout: Duration,
+) -> Result<Resp, ResourceError> {
+    let req = ProviderCallRequest {
+        provider_id: c.id.clone(),
+        method: method.to_string(),
+        payload: payload.encode_to_vec(),
+    };
+    let resp = caller
+        .call(&c.owner_addr, req, timeout)
+        .await
+        .map_err(|s| ResourceError::from_status(&c.id, &s))?;
+    if !resp.success {
+        return Err(ResourceError::Backend(format!(
+            "node {} answered {method} on {} with an error: {}",
+            c.owner_id, c.id, resp.error
+        )));
+    }
+    Resp::decode(resp.response.as_slice()).map_err(|e| {
+        ResourceError::Backend(format!(
+            "node {} sent an undecodable {method} reply: {e}",
+            c.owner_id
+        ))
+    })
+}
+
+#[async_trait::async_trait]
+impl Provider for RemoteProvider {
+    fn id(&self) -> &str {
+        &self.candidate.id
+    }
+
+    async fn describe(&self) -> Result<ProviderDescriptor, ResourceError> {
+        let e: pb::ProviderEntry = self
+            .call("capacity", pb::CapacityCall {}, CALL_TIMEOUT)
+            .await?;
+        Ok(ProviderDescriptor {
+            id: e.id,
+            name: e.name,
+            kind: self.candidate.kind,
+            endpoint: e.endpoint,
+            healthy: e.healthy,
+            capacity: e.capacity.unwrap_or_default().into(),
+            labels: e.labels.into_iter().collect(),
+        })
+    }
+
+    async fn deploy(
+        &self,
+        spec: &DeploySpec,
+        _progress: ProgressSink,
+    ) -> Result<Deployment, ResourceError> {
+        let d: pb::Deployment = self
+            .call(
+                "deploy",
+                pb::DeployCall {
+                    spec: Some(spec_to_proto(spec)),
+                },
+                DEPLOY_TIMEOUT,
+            )
+            .await?;
+        Ok(deployment_from_proto(d))
+    }
+
+    async fn status(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {
+        let d: pb::Deployment = self
+            .call(
+                "status",
+                pb::StatusCall {
+                    deployment_id: deployment_id.to_string(),
+                },
+                CALL_TIMEOUT,
+            )
+            .await?;
+        Ok(deployment_from_proto(d))
+    }
+
+    async fn list(&self) -> Result<Vec<Deployment>, ResourceError> {
+        Err(ResourceError::Backend(
+            "listing a remote provider's deployments is done on its owner".into(),
+        ))
+    }
+
+    async fn logs(
+        &self,
+        deployment_id: &str,
+        opts: LogOptions,
+    ) -> Result<LogStream, ResourceError> {
+        // CallProvider is unary: follow by polling for lines past those seen.
+        let caller = self.caller.clone();
+        let cand = self.candidate.clone();
+        let id = deployment_id.to_string();
+        let first: pb::LogsReply = self
+            .call(
+                "logs",
+                pb::LogsCall {
+                    deployment_id: id.clone(),
+                    tail: opts.tail.unwrap_or(0),
+                    skip: 0,
+                },
+                CALL_TIMEOUT,
+            )
+            .await?;
+        struct Poll {
+            seen: u64,
+            pending: std::vec::IntoIter<pb::LogEntry>,
+            ended: bool,
+            follow: bool,
+        }
+        let start = Poll {
+            seen: first.next,
+            pending: first.lines.into_iter(),
+            ended: first.ended,
+            follow: opts.follow,
+        };
+        let stream = futures::stream::unfold(start, move |mut st| {
+            let caller = caller.clone();
+            let cand = cand.clone();
+            let id = id.clone();
+            async move {
+                loop {
+                    if let Some(e) = st.pending.next() {
+                        let line = LogLine {
+                            stderr: e.stderr,
+                            text: e.text,
+                        };
+                        return Some((Ok(line), st));
+                    }
+                    if !st.follow || st.ended {
+                        return None;
+                    }
+                    tokio::time::sleep(LOG_POLL).await;
+                    let req = pb::LogsCall {
+                        deployment_id: id.clone(),
+                        tail: 0,
+                        skip: st.seen,
+                    };
+                    match call::<_, pb::LogsReply>(&*caller, &cand, "logs", req, CALL_TIMEOUT).await
+                    {
+                        Ok(r) => {
+                            st.seen = r.next;
+                            st.ended = r.ended;
+                            st.pending = r.lines.into_iter();
+                        }
+                        Err(e) => {
+                            st.ended = true;
+                            return Some((Err(e), st));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn stop(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {
+        let d: pb::Deployment = self
+            .call(
+                "stop",
+                pb::StopCall {
+                    deployment_id: deployment_id.to_string(),
+                },
+                CALL_TIMEOUT,
+            )
+            .await?;
+        Ok(deployment_from_proto(d))
+    }
+}
