@@ -63,11 +63,17 @@ async fn an_old_protocol_client_gets_addresses_and_providers() {
 
 #[tokio::test]
 async fn call_provider_answers_with_precise_codes() {
-    let a = start("call-a", &[]).await;
-    a.set_providers(vec![ProviderInfo {
-        id: "mine".into(),
-        ..Default::default()
-    }]);
+    let mine = iarnet::resource::memory::MemoryProvider::new(
+        "mine",
+        iarnet::resource::Resources {
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            gpus: 0,
+            storage_bytes: 0,
+        },
+        Default::default(),
+    );
+    let a = common::start_with("call-a", &[], vec![std::sync::Arc::new(mine)], true).await;
     let mut c = client(&a.advertise_addr()).await;
     let call = |provider: &str, method: &str| ProviderCallRequest {
         provider_id: provider.into(),
@@ -93,6 +99,24 @@ async fn call_provider_answers_with_precise_codes() {
         .expect_err("not implemented");
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("Frobnicate"), "{}", err.message());
+    let garbage = ProviderCallRequest {
+        payload: vec![0xff; 7],
+        ..call("mine", "status")
+    };
+    let err = c.call_provider(garbage).await.expect_err("malformed");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("status"), "{}", err.message());
+    // A well-formed call on an owned provider answers with a typed payload.
+    let ok = c
+        .call_provider(call("mine", "capacity"))
+        .await
+        .expect("capacity")
+        .into_inner();
+    let entry =
+        <iarnet::proto::resource::ProviderEntry as prost::Message>::decode(ok.response.as_slice())
+            .expect("a ProviderEntry");
+    assert!(ok.success);
+    assert_eq!(entry.capacity.unwrap().total.unwrap().cpu_millis, 2000);
     assert_eq!(a.members().len(), 1);
 }
 

@@ -1,6 +1,5 @@
 //! `iarnet.resource.v1.ResourceService`: capacity, providers, deployments.
 
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -235,6 +234,3 @@ impl ResourceService for ResourceApi {
         Ok(Response::new(deployment_to_proto(&d, &owner)))
     }
 }
-
-#[allow(dead_code)]
-fn unused(_: PathBuf, _: Resources, _: ResourceError) {}

@@ -102,7 +102,8 @@ impl Manager {
             records: Mutex::default(),
             inflight: Mutex::default(),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
-            published: Mutex::default(),
+            // A node starts advertising nothing.
+            published: Mutex::new(Some(Vec::new())),
         }
     }
 

@@ -1,17 +1,33 @@
 //! Helpers for tests that run real nodes on 127.0.0.1.
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use iarnet::config::Config;
 use iarnet::mesh::Status;
-use iarnet::node::{self, MemberSnapshot, NodeHandle};
+use iarnet::node::{self, MemberSnapshot, NodeHandle, ProviderSetup};
+use iarnet::resource::Provider;
 
-/// Starts a node with fast loopback settings, seeded by `seeds`.
+/// Starts a node with fast loopback settings, seeded by `seeds`, without
+/// an internal provider.
 pub async fn start(id: &str, seeds: &[String]) -> NodeHandle {
+    start_with(id, seeds, Vec::new(), true).await
+}
+
+/// Starts a node whose internal providers are `providers`.
+pub async fn start_with(
+    id: &str,
+    seeds: &[String],
+    providers: Vec<Arc<dyn Provider>>,
+    allow_remote_access: bool,
+) -> NodeHandle {
     let mut cfg = Config::loopback(id);
     cfg.initial_peers = seeds.to_vec();
-    node::start(cfg).await.expect("node starts on 127.0.0.1:0")
+    cfg.resources.allow_remote_access = allow_remote_access;
+    node::start_with(cfg, ProviderSetup::Given(providers))
+        .await
+        .expect("node starts on 127.0.0.1:0")
 }
 
 /// Polls `check` until it returns true; fails naming what was expected and
