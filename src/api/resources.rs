@@ -13,9 +13,7 @@ use crate::placement::{Manager, Strategy};
 use crate::proto::resource as pb;
 use crate::proto::resource::resource_service_server::ResourceService;
 use crate::resource::wire::{deployment_to_proto, spec_from_proto};
-use crate::resource::{
-    Capacity, LogOptions, Progress, ProgressSink, ResourceError, Resources, Tier,
-};
+use crate::resource::{Capacity, LogOptions, Progress, ProgressSink, Tier};
 
 pub struct ResourceApi {
     manager: Arc<Manager>,
