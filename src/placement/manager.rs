@@ -513,15 +513,19 @@ impl Manager {
         let bytes = match method {
             "capacity" => {
                 let _: pb::CapacityCall = decode(method, payload)?;
-                self.refresh_one(&*p).await;
-                let c = self
-                    .candidates()
-                    .into_iter()
-                    .find(|c| c.id == provider_id)
-                    .ok_or_else(|| Status::not_found("provider removed"))?;
-                let mut e = provider_entry(&c);
-                e.tier = tier.as_str().to_string();
-                e.encode_to_vec()
+                let d = p.describe().await?;
+                pb::ProviderEntry {
+                    id: d.id,
+                    name: d.name,
+                    r#type: d.kind.as_str().to_string(),
+                    tier: tier.as_str().to_string(),
+                    owner_id: me.clone(),
+                    healthy: d.healthy,
+                    capacity: Some(d.capacity.into()),
+                    labels: d.labels.into_iter().collect(),
+                    endpoint: String::new(),
+                }
+                .encode_to_vec()
             }
             "deploy" => {
                 let call: pb::DeployCall = decode(method, payload)?;
