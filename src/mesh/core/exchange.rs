@@ -1,7 +1,11 @@
 //! The client side of an exchange (open, replies, failures) and the server side
 //! (answering `ExchangePeers` and `ExchangeProviders`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+/// Most provider sets asked for beyond the digest's in one call (about what
+/// one capped reply holds).
+const MAX_EXTRA_WANTS: usize = 512;
 
 use prost::Message;
 use rand::seq::SliceRandom;
@@ -228,6 +232,29 @@ impl Mesh {
                 });
             }
         }
+        // Sets this node knows it lacks from member records alone (a joining
+        // node lacks them all): ask for them too, whatever the digest
+        // covered, in random order so concurrent exchanges fetch different ones.
+        let asked: HashSet<&str> = wants.iter().map(|w| w.id.as_str()).collect();
+        let mut lacking: Vec<MemberDigest> = self
+            .view
+            .iter()
+            .filter(|e| {
+                !e.status.is_tombstone()
+                    && e.provider_version > e.held_version()
+                    && e.info.id != self.me.id
+                    && !asked.contains(&*e.info.id)
+            })
+            .map(|e| MemberDigest {
+                id: e.info.id.to_string(),
+                generation: e.info.generation,
+                provider_version: e.held_version(),
+                ..Default::default()
+            })
+            .collect();
+        lacking.shuffle(&mut self.rng);
+        lacking.truncate(MAX_EXTRA_WANTS.saturating_sub(wants.len()));
+        wants.extend(lacking);
         if sets.is_empty() && wants.is_empty() {
             return None;
         }
