@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, Mode};
 use crate::placement::manager::candidate_from_gossip;
 use crate::placement::{Candidate, Discovery, Manager, ProviderCaller};
 use crate::proto::peer::{ProviderCallRequest, ProviderCallResponse, ProviderInfo};
-use crate::resource::{Provider, Resources};
+use crate::resource::docker::{DockerProvider, DockerSettings, DockerTls};
+use crate::resource::gpu::{GpuProbe, NvmlProbe};
+use crate::resource::kubernetes::{KubeSettings, KubernetesProvider};
+use crate::resource::{Provider, ProviderKind, ResourceError, Resources};
 
 use super::gossip::Shared;
 
@@ -97,7 +100,8 @@ pub fn node_labels(config: &Config) -> BTreeMap<String, String> {
     labels
 }
 
-/// `resource_limits` as amounts; None where the host's totals apply.
+/// `resource_limits` as amounts; None when unset, u64::MAX in a dimension
+/// where the host's total applies.
 pub fn limits(config: &Config) -> Option<Resources> {
     let l = &config.resource_limits;
     if l.cpu.is_none() && l.memory.is_none() && l.gpu.is_none() {
@@ -107,16 +111,67 @@ pub fn limits(config: &Config) -> Option<Resources> {
         cpu_millis: l.cpu.map_or(u64::MAX, |q| q.milli() as u64),
         memory_bytes: l.memory.map_or(u64::MAX, |q| q.units_ceil() as u64),
         gpus: l.gpu.unwrap_or(u32::MAX),
-        storage_bytes: 0,
+        storage_bytes: u64::MAX,
     })
 }
 
-/// Finds the internal provider `mode` asks for; none is not an error.
+/// Finds the internal provider `mode` asks for; none is not an error: the
+/// node still joins the mesh and places on other nodes' providers.
 pub async fn detect_internal(config: &Config, node_id: &str) -> Option<Arc<dyn Provider>> {
-    let _ = (node_id, Mode::Auto);
-    match config.mode {
-        Mode::K8s | Mode::Standalone | Mode::Auto => {
-            info!("no internal provider: this node joins the mesh and places on other nodes");
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let want_k8s = match config.mode {
+        Mode::K8s => true,
+        Mode::Standalone => false,
+        Mode::Auto => in_cluster,
+    };
+    if want_k8s {
+        let settings = KubeSettings {
+            id: format!("{node_id}/k8s"),
+            name: "kubernetes".into(),
+            namespace: config.resources.k8s_namespace.clone(),
+            node_id: node_id.to_string(),
+            labels: node_labels(config),
+            limits: limits(config),
+        };
+        match KubernetesProvider::connect_in_cluster(settings).await {
+            Ok(p) => return Some(Arc::new(p)),
+            Err(e) => warn!(error = %e, "no Kubernetes provider"),
+        }
+        if config.mode == Mode::K8s {
+            return None;
+        }
+    }
+    let gpus = NvmlProbe.inventory();
+    let mut labels = node_labels(config);
+    if let Some(g) = gpus.first() {
+        labels.insert("gpu.model".into(), g.model.clone());
+    }
+    let gpus = match config.resource_limits.gpu {
+        Some(max) => gpus.into_iter().take(max as usize).collect(),
+        None => gpus,
+    };
+    let settings = DockerSettings {
+        id: format!("{node_id}/docker"),
+        name: "docker".into(),
+        endpoint: config.resources.docker_host.clone(),
+        tls: None,
+        limits: limits(config),
+        labels,
+        node_id: node_id.to_string(),
+        gpus,
+    };
+    match DockerProvider::connect(settings).await {
+        Ok(p) => {
+            info!(endpoint = %p.endpoint(), "internal Docker provider ready");
+            Some(Arc::new(p))
+        }
+        Err(e) => {
+            let level_is_warn = config.mode == Mode::Standalone;
+            if level_is_warn {
+                warn!(error = %e, "no Docker provider: this node places on other nodes only");
+            } else {
+                info!(error = %e, "no Docker engine answered: this node places on other nodes only");
+            }
             None
         }
     }
@@ -136,28 +191,84 @@ pub async fn refresh_loop(manager: Arc<Manager>, every: Duration, cancel: Cancel
 }
 
 /// Connects an operator-registered provider; it is accepted only after a
-/// live connection test. Credentials stay in this process.
+/// live connection test. Credentials stay in this process: they are never
+/// gossiped, logged or returned.
 pub async fn connect_external(
     node_id: &str,
     req: &crate::proto::resource::RegisterProviderRequest,
-) -> Result<Arc<dyn Provider>, crate::resource::ResourceError> {
-    use crate::resource::ResourceError;
-    let _ = node_id;
-    if req.name.is_empty() {
+) -> Result<Arc<dyn Provider>, ResourceError> {
+    let name = req.name.trim();
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
         return Err(ResourceError::invalid(
             "name",
-            "is empty: name the provider (it becomes part of its id)",
+            "must be 1-63 letters, digits, '-', '_' or '.' (it becomes part of the provider id)",
         ));
     }
-    match crate::resource::ProviderKind::parse(&req.r#type) {
-        Some(kind) => Err(ResourceError::invalid(
-            "type",
-            format!(
-                "{} providers cannot be registered on this build yet",
-                kind.as_str()
-            ),
-        )),
-        None => Err(ResourceError::invalid(
+    let mut labels: BTreeMap<String, String> = req.labels.clone().into_iter().collect();
+    labels.insert("external".into(), "true".into());
+    let id = format!("{node_id}/{name}");
+    match ProviderKind::parse(&req.r#type) {
+        Some(ProviderKind::Docker) => {
+            if req.endpoint.is_empty() {
+                return Err(ResourceError::invalid(
+                    "endpoint",
+                    "is empty: give the engine's address, e.g. tcp://10.0.0.5:2376",
+                ));
+            }
+            let files = [&req.tls_ca, &req.tls_cert, &req.tls_key];
+            let tls = match files.iter().filter(|f| !f.is_empty()).count() {
+                0 => None,
+                3 => Some(DockerTls {
+                    ca: req.tls_ca.clone().into(),
+                    cert: req.tls_cert.clone().into(),
+                    key: req.tls_key.clone().into(),
+                }),
+                _ => {
+                    return Err(ResourceError::invalid(
+                        "tls_ca",
+                        "TLS needs all three of tls_ca, tls_cert and tls_key",
+                    ))
+                }
+            };
+            let settings = DockerSettings {
+                id,
+                name: name.to_string(),
+                endpoint: Some(req.endpoint.clone()),
+                tls,
+                limits: None,
+                labels,
+                node_id: node_id.to_string(),
+                gpus: Vec::new(),
+            };
+            Ok(Arc::new(DockerProvider::connect(settings).await?))
+        }
+        Some(ProviderKind::Kubernetes) => {
+            let settings = KubeSettings {
+                id,
+                name: name.to_string(),
+                namespace: String::new(),
+                node_id: node_id.to_string(),
+                labels,
+                limits: None,
+            };
+            let p = if !req.kubeconfig_path.is_empty() {
+                KubernetesProvider::connect_kubeconfig(&req.kubeconfig_path, settings).await?
+            } else if !req.endpoint.is_empty() && !req.token.is_empty() {
+                KubernetesProvider::connect_token(&req.endpoint, &req.token, settings).await?
+            } else {
+                return Err(ResourceError::invalid(
+                    "kubeconfig_path",
+                    "a Kubernetes provider needs kubeconfig_path, or endpoint and token",
+                ));
+            };
+            Ok(Arc::new(p))
+        }
+        _ => Err(ResourceError::invalid(
             "type",
             format!("{:?} is not a provider type: use docker or k8s", req.r#type),
         )),

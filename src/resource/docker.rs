@@ -459,13 +459,21 @@ fn client(
     tls: Option<&DockerTls>,
     version: &ClientVersion,
 ) -> Result<Docker, String> {
-    let wants_tls = tls.is_some() || endpoint.starts_with("https://");
-    if wants_tls {
-        // bollard's rustls transport sits behind its `ssl` feature, which
-        // this build does not enable.
+    if let Some(t) = tls {
+        // Mutual TLS, as `dockerd --tlsverify` expects (port 2376).
+        return Docker::connect_with_ssl(
+            endpoint,
+            &t.key,
+            &t.cert,
+            &t.ca,
+            ENGINE_TIMEOUT_S,
+            version,
+        )
+        .map_err(|e| chain(&e));
+    }
+    if endpoint.starts_with("https://") {
         return Err(format!(
-            "TLS to {} is not supported by this build of iarnet (bollard without its `ssl` feature); \
-             reach the engine over a unix socket or plain tcp:// (e.g. through an SSH tunnel)",
+            "{} needs TLS client files: give tls_ca, tls_cert and tls_key",
             public_endpoint(endpoint)
         ));
     }
@@ -633,27 +641,48 @@ impl DockerProvider {
             ))
         })?;
 
-        let mut total = match settings.limits {
-            Some(limits) => limits,
-            None => {
-                let info = docker.info().await.map_err(|e| {
-                    unavailable(format!("`docker info` failed at {shown}: {}", chain(&e)))
-                })?;
-                Resources {
-                    cpu_millis: info
-                        .ncpu
-                        .and_then(|n| u64::try_from(n).ok())
-                        .unwrap_or(0)
-                        .saturating_mul(1000),
-                    memory_bytes: info
-                        .mem_total
-                        .and_then(|n| u64::try_from(n).ok())
-                        .unwrap_or(0),
-                    gpus: 0,
-                    // Docker does not account storage: anything fits.
-                    storage_bytes: u64::MAX,
-                }
+        // A limit of u64::MAX in a dimension means "the host's total".
+        let unset = |v: u64| v == u64::MAX;
+        let needs_info = settings
+            .limits
+            .is_none_or(|l| unset(l.cpu_millis) || unset(l.memory_bytes));
+        let host = if needs_info {
+            let info = docker.info().await.map_err(|e| {
+                unavailable(format!("`docker info` failed at {shown}: {}", chain(&e)))
+            })?;
+            Resources {
+                cpu_millis: info
+                    .ncpu
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0)
+                    .saturating_mul(1000),
+                memory_bytes: info
+                    .mem_total
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0),
+                gpus: 0,
+                // Docker does not account storage: anything fits.
+                storage_bytes: u64::MAX,
             }
+        } else {
+            Resources::ZERO
+        };
+        let mut total = match settings.limits {
+            Some(l) => Resources {
+                cpu_millis: if unset(l.cpu_millis) {
+                    host.cpu_millis
+                } else {
+                    l.cpu_millis
+                },
+                memory_bytes: if unset(l.memory_bytes) {
+                    host.memory_bytes
+                } else {
+                    l.memory_bytes
+                },
+                gpus: if l.gpus == u32::MAX { 0 } else { l.gpus },
+                storage_bytes: l.storage_bytes,
+            },
+            None => host,
         };
         if !settings.gpus.is_empty() {
             total.gpus = settings.gpus.len() as u32;
