@@ -311,7 +311,7 @@ pub(super) fn build(layers: &Layers) -> Result<Config, ConfigError> {
             Duration::from_secs(1),
             Duration::from_secs(7 * 86_400),
         ),
-        max_message_bytes: p.bytes("gossip.max_message_size", "64Ki", 4 << 10, 16 << 20),
+        max_message_bytes: p.bytes("gossip.max_message_size", "512Ki", 4 << 10, 2 << 20),
         seed_resolve_interval: p.duration(
             "gossip.seed_resolve_interval",
             "30s",

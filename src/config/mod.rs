@@ -78,7 +78,7 @@ pub struct GossipConfig {
     pub suspicion_max_mult: f64,
     /// How long dead or departed members are kept (`gossip.tombstone_grace`, default `60s`).
     pub tombstone_grace: Duration,
-    /// Soft cap of one gossip message (`gossip.max_message_size`, default `64Ki`).
+    /// Soft cap of one gossip message (`gossip.max_message_size`, default `512Ki`).
     pub max_message_bytes: usize,
     /// How often seed names are re-resolved in DNS (`gossip.seed_resolve_interval`, default `30s`).
     pub seed_resolve_interval: Duration,

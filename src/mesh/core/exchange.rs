@@ -9,6 +9,7 @@ const MAX_EXTRA_WANTS: usize = 512;
 
 use prost::Message;
 use rand::seq::SliceRandom;
+use rand::Rng;
 use tracing::debug;
 
 use super::*;
@@ -236,15 +237,31 @@ impl Mesh {
         // node lacks them all): ask for them too, whatever the digest
         // covered, in random order so concurrent exchanges fetch different ones.
         let asked: HashSet<&str> = wants.iter().map(|w| w.id.as_str()).collect();
-        let mut lacking: Vec<MemberDigest> = self
-            .view
-            .iter()
-            .filter(|e| {
-                !e.status.is_tombstone()
-                    && e.provider_version > e.held_version()
-                    && e.info.id != self.me.id
-                    && !asked.contains(&*e.info.id)
-            })
+        let room = MAX_EXTRA_WANTS.saturating_sub(wants.len());
+        // A uniform sample (reservoir) of the lacking sets, without
+        // allocating for the ones left out.
+        let mut sample: Vec<&Entry> = Vec::with_capacity(room);
+        let mut seen = 0usize;
+        for e in self.view.iter() {
+            if e.status.is_tombstone()
+                || e.provider_version <= e.held_version()
+                || e.info.id == self.me.id
+                || asked.contains(&*e.info.id)
+            {
+                continue;
+            }
+            seen += 1;
+            if sample.len() < room {
+                sample.push(e);
+            } else {
+                let j = self.rng.random_range(0..seen);
+                if j < room {
+                    sample[j] = e;
+                }
+            }
+        }
+        let extra: Vec<MemberDigest> = sample
+            .into_iter()
             .map(|e| MemberDigest {
                 id: e.info.id.to_string(),
                 generation: e.info.generation,
@@ -252,9 +269,7 @@ impl Mesh {
                 ..Default::default()
             })
             .collect();
-        lacking.shuffle(&mut self.rng);
-        lacking.truncate(MAX_EXTRA_WANTS.saturating_sub(wants.len()));
-        wants.extend(lacking);
+        wants.extend(extra);
         if sets.is_empty() && wants.is_empty() {
             return None;
         }

@@ -54,7 +54,7 @@ impl Default for MeshConfig {
             suspicion_confirmations: 3,
             tombstone_grace: 60_000,
             forget_after: 600_000,
-            max_message_bytes: 64 * 1024,
+            max_message_bytes: 512 * 1024,
         }
     }
 }
