@@ -2,15 +2,20 @@
 //!
 //! Every node runs the same binary, gossips with a few random peers each
 //! round, and so learns who is alive and which resource providers exist
-//! anywhere in the mesh.
+//! anywhere in the mesh; any node places containers on any of them.
 //!
 //! # Layout
 //! - [`mesh`]: the sans-IO gossip core (membership, failure detection,
 //!   provider records) and its deterministic simulator.
 //! - [`node`]: a running node: the async loop that drives the core over
 //!   tonic, connection pooling, startup and graceful shutdown.
+//! - [`resource`]: providers (Docker, Kubernetes, the in-memory twin), their
+//!   capacity ledgers, GPU inventory and assignment.
+//! - [`placement`]: ranking, the resource manager, and proxies that operate
+//!   other nodes' providers over `CallProvider`.
 //! - [`api`]: the gRPC services: `peer.PeerService` for nodes,
-//!   `iarnet.admin.v1.Admin` for operators.
+//!   `iarnet.admin.v1.Admin` for operators, `iarnet.resource.v1.ResourceService`
+//!   for deployments.
 //! - [`config`]: layered configuration (file, env, flags) and its validation.
 //! - [`cli`]: the binary's flags; [`signal`]: SIGTERM/SIGINT handling.
 //! - [`proto`]: generated protobuf code and the reflection descriptor set.
