@@ -237,3 +237,113 @@ async fn a_deploy_through_a_lands_in_bs_docker_and_is_operated_through_a() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_providers_are_accepted_only_after_a_live_test() {
+    ensure_test_image();
+    let run = suffix();
+    let node = start_with(&format!("ext-{run}"), &[], Vec::new(), true).await;
+    let peer = start_with(
+        &format!("ext-peer-{run}"),
+        &[node.advertise_addr()],
+        Vec::new(),
+        true,
+    )
+    .await;
+    let mut api = ResourceServiceClient::connect(format!("http://{}", node.local_addr()))
+        .await
+        .unwrap();
+
+    // An engine that does not answer is refused, naming the endpoint.
+    let err = api
+        .register_provider(pb::RegisterProviderRequest {
+            r#type: "docker".into(),
+            name: "nowhere".into(),
+            endpoint: "tcp://127.0.0.1:1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("127.0.0.1:1"), "{}", err.message());
+
+    // A cluster's token never shows in an error.
+    let err = api
+        .register_provider(pb::RegisterProviderRequest {
+            r#type: "k8s".into(),
+            name: "cluster".into(),
+            endpoint: "https://127.0.0.1:1".into(),
+            token: "s3cr3t-token-value".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(!err.message().contains("s3cr3t"), "{}", err.message());
+    assert!(
+        node.manager().candidates().is_empty(),
+        "nothing was registered"
+    );
+
+    // This machine's engine, registered as an external host, is accepted,
+    // advertised (without its endpoint) and placed on.
+    let entry = api
+        .register_provider(pb::RegisterProviderRequest {
+            r#type: "docker".into(),
+            name: "local-engine".into(),
+            endpoint: "unix:///var/run/docker.sock".into(),
+            labels: [("site".to_string(), "lab".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the local engine answers")
+        .into_inner();
+    assert_eq!(entry.tier, "external");
+    let _clean = Cleanup(entry.id.clone());
+    wait_until("the external provider to reach the peer", WAIT, || {
+        let seen = peer
+            .manager()
+            .candidates()
+            .into_iter()
+            .find(|c| c.id == entry.id);
+        match seen {
+            Some(c) if c.labels.get("site").map(String::as_str) == Some("lab") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let err = api
+        .register_provider(pb::RegisterProviderRequest {
+            r#type: "docker".into(),
+            name: "local-engine".into(),
+            endpoint: "unix:///var/run/docker.sock".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "a second registration under the same name"
+    );
+
+    api.unregister_provider(pb::UnregisterProviderRequest {
+        id: entry.id.clone(),
+    })
+    .await
+    .unwrap();
+    wait_until("the provider to vanish from the peer's view", WAIT, || {
+        if peer.manager().candidates().iter().any(|c| c.id == entry.id) {
+            Err("still there".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let err = api
+        .unregister_provider(pb::UnregisterProviderRequest {
+            id: entry.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
