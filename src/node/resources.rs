@@ -61,6 +61,10 @@ impl Discovery for NodeDiscovery {
             shared: self.shared.clone(),
         })
     }
+
+    fn version(&self) -> u64 {
+        self.shared.mesh().view().hash()
+    }
 }
 
 /// CallProvider over the node's pooled channels.

@@ -32,6 +32,8 @@ pub trait Discovery: Send + Sync + 'static {
     fn publish(&self, providers: Vec<ProviderInfo>);
     /// Reaches other nodes' `CallProvider`.
     fn caller(&self) -> Arc<dyn ProviderCaller>;
+    /// Changes whenever `discovered` may answer differently (the view hash).
+    fn version(&self) -> u64;
 }
 
 /// Status codes carried in `ProviderInfo.status`.
@@ -79,6 +81,10 @@ pub struct Manager {
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     rng: Mutex<SmallRng>,
     published: Mutex<Option<Vec<ProviderInfo>>>,
+    /// Bumped on every change to a local provider's descriptor.
+    local_version: std::sync::atomic::AtomicU64,
+    /// The ranking index and the (discovery, local) versions it was built at.
+    index: Mutex<Option<((u64, u64), Arc<Index>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -104,6 +110,8 @@ impl Manager {
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             // A node starts advertising nothing.
             published: Mutex::new(Some(Vec::new())),
+            local_version: Default::default(),
+            index: Mutex::default(),
         }
     }
 
@@ -146,6 +154,7 @@ impl Manager {
                 },
             );
         }
+        self.bump();
         info!(provider = %desc.id, kind = desc.kind.as_str(), tier = tier.as_str(), capacity = %desc.capacity.total, "provider added");
         self.publish();
         Ok(desc)
@@ -173,6 +182,7 @@ impl Manager {
                 }
             }
         }
+        self.bump();
         info!(provider = %id, "provider removed");
         self.publish();
         Ok(())
@@ -200,15 +210,43 @@ impl Manager {
         let mut locals = self.locals.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(l) = locals.get_mut(p.id()) {
             match desc {
-                Ok(d) => l.desc = d,
+                Ok(d) if d == l.desc => {}
+                Ok(d) => {
+                    l.desc = d;
+                    self.bump();
+                }
                 Err(e) => {
                     if l.desc.healthy {
                         warn!(provider = %p.id(), error = %e, "provider is unhealthy");
+                        self.bump();
                     }
                     l.desc.healthy = false;
                 }
             }
         }
+    }
+
+    fn bump(&self) {
+        self.local_version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The ranking index over `candidates()`, rebuilt only when the mesh
+    /// view or a local provider changed since the last decision.
+    pub fn index(&self) -> Arc<Index> {
+        let key = (
+            self.discovery.version(),
+            self.local_version
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if let Some((k, index)) = lock(&self.index).as_ref() {
+            if *k == key {
+                return index.clone();
+            }
+        }
+        let index = Arc::new(Index::build(self.candidates()));
+        *lock(&self.index) = Some((key, index.clone()));
+        index
     }
 
     fn publish(&self) {
@@ -310,7 +348,7 @@ impl Manager {
             }
         }
 
-        let index = Index::build(self.candidates());
+        let index = self.index();
         let need = Need {
             resources: spec.resources,
             gpu_model: spec.gpu_model.as_deref(),

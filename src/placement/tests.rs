@@ -210,6 +210,9 @@ impl Discovery for NoMesh {
     fn caller(&self) -> Arc<dyn ProviderCaller> {
         unreachable!("no remote providers in this test")
     }
+    fn version(&self) -> u64 {
+        0
+    }
 }
 
 fn spec(req: &str, cpu: u64) -> DeploySpec {
