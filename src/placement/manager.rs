@@ -43,6 +43,9 @@ pub const PROVIDER_UNHEALTHY: i32 = 2;
 /// How many providers one deploy tries before giving up.
 const MAX_ATTEMPTS: usize = 8;
 
+/// An index and the (discovery, local) versions it was built at.
+type CachedIndex = ((u64, u64), Arc<Index>);
+
 struct Local {
     provider: Arc<dyn Provider>,
     tier: Tier,
@@ -84,7 +87,7 @@ pub struct Manager {
     /// Bumped on every change to a local provider's descriptor.
     local_version: std::sync::atomic::AtomicU64,
     /// The ranking index and the (discovery, local) versions it was built at.
-    index: Mutex<Option<((u64, u64), Arc<Index>)>>,
+    index: Mutex<Option<CachedIndex>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
