@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_yaml_ng::Value as Yaml;
 
 use super::{
-    Config, ConfigError, GossipConfig, Mode, Problem, Quantity, ResourceConfig, ResourceLimits,
+    Config, ConfigError, ExternalProvider, GossipConfig, Mode, Problem, Quantity, ResourceConfig,
+    ResourceLimits,
 };
 use crate::placement::Strategy;
 
@@ -84,6 +85,11 @@ const KEYS: &[(&str, bool, Option<&str>)] = &[
     ("placement.region", false, Some("IARNET_REGION")),
     ("placement.zone", false, Some("IARNET_ZONE")),
     ("docker.host", false, Some("IARNET_DOCKER_HOST")),
+    (
+        "external_providers",
+        true,
+        Some("IARNET_EXTERNAL_PROVIDERS"),
+    ),
     ("kubernetes.namespace", false, Some("IARNET_K8S_NAMESPACE")),
 ];
 
@@ -352,6 +358,7 @@ pub(super) fn build(layers: &Layers) -> Result<Config, ConfigError> {
             zone: p.opt_scalar("placement.zone").filter(|s| !s.is_empty()),
             docker_host: p.opt_scalar("docker.host").filter(|s| !s.is_empty()),
             k8s_namespace: p.scalar("kubernetes.namespace", "default"),
+            external: p.externals(),
         },
         sources: layers
             .values
@@ -472,6 +479,43 @@ impl Parser<'_> {
                 out.push(peer);
             } else {
                 self.fail("initial_peers", &peer, "each peer must be HOST:PORT with a port from 1 to 65535, e.g. \"peer2.example.com:50051\"");
+            }
+        }
+        out
+    }
+
+    fn externals(&mut self) -> Vec<ExternalProvider> {
+        let list = match self.raw("external_providers") {
+            Some((Raw::List(l), _)) => l.clone(),
+            Some((Raw::Scalar(s), _)) => split_list(s),
+            None => Vec::new(),
+        };
+        let mut out: Vec<ExternalProvider> = Vec::new();
+        for entry in list {
+            let parts: Vec<&str> = entry.split_whitespace().collect();
+            let ok_name = |n: &str| {
+                !n.is_empty()
+                    && n.len() <= 63
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
+            match parts.as_slice() {
+                [kind @ ("docker" | "k8s"), name, target] if ok_name(name) => {
+                    if out.iter().any(|e| e.name == *name) {
+                        self.fail("external_providers", &entry, "two providers with the same name");
+                        continue;
+                    }
+                    out.push(ExternalProvider {
+                        kind: kind.to_string(),
+                        name: name.to_string(),
+                        target: target.to_string(),
+                    });
+                }
+                _ => self.fail(
+                    "external_providers",
+                    &entry,
+                    "each entry is \"docker NAME tcp://HOST:PORT\" or \"k8s NAME /path/to/kubeconfig\" (NAME: letters, digits, '-', '_', '.')",
+                ),
             }
         }
         out

@@ -99,6 +99,18 @@ pub struct ResourceConfig {
     pub docker_host: Option<String>,
     /// `kubernetes.namespace`: where pods are created (default `default`).
     pub k8s_namespace: String,
+    /// `external_providers`: hosts and clusters registered at start.
+    pub external: Vec<ExternalProvider>,
+}
+
+/// One `external_providers` entry: `docker NAME tcp://HOST:PORT` or
+/// `k8s NAME /path/to/kubeconfig`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalProvider {
+    pub kind: String,
+    pub name: String,
+    /// The engine URL (docker) or kubeconfig path (k8s).
+    pub target: String,
 }
 
 /// A validated node configuration.

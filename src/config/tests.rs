@@ -114,3 +114,40 @@ fn broken_yaml_is_one_clear_problem() {
     let err = load("mode: [unclosed", &[], &[]).expect_err("bad yaml");
     assert!(err.to_string().contains("not valid YAML"), "{err}");
 }
+
+#[test]
+fn resource_keys_parse_and_report_every_problem() {
+    let file = "allow_remote_access: false\nplacement:\n  strategy: binpack\n  region: eu-west\nexternal_providers:\n  - docker gpu-box tcp://10.0.0.9:2375\n  - k8s lab /etc/iarnet/lab.kubeconfig\n";
+    let cfg = load(file, &[], &[]).expect("valid");
+    assert!(!cfg.resources.allow_remote_access);
+    assert_eq!(cfg.resources.strategy, crate::placement::Strategy::BinPack);
+    assert_eq!(cfg.resources.region.as_deref(), Some("eu-west"));
+    assert_eq!(cfg.resources.external.len(), 2);
+    assert_eq!(
+        cfg.resources.external[1].as_request().kubeconfig_path,
+        "/etc/iarnet/lab.kubeconfig"
+    );
+    let cfg = load("", &[("IARNET_PLACEMENT_STRATEGY", "round-robin")], &[]).expect("valid");
+    assert_eq!(
+        cfg.resources.strategy,
+        crate::placement::Strategy::RoundRobin
+    );
+
+    let bad = "allow_remote_access: maybe\nplacement:\n  strategy: fastest\nexternal_providers: [\"ftp x y\", \"docker ok tcp://a:1\", \"docker ok tcp://b:1\"]\n";
+    let err = load(bad, &[], &[]).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "allow_remote_access",
+            "placement.strategy",
+            "external_providers",
+            "external_providers"
+        ],
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("spread"),
+        "the strategies are listed: {err}"
+    );
+}

@@ -146,6 +146,16 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
             warn!(parent: &span, error = %e, "internal provider left out");
         }
     }
+    for ext in &shared.config.resources.external {
+        let connected = resources::connect_external(&id, &ext.as_request()).await;
+        let added = match connected {
+            Ok(p) => manager.add_provider(p, Tier::External).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = added {
+            warn!(parent: &span, name = %ext.name, error = %e, "external provider left out");
+        }
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in std::iter::once(&"").chain(HEALTH_SERVICES) {

@@ -278,3 +278,20 @@ pub async fn connect_external(
         )),
     }
 }
+
+impl crate::config::ExternalProvider {
+    /// The registration this config entry stands for.
+    pub fn as_request(&self) -> crate::proto::resource::RegisterProviderRequest {
+        let mut req = crate::proto::resource::RegisterProviderRequest {
+            r#type: self.kind.clone(),
+            name: self.name.clone(),
+            ..Default::default()
+        };
+        if self.kind == "k8s" {
+            req.kubeconfig_path = self.target.clone();
+        } else {
+            req.endpoint = self.target.clone();
+        }
+        req
+    }
+}
