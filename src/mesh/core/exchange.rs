@@ -3,9 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-/// Most provider sets asked for beyond the digest's in one call (about what
-/// one capped reply holds).
-const MAX_EXTRA_WANTS: usize = 512;
+/// Bytes of reply budget per provider set asked for beyond the digest's:
+/// a call asks for about as many as one capped reply holds.
+const BYTES_PER_WANT: usize = 128;
 
 use prost::Message;
 use rand::seq::SliceRandom;
@@ -237,7 +237,7 @@ impl Mesh {
         // node lacks them all): ask for them too, whatever the digest
         // covered, in random order so concurrent exchanges fetch different ones.
         let asked: HashSet<&str> = wants.iter().map(|w| w.id.as_str()).collect();
-        let room = MAX_EXTRA_WANTS.saturating_sub(wants.len());
+        let room = (self.cfg.max_message_bytes / BYTES_PER_WANT).saturating_sub(wants.len());
         // A uniform sample (reservoir) of the lacking sets, without
         // allocating for the ones left out.
         let mut sample: Vec<&Entry> = Vec::with_capacity(room);
