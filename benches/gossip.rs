@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use iarnet::config::Config;
 use iarnet::mesh::sim::{Sim, SimConfig};
 use iarnet::mesh::Status;
-use iarnet::node::{self, NodeHandle};
+use iarnet::node::{self, NodeHandle, ProviderSetup};
 use iarnet::proto::peer::ProviderInfo;
 use peak_alloc::PeakAlloc;
 
@@ -74,7 +74,10 @@ async fn loopback_run(n: usize, measure_detection: bool) -> LoopbackRun {
         cfg.gossip.fanout = FANOUT;
         cfg.gossip.call_timeout = Duration::from_millis(500);
         cfg.initial_peers = seeds.clone();
-        let node = node::start(cfg).await.expect("bench node starts");
+        // No internal provider: this measures gossip, not Docker connections.
+        let node = node::start_with(cfg, ProviderSetup::Given(Vec::new()))
+            .await
+            .expect("bench node starts");
         node.set_providers(vec![ProviderInfo {
             id: format!("bench{i}-p0"),
             r#type: "docker".into(),
