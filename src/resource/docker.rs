@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use super::error::ResourceError;
 use super::gpu::{GpuInfo, GpuPool};
-use super::ledger::Ledger;
+use super::ledger::{admit, Ledger};
 use super::provider::{LogOptions, LogStream, ProgressSink, Provider};
 use super::types::{
     DeploySpec, DeployState, Deployment, LogLine, Progress, ProviderDescriptor, ProviderKind,
@@ -1261,23 +1261,8 @@ impl Provider for DockerProvider {
         let busy = self.busy(&key);
         let gpus = {
             let mut books = self.books();
-            let mut need = spec.resources;
-            if spec.gpu_shared {
-                need.gpus = 0;
-            }
-            books.ledger.reserve(&key, need)?;
-            let gpus = match books.gpus.assign(
-                &key,
-                spec.resources.gpus,
-                spec.gpu_model.as_deref(),
-                spec.gpu_shared,
-            ) {
-                Ok(g) => g,
-                Err(e) => {
-                    books.release(&key);
-                    return Err(e);
-                }
-            };
+            let books = &mut *books;
+            let gpus = admit(&mut books.ledger, &mut books.gpus, &key, spec)?;
             books.touch(&key);
             gpus
         };

@@ -3,7 +3,34 @@
 use std::collections::HashMap;
 
 use super::error::ResourceError;
-use super::types::{Capacity, Resources};
+use super::gpu::GpuPool;
+use super::types::{Capacity, DeploySpec, Resources};
+
+/// Admission of one deployment: reserves its amounts under `key` and
+/// assigns its GPUs, or changes nothing. Shared GPUs are not counted in the
+/// ledger's GPU dimension: the pool decides who may share.
+pub fn admit(
+    ledger: &mut Ledger,
+    gpus: &mut GpuPool,
+    key: &str,
+    spec: &DeploySpec,
+) -> Result<Vec<String>, ResourceError> {
+    let mut need = spec.resources;
+    if spec.gpu_shared {
+        need.gpus = 0;
+    }
+    ledger.reserve(key, need)?;
+    let assigned = gpus.assign(
+        key,
+        spec.resources.gpus,
+        spec.gpu_model.as_deref(),
+        spec.gpu_shared,
+    );
+    if assigned.is_err() {
+        ledger.release(key);
+    }
+    assigned
+}
 
 /// Reservations by key (a deployment id). Every change goes through
 /// `reserve`/`release`, which keep `reserved` equal to the sum of the

@@ -8,7 +8,7 @@ use futures::stream;
 
 use super::error::ResourceError;
 use super::gpu::{GpuInfo, GpuPool};
-use super::ledger::Ledger;
+use super::ledger::{admit, Ledger};
 use super::provider::{LogOptions, LogStream, ProgressSink, Provider};
 use super::types::{
     DeploySpec, DeployState, Deployment, LogLine, Progress, ProviderDescriptor, ProviderKind,
@@ -101,23 +101,8 @@ impl Provider for MemoryProvider {
         if let Some(d) = books.deployments.get(&key) {
             return Ok(d.clone());
         }
-        let mut need = spec.resources;
-        if spec.gpu_shared {
-            need.gpus = 0;
-        }
-        books.ledger.reserve(&key, need)?;
-        let gpus = match books.gpus.assign(
-            &key,
-            spec.resources.gpus,
-            spec.gpu_model.as_deref(),
-            spec.gpu_shared,
-        ) {
-            Ok(g) => g,
-            Err(e) => {
-                books.ledger.release(&key);
-                return Err(e);
-            }
-        };
+        let books = &mut *books;
+        let gpus = admit(&mut books.ledger, &mut books.gpus, &key, spec)?;
         let mut d = Deployment {
             id: key.clone(),
             request_id: spec.request_id.clone(),

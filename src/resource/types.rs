@@ -22,8 +22,8 @@ impl Resources {
         storage_bytes: 0,
     };
 
-    /// True when every dimension of `need` fits in `self`. A zero storage
-    /// total means "not accounted" and fits anything.
+    /// True when every dimension of `need` fits in `self`. A storage total
+    /// of `u64::MAX` means "not accounted" and fits anything.
     pub fn fits(&self, need: &Resources) -> bool {
         need.cpu_millis <= self.cpu_millis
             && need.memory_bytes <= self.memory_bytes
