@@ -25,6 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     tonic_prost_build::configure()
+        // JSON output of the CLI (`--output json`) prints the messages as they are.
+        .type_attribute(
+            ".",
+            "#[derive(serde::Serialize)]\n#[serde(rename_all = \"snake_case\")]",
+        )
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

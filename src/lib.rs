@@ -25,6 +25,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod proto;

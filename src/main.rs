@@ -1,5 +1,6 @@
 //! The `iarnet` binary: parse flags, load the configuration, run a node until
-//! SIGTERM or SIGINT, then shut down gracefully.
+//! SIGTERM or SIGINT, then shut down gracefully. With a subcommand it is a
+//! client of a running node instead (`iarnet peers`, `iarnet deploy`, ...).
 
 use std::process::ExitCode;
 
@@ -8,7 +9,10 @@ use iarnet::cli::{summary, Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(command) = cli.command.take() {
+        return client(command);
+    }
     init_tracing(cli.log_format);
     // Every configuration problem is reported before any port is bound.
     let config = match cli.load(std::env::vars()) {
@@ -33,6 +37,26 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("iarnet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(command: iarnet::cli::client::Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("iarnet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(iarnet::cli::client::run(command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("iarnet: {e}");
             ExitCode::FAILURE
         }
     }

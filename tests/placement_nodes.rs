@@ -217,6 +217,34 @@ async fn a_deploy_runs_on_a_discovered_provider_through_its_owner() {
         Ok((d, _)) => assert_eq!(d.state().name(), "stopped"),
         Err(e) => assert_eq!(e.code(), tonic::Code::NotFound, "{e}"),
     }
+
+    // Both sides of every CallProvider are measured, and the placements counted.
+    let (a_metrics, b_metrics) = (a.metrics().await, b.metrics().await);
+    for (text, needle) in [
+        (
+            &a_metrics,
+            r#"iarnet_provider_call_seconds_count{side="client",method="deploy",code="ok"}"#,
+        ),
+        (
+            &a_metrics,
+            r#"iarnet_provider_call_seconds_count{side="client",method="stop",code="ok"}"#,
+        ),
+        (
+            &a_metrics,
+            r#"iarnet_placements_total{outcome="placed",reason="discovered"} 2"#,
+        ),
+        (
+            &a_metrics,
+            r#"iarnet_gossip_call_seconds_count{kind="peers"}"#,
+        ),
+        (
+            &b_metrics,
+            r#"iarnet_provider_call_seconds_count{side="server",method="deploy",code="ok"}"#,
+        ),
+        (&b_metrics, r#"iarnet_deployments{state="running"} 0"#),
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

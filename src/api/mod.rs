@@ -1,5 +1,7 @@
-//! The gRPC surfaces of a node: [`peer`] for other nodes, [`admin`] for operators.
+//! The surfaces of a node: gRPC [`peer`] for other nodes, [`admin`] and
+//! [`resources`] for operators and services, and [`http`] (JSON, metrics, probes).
 
 pub mod admin;
+pub mod http;
 pub mod peer;
 pub mod resources;

@@ -6,6 +6,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::node::gossip::Shared;
+use crate::node::resources::observe_call;
 use crate::node::stats::Stats;
 use crate::placement::Manager;
 use crate::proto::peer::peer_service_server::PeerService;
@@ -84,8 +85,21 @@ impl PeerService for PeerApi {
         &self,
         request: Request<ProviderCallRequest>,
     ) -> Result<Response<ProviderCallResponse>, Status> {
-        self.shared.check_running()?;
+        let started = std::time::Instant::now();
         let req = request.into_inner();
+        let method = req.method.clone();
+        let result = self.call_provider_inner(req).await;
+        observe_call(&self.shared, "server", method, &result, started);
+        result
+    }
+}
+
+impl PeerApi {
+    async fn call_provider_inner(
+        &self,
+        req: ProviderCallRequest,
+    ) -> Result<Response<ProviderCallResponse>, Status> {
+        self.shared.check_running()?;
         if req.provider_id.is_empty() {
             return Err(Status::invalid_argument(
                 "provider_id is empty: name a provider listed by iarnet.admin.v1.Admin/ListProviders",

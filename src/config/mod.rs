@@ -118,7 +118,7 @@ pub struct ExternalProvider {
 pub struct Config {
     /// `mode`: `""` (auto), `standalone` or `k8s`.
     pub mode: Mode,
-    /// `listen_addr`: the HTTP API address (served by a later component).
+    /// `listen_addr`: the HTTP API address (JSON routes, /metrics, probes).
     pub listen_addr: SocketAddr,
     /// `peer_listen_addr`: the gRPC address (peers, admin, health, reflection).
     pub peer_listen_addr: SocketAddr,

@@ -17,6 +17,7 @@ use tracing::{debug, Instrument};
 use super::stats::Stats;
 use crate::config::Config;
 use crate::mesh::{Call, Mesh, Millis, Reply, Target};
+use crate::metrics::{KindLabel, Metrics};
 use crate::proto::peer::peer_service_client::PeerServiceClient;
 use crate::proto::peer::Member;
 
@@ -28,6 +29,7 @@ pub struct Shared {
     mesh: Mutex<Mesh>,
     start: tokio::time::Instant,
     pub stats: Stats,
+    pub metrics: Metrics,
     stopped: AtomicBool,
     pub config: Config,
     pub(crate) pool: Pool,
@@ -39,6 +41,7 @@ impl Shared {
             mesh: Mutex::new(mesh),
             start: tokio::time::Instant::now(),
             stats: Stats::default(),
+            metrics: Metrics::default(),
             stopped: AtomicBool::new(false),
             pool: Pool::new(config.gossip.call_timeout),
             config,
@@ -148,16 +151,27 @@ async fn call_once(
     call: Call,
 ) -> Result<Reply, Status> {
     Stats::add(&shared.stats.calls_sent, 1);
-    Ok(match call {
+    let started = std::time::Instant::now();
+    let (kind, reply) = match call {
         Call::Peers(req) => {
             let req = request(shared, req);
-            Reply::Peers(answered(shared, client.exchange_peers(req)).await?)
+            let r = answered(shared, client.exchange_peers(req)).await;
+            ("peers", r.map(Reply::Peers))
         }
         Call::Providers(req) => {
             let req = request(shared, req);
-            Reply::Providers(answered(shared, client.exchange_providers(req)).await?)
+            let r = answered(shared, client.exchange_providers(req)).await;
+            ("providers", r.map(Reply::Providers))
         }
-    })
+    };
+    shared
+        .metrics
+        .gossip_call_seconds
+        .get_or_create(&KindLabel {
+            kind: kind.to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    reply
 }
 
 /// A gossip request carrying its deadline to the server, counted as sent.

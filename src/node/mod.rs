@@ -20,6 +20,7 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn, Instrument};
 
 use crate::api::admin::AdminApi;
+use crate::api::http::HttpApi;
 use crate::api::peer::PeerApi;
 use crate::api::resources::ResourceApi;
 use crate::config::Config;
@@ -38,8 +39,12 @@ use stats::StatsSnapshot;
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("cannot listen on {addr}: {error} (is another process using the port? set peer_listen_addr)")]
-    Bind { addr: SocketAddr, error: String },
+    #[error("cannot listen on {addr}: {error} (is another process using the port? set {key})")]
+    Bind {
+        addr: SocketAddr,
+        key: &'static str,
+        error: String,
+    },
     #[error("cannot write {path}: {error} (set data_dir to a writable directory, or set node_id)")]
     DataDir { path: String, error: String },
     #[error("cannot build the gRPC reflection service: {0}")]
@@ -88,14 +93,16 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
 
 /// Starts a node with the given provider setup.
 pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHandle, NodeError> {
-    let listener = TcpListener::bind(config.peer_listen_addr)
-        .await
-        .map_err(|e| NodeError::Bind {
-            addr: config.peer_listen_addr,
-            error: e.to_string(),
-        })?;
+    let listener = bind(config.peer_listen_addr, "peer_listen_addr").await?;
+    let http_listener = bind(config.listen_addr, "listen_addr").await?;
     let local_addr = listener.local_addr().map_err(|e| NodeError::Bind {
         addr: config.peer_listen_addr,
+        key: "peer_listen_addr",
+        error: e.to_string(),
+    })?;
+    let http_addr = http_listener.local_addr().map_err(|e| NodeError::Bind {
+        addr: config.listen_addr,
+        key: "listen_addr",
         error: e.to_string(),
     })?;
     let id = identity::node_id(&config)?;
@@ -205,6 +212,26 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
         gossip::gossip_loop(shared.clone(), cancel.child_token())
             .instrument(tracing::info_span!(parent: &span, "gossip")),
     );
+    let draining = CancellationToken::new();
+    let http_api = Arc::new(HttpApi::new(
+        shared.clone(),
+        manager.clone(),
+        draining.clone(),
+    ));
+    let http_stop = cancel.child_token();
+    let router = http_api.clone().router();
+    let http = tokio::spawn(
+        async move {
+            let served = axum::serve(http_listener, router)
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                warn!(error = %e, "http server stopped with an error");
+            }
+        }
+        .instrument(span.clone()),
+    );
+    info!(parent: &span, %http_addr, "http api listening");
     let seeds = tokio::spawn(
         gossip::seed_loop(shared.clone(), cancel.child_token())
             .instrument(tracing::info_span!(parent: &span, "seeds")),
@@ -222,9 +249,20 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
         manager,
         cancel,
         health,
-        tasks: vec![gossip, seeds, refresh],
+        tasks: vec![gossip, seeds, refresh, http],
         server: Some(server),
         local_addr,
+        http_addr,
+        http_api,
+        draining,
+    })
+}
+
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr).await.map_err(|e| NodeError::Bind {
+        addr,
+        key,
+        error: e.to_string(),
     })
 }
 
@@ -237,6 +275,9 @@ pub struct NodeHandle {
     tasks: Vec<JoinHandle<()>>,
     server: Option<JoinHandle<()>>,
     local_addr: SocketAddr,
+    http_addr: SocketAddr,
+    http_api: Arc<HttpApi>,
+    draining: CancellationToken,
 }
 
 impl NodeHandle {
@@ -256,6 +297,16 @@ impl NodeHandle {
     /// The address the gRPC server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the HTTP API is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// What `/metrics` would answer now.
+    pub async fn metrics(&self) -> String {
+        self.shared.metrics.render(&self.http_api.snapshot().await)
     }
 
     /// The resource manager: providers, placement, deployments.
@@ -323,6 +374,7 @@ impl NodeHandle {
     /// server drains; all within `shutdown_grace`.
     pub async fn shutdown(mut self) {
         let grace = self.shared.config.shutdown_grace;
+        self.draining.cancel();
         for name in std::iter::once(&"").chain(HEALTH_SERVICES) {
             self.health
                 .set_service_status(*name, ServingStatus::NotServing)

@@ -80,6 +80,21 @@ impl ProviderCaller for NodeCaller {
         request: ProviderCallRequest,
         timeout: Duration,
     ) -> Result<ProviderCallResponse, tonic::Status> {
+        let started = std::time::Instant::now();
+        let method = request.method.clone();
+        let result = self.send(owner_addr, request, timeout).await;
+        observe_call(&self.shared, "client", method, &result, started);
+        result
+    }
+}
+
+impl NodeCaller {
+    async fn send(
+        &self,
+        owner_addr: &str,
+        request: ProviderCallRequest,
+        timeout: Duration,
+    ) -> Result<ProviderCallResponse, tonic::Status> {
         let mut client = self.shared.pool.client(owner_addr)?;
         let mut req = tonic::Request::new(request);
         req.set_timeout(timeout);
@@ -90,6 +105,36 @@ impl ProviderCaller for NodeCaller {
             ))),
         }
     }
+}
+
+/// Records one CallProvider's latency. Methods are the provider operations
+/// ("deploy", "logs", ...); anything else is folded into "other" so a
+/// hostile caller cannot grow the label set.
+pub fn observe_call<T>(
+    shared: &Shared,
+    side: &str,
+    method: String,
+    result: &Result<T, tonic::Status>,
+    started: std::time::Instant,
+) {
+    const KNOWN: &[&str] = &["capacity", "deploy", "status", "logs", "stop"];
+    let method = if KNOWN.contains(&method.as_str()) {
+        method
+    } else {
+        "other".to_string()
+    };
+    let code = result
+        .as_ref()
+        .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+    shared
+        .metrics
+        .provider_call_seconds
+        .get_or_create(&crate::metrics::CallLabels {
+            side: side.to_string(),
+            method,
+            code: crate::metrics::code_label(code),
+        })
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Labels every provider of this node carries.

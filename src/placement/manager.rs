@@ -88,6 +88,8 @@ pub struct Manager {
     local_version: std::sync::atomic::AtomicU64,
     /// The ranking index and the (discovery, local) versions it was built at.
     index: Mutex<Option<CachedIndex>>,
+    /// Placement outcomes since start: (outcome, tier or reason) -> count.
+    outcomes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,7 +117,21 @@ impl Manager {
             published: Mutex::new(Some(Vec::new())),
             local_version: Default::default(),
             index: Mutex::default(),
+            outcomes: Mutex::default(),
         }
+    }
+
+    fn count(&self, outcome: &'static str, reason: &'static str) {
+        *lock(&self.outcomes).entry((outcome, reason)).or_default() += 1;
+    }
+
+    /// Placement outcomes since start: "placed" by tier, "refused" (one
+    /// candidate said no) and "failed" (the whole request) by error kind.
+    pub fn placement_counts(&self) -> Vec<(String, String, u64)> {
+        lock(&self.outcomes)
+            .iter()
+            .map(|((o, r), n)| (o.to_string(), r.to_string(), *n))
+            .collect()
     }
 
     pub fn node_id(&self) -> &str {
@@ -323,6 +339,20 @@ impl Manager {
         opts: PlaceOptions,
         progress: ProgressSink,
     ) -> Result<Placed, ResourceError> {
+        let result = self.place(spec, opts, progress).await;
+        match &result {
+            Ok(p) => self.count("placed", tier_name(&p.placement.tier)),
+            Err(e) => self.count("failed", e.kind()),
+        }
+        result
+    }
+
+    async fn place(
+        &self,
+        spec: DeploySpec,
+        opts: PlaceOptions,
+        progress: ProgressSink,
+    ) -> Result<Placed, ResourceError> {
         validate(&spec)?;
         let strategy = opts.strategy.unwrap_or(self.strategy);
         let id = deployment_key("iarnet", &spec.request_id);
@@ -404,6 +434,7 @@ impl Manager {
                     }
                     Err(e) if e.try_elsewhere() => {
                         lock(&self.records).remove(&id);
+                        self.count("refused", e.kind());
                         debug!(provider = %c.id, error = %e, "provider refused; trying the next");
                         refused.push(format!("{}: {e}", c.id));
                     }
@@ -470,19 +501,35 @@ impl Manager {
         )))
     }
 
+    /// `id` is a deployment id, or the request id it was derived from (what
+    /// a user chose, so scripts need not parse the deploy's answer).
+    async fn find(&self, id: &str) -> Result<(Arc<dyn Provider>, String, String), ResourceError> {
+        match self.holder(id).await {
+            Ok((p, owner)) => Ok((p, owner, id.to_string())),
+            Err(ResourceError::NotFound(why)) => {
+                let derived = deployment_key("iarnet", id);
+                match self.holder(&derived).await {
+                    Ok((p, owner)) => Ok((p, owner, derived)),
+                    Err(_) => Err(ResourceError::NotFound(why)),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn status(&self, id: &str) -> Result<(Deployment, String), ResourceError> {
-        let (p, owner) = self.holder(id).await?;
-        Ok((p.status(id).await?, owner))
+        let (p, owner, id) = self.find(id).await?;
+        Ok((p.status(&id).await?, owner))
     }
 
     pub async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, ResourceError> {
-        let (p, _) = self.holder(id).await?;
-        p.logs(id, opts).await
+        let (p, _, id) = self.find(id).await?;
+        p.logs(&id, opts).await
     }
 
     pub async fn stop(&self, id: &str) -> Result<(Deployment, String), ResourceError> {
-        let (p, owner) = self.holder(id).await?;
-        let d = p.stop(id).await?;
+        let (p, owner, id) = self.find(id).await?;
+        let d = p.stop(&id).await?;
         if owner == self.node_id {
             self.refresh_one(&*p).await;
             self.publish();
@@ -623,6 +670,14 @@ impl Manager {
 
 /// How a provider is advertised in gossip: identity, kind, health,
 /// capacity and labels; never credentials.
+fn tier_name(tier: &str) -> &'static str {
+    [Tier::Internal, Tier::External, Tier::Discovered]
+        .into_iter()
+        .map(Tier::as_str)
+        .find(|t| *t == tier)
+        .unwrap_or("unknown")
+}
+
 pub fn provider_info(d: &ProviderDescriptor) -> ProviderInfo {
     ProviderInfo {
         id: d.id.clone(),

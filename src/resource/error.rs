@@ -53,6 +53,20 @@ impl ResourceError {
         }
     }
 
+    /// A short, stable name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResourceError::InvalidSpec { .. } => "invalid_spec",
+            ResourceError::NotFound(_) => "not_found",
+            ResourceError::Exhausted { .. } => "exhausted",
+            ResourceError::PullFailed { .. } => "pull_failed",
+            ResourceError::Unavailable { .. } => "unavailable",
+            ResourceError::PermissionDenied(_) => "permission_denied",
+            ResourceError::NoPlacement(_) => "no_placement",
+            ResourceError::Backend(_) => "backend",
+        }
+    }
+
     /// Worth trying the next candidate provider after this error.
     pub fn try_elsewhere(&self) -> bool {
         matches!(

@@ -1,5 +1,7 @@
 //! Support for the tests that drive the real Docker engine of this machine:
 //! the locally built test image, unique names, cleanup, condition waits.
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
 
 use std::future::Future;
 use std::path::Path;

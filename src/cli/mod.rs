@@ -1,4 +1,9 @@
-//! Command-line flags of the `iarnet` binary and how they become a [`Config`].
+//! Command-line interface of the `iarnet` binary: without a subcommand it
+//! runs a node (flags become a [`Config`]); with one it is a client of a
+//! running node over gRPC ([`client`]).
+
+pub mod client;
+mod render;
 
 use std::path::PathBuf;
 
@@ -13,6 +18,9 @@ use crate::config::{Config, ConfigError, Layers, Source, DEFAULT_CONFIG_YAML};
 #[derive(Debug, Parser)]
 #[command(name = "iarnet", version)]
 pub struct Cli {
+    /// Talk to a running node instead of running one.
+    #[command(subcommand)]
+    pub command: Option<client::Command>,
     /// Configuration file (YAML). Without it the built-in default is used.
     #[arg(long, env = "IARNET_CONFIG")]
     pub config: Option<PathBuf>,

@@ -1,0 +1,496 @@
+//! `iarnet <command>`: a client of a running node over gRPC, for operators
+//! and scripts. Tables for people, `--output json` for scripts.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use super::render;
+use crate::proto::admin::admin_client::AdminClient;
+use crate::proto::admin::{GetNodeRequest, ListPeersRequest};
+use crate::proto::resource as pb;
+use crate::proto::resource::deploy_event::Event;
+use crate::proto::resource::resource_service_client::ResourceServiceClient;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Members of the mesh as the node sees them.
+    Peers {
+        #[command(flatten)]
+        target: Target,
+        /// Include dead and departed members still remembered.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Providers the node can place on: its own and those learned by gossip.
+    Providers {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The node's and the mesh's capacity.
+    Capacity {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Deploy a container somewhere in the mesh; shows image pull progress.
+    Deploy(Box<DeployArgs>),
+    /// Deployments placed through or held by the node.
+    Deployments {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// One deployment, with its state history.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        id: String,
+    },
+    /// A deployment's output.
+    Logs {
+        #[command(flatten)]
+        target: Target,
+        id: String,
+        /// Keep streaming new lines until the deployment ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+    },
+    /// Stop a deployment and remove its container or pod.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        id: String,
+    },
+    /// gRPC health check; exits 0 when the node is SERVING (for HEALTHCHECK and probes).
+    Health {
+        #[command(flatten)]
+        target: Target,
+        /// A service name ("" is the whole node).
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
+/// Which node to ask and how to print the answer.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The node's gRPC address, HOST:PORT or http://HOST:PORT. Default: this
+    /// host, on the port of IARNET_PEER_LISTEN_ADDR or 50051.
+    #[arg(long, env = "IARNET_ADDR")]
+    pub addr: Option<String>,
+    /// table or json.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Deadline of each call (streams: of connecting).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Container image, e.g. nginx:1.27 (pulled by the provider when absent).
+    #[arg(long)]
+    pub image: String,
+    /// A name for people; the deployment id comes from the request id.
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// CPU, e.g. 500m or 2 (reserved on the provider and enforced as a limit).
+    #[arg(long)]
+    pub cpu: String,
+    /// Memory, e.g. 256Mi or 2Gi (reserved and enforced).
+    #[arg(long)]
+    pub memory: String,
+    /// Whole GPUs.
+    #[arg(long, default_value_t = 0)]
+    pub gpu: u32,
+    /// Only GPUs whose model contains this text, e.g. H100.
+    #[arg(long, default_value = "")]
+    pub gpu_model: String,
+    /// Let other deployments share the GPUs.
+    #[arg(long)]
+    pub gpu_shared: bool,
+    /// Scratch storage, e.g. 10Gi.
+    #[arg(long, default_value = "")]
+    pub storage: String,
+    /// Environment, KEY=VALUE (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Published port, CONTAINER or HOST:CONTAINER, with /udp for UDP (repeatable).
+    #[arg(short, long = "port", value_name = "[HOST:]CONTAINER[/udp]")]
+    pub ports: Vec<String>,
+    /// Labels on the deployment, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Labels the provider must carry, KEY=VALUE (repeatable).
+    #[arg(long = "require", value_name = "KEY=VALUE")]
+    pub require: Vec<String>,
+    /// spread, binpack, round-robin, weighted, random or geographic.
+    #[arg(long, default_value = "")]
+    pub strategy: String,
+    /// Preferred region (geographic strategy).
+    #[arg(long, default_value = "")]
+    pub region: String,
+    /// Place on this provider only.
+    #[arg(long, default_value = "")]
+    pub provider: String,
+    /// Idempotency key: the same id never starts a second container. Default: random.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Command and arguments, after `--`.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// Why a client command failed; printed as one line, exit status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the iarnet node at {addr}: {why} (is it running? set --addr or IARNET_ADDR)"
+    )]
+    Unreachable { addr: String, why: String },
+    #[error("{flag}: {why}")]
+    Usage { flag: &'static str, why: String },
+    #[error("the node answered {}: {}", crate::metrics::code_label(.0.code()), .0.message())]
+    Rpc(Status),
+    #[error("the node is not serving ({0})")]
+    NotServing(String),
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl From<Status> for ClientError {
+    fn from(s: Status) -> Self {
+        ClientError::Rpc(s)
+    }
+}
+
+impl Target {
+    /// The address to dial, with a scheme.
+    pub fn url(&self) -> String {
+        let raw = self.addr.clone().unwrap_or_else(|| {
+            let port = std::env::var("IARNET_PEER_LISTEN_ADDR")
+                .ok()
+                .and_then(|a| a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()))
+                .unwrap_or(50051);
+            format!("127.0.0.1:{port}")
+        });
+        if raw.contains("://") {
+            raw
+        } else {
+            format!("http://{raw}")
+        }
+    }
+
+    async fn connect(&self) -> Result<Channel, ClientError> {
+        let url = self.url();
+        let unreachable = |why: String| ClientError::Unreachable {
+            addr: url.clone(),
+            why,
+        };
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| unreachable(format!("not a valid address: {e}")))?
+            .connect_timeout(self.timeout);
+        endpoint.connect().await.map_err(|e| {
+            let mut why = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                why = s.to_string();
+                src = s.source();
+            }
+            unreachable(why)
+        })
+    }
+
+    fn request<T>(&self, body: T) -> Request<T> {
+        let mut r = Request::new(body);
+        r.set_timeout(self.timeout);
+        r
+    }
+}
+
+/// A status that means "nobody answered" is reported as unreachable.
+fn rpc(target: &Target, s: Status) -> ClientError {
+    if s.code() == Code::Unavailable && s.message().contains("connect") {
+        ClientError::Unreachable {
+            addr: target.url(),
+            why: s.message().to_string(),
+        }
+    } else {
+        ClientError::Rpc(s)
+    }
+}
+
+/// Runs one client command, writing to stdout (and progress to stderr).
+pub async fn run(command: Command) -> Result<(), ClientError> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Peers { target, all } => {
+            let mut admin = AdminClient::new(target.connect().await?);
+            let node = admin
+                .get_node(target.request(GetNodeRequest {}))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner();
+            let peers = admin
+                .list_peers(target.request(ListPeersRequest {
+                    include_tombstones: all,
+                }))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner();
+            match target.output {
+                Output::Json => json_line(&mut out, &peers)?,
+                Output::Table => out.write_all(render::peers(&node, &peers).as_bytes())?,
+            }
+        }
+        Command::Providers { target } => {
+            let mut api = ResourceServiceClient::new(target.connect().await?);
+            let list = api
+                .list_providers(target.request(pb::ListProvidersRequest {}))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner();
+            match target.output {
+                Output::Json => json_line(&mut out, &list)?,
+                Output::Table => out.write_all(render::providers(&list).as_bytes())?,
+            }
+        }
+        Command::Capacity { target } => {
+            let mut api = ResourceServiceClient::new(target.connect().await?);
+            let cap = api
+                .get_capacity(target.request(pb::GetCapacityRequest {}))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner();
+            match target.output {
+                Output::Json => json_line(&mut out, &cap)?,
+                Output::Table => out.write_all(render::capacity(&cap).as_bytes())?,
+            }
+        }
+        Command::Deploy(args) => deploy(*args, &mut out).await?,
+        Command::Deployments { target } => {
+            let mut api = ResourceServiceClient::new(target.connect().await?);
+            let list = api
+                .list_deployments(target.request(pb::ListDeploymentsRequest {}))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner();
+            match target.output {
+                Output::Json => json_line(&mut out, &list)?,
+                Output::Table => {
+                    out.write_all(render::deployments(&list.deployments).as_bytes())?
+                }
+            }
+        }
+        Command::Status { target, id } => {
+            let mut api = ResourceServiceClient::new(target.connect().await?);
+            let d = api
+                .get_deployment(target.request(pb::GetDeploymentRequest { id }))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner();
+            match target.output {
+                Output::Json => json_line(&mut out, &d)?,
+                Output::Table => out.write_all(render::deployment(&d).as_bytes())?,
+            }
+        }
+        Command::Logs {
+            target,
+            id,
+            follow,
+            tail,
+        } => {
+            let mut api = ResourceServiceClient::new(target.connect().await?);
+            // A followed stream has no deadline: it lasts as long as the deployment.
+            let mut stream = api
+                .logs(Request::new(pb::LogsRequest {
+                    id,
+                    tail: tail.unwrap_or(0),
+                    follow,
+                }))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner();
+            let mut err = std::io::stderr().lock();
+            while let Some(line) = stream.next().await {
+                let line = line.map_err(|s| rpc(&target, s))?;
+                match target.output {
+                    Output::Json => json_line(&mut out, &line)?,
+                    Output::Table if line.stderr => writeln!(err, "{}", line.text)?,
+                    Output::Table => writeln!(out, "{}", line.text)?,
+                }
+                out.flush()?;
+            }
+        }
+        Command::Stop { target, id } => {
+            let mut api = ResourceServiceClient::new(target.connect().await?);
+            let d = api
+                .stop(target.request(pb::StopRequest { id }))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner();
+            match target.output {
+                Output::Json => json_line(&mut out, &d)?,
+                Output::Table => writeln!(out, "stopped {} ({})", d.id, d.state)?,
+            }
+        }
+        Command::Health { target, service } => {
+            let mut health = HealthClient::new(target.connect().await?);
+            let status = health
+                .check(target.request(HealthCheckRequest { service }))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner()
+                .status();
+            if status != ServingStatus::Serving {
+                return Err(ClientError::NotServing(status.as_str_name().to_string()));
+            }
+            if target.output == Output::Json {
+                writeln!(out, "{{\"status\":\"SERVING\"}}")?;
+            } else {
+                writeln!(out, "SERVING")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn json_line(out: &mut impl Write, value: &impl serde::Serialize) -> Result<(), ClientError> {
+    let text = serde_json::to_string(value).map_err(std::io::Error::other)?;
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
+fn pairs(flag: &'static str, items: &[String]) -> Result<BTreeMap<String, String>, ClientError> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(ClientError::Usage {
+                flag,
+                why: format!("{kv:?} is not KEY=VALUE"),
+            }),
+        })
+        .collect()
+}
+
+fn port(spec: &str) -> Result<pb::Port, ClientError> {
+    let bad = || ClientError::Usage {
+        flag: "--port",
+        why: format!("{spec:?} is not [HOST:]CONTAINER[/udp], e.g. 8080:80"),
+    };
+    let (ports, udp) = match spec.split_once('/') {
+        Some((p, "udp")) => (p, true),
+        Some((p, "tcp")) => (p, false),
+        Some(_) => return Err(bad()),
+        None => (spec, false),
+    };
+    let (host, container) = match ports.split_once(':') {
+        Some((h, c)) => (h.parse().map_err(|_| bad())?, c),
+        None => (0, ports),
+    };
+    Ok(pb::Port {
+        container: container.parse().map_err(|_| bad())?,
+        host,
+        udp,
+    })
+}
+
+/// A fresh idempotency key (128 random bits, hex).
+fn request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl DeployArgs {
+    fn spec(&self) -> Result<pb::DeploySpec, ClientError> {
+        let (command, args) = match self.command.split_first() {
+            Some((c, rest)) => (vec![c.clone()], rest.to_vec()),
+            None => (vec![], vec![]),
+        };
+        Ok(pb::DeploySpec {
+            request_id: self.request_id.clone().unwrap_or_else(request_id),
+            name: self.name.clone(),
+            image: self.image.clone(),
+            command,
+            args,
+            env: pairs("--env", &self.env)?.into_iter().collect(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| port(p))
+                .collect::<Result<_, _>>()?,
+            cpu: self.cpu.clone(),
+            memory: self.memory.clone(),
+            gpu: self.gpu,
+            gpu_model: self.gpu_model.clone(),
+            gpu_shared: self.gpu_shared,
+            storage: self.storage.clone(),
+            labels: pairs("--label", &self.labels)?.into_iter().collect(),
+            required_labels: pairs("--require", &self.require)?.into_iter().collect(),
+            strategy: self.strategy.clone(),
+            region: self.region.clone(),
+            provider_id: self.provider.clone(),
+        })
+    }
+}
+
+async fn deploy(args: DeployArgs, out: &mut impl Write) -> Result<(), ClientError> {
+    let spec = args.spec()?;
+    let target = &args.target;
+    let mut api = ResourceServiceClient::new(target.connect().await?);
+    // Pulls can take minutes: the deadline covers getting the stream only.
+    let mut events = api
+        .deploy(Request::new(spec))
+        .await
+        .map_err(|s| rpc(target, s))?
+        .into_inner();
+    let mut progress = render::Progress::new(std::io::stderr().is_terminal());
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|s| {
+            progress.finish();
+            rpc(target, s)
+        })?;
+        if target.output == Output::Json {
+            json_line(out, &event)?;
+            continue;
+        }
+        match event.event {
+            Some(Event::Pull(p)) => progress.pull(&p),
+            Some(Event::State(s)) => progress.state(&s),
+            Some(Event::Placement(p)) => {
+                progress.finish();
+                writeln!(
+                    out,
+                    "placed on {} (node {}, {} tier, {}): {}",
+                    p.provider_id, p.owner_id, p.tier, p.strategy, p.reason
+                )?;
+                for r in &p.refused {
+                    writeln!(out, "  refused first: {r}")?;
+                }
+            }
+            Some(Event::Deployment(d)) => {
+                writeln!(out, "deployment {} is {}", d.id, d.state)?;
+            }
+            None => {}
+        }
+    }
+    progress.finish();
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! Human output of the client commands: aligned tables and a pull progress line.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use crate::proto::admin::{ListPeersResponse, NodeInfo};
+use crate::proto::resource as pb;
+
+/// Columns padded to their widest cell; the last column is not padded.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.into_iter().zip(&widths).enumerate() {
+            if i == last {
+                s.push_str(&cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+fn cpu(millis: u64) -> String {
+    if millis % 1000 == 0 {
+        format!("{}", millis / 1000)
+    } else {
+        format!("{:.2}", millis as f64 / 1000.0)
+    }
+}
+
+fn bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "Ki", "Mi", "Gi", "Ti"];
+    if b == u64::MAX {
+        return "-".into();
+    }
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || v >= 100.0 {
+        format!("{v:.0}{}", UNITS[unit])
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
+fn avail_of(c: Option<&pb::Capacity>) -> (pb::Resources, pb::Resources) {
+    let c = c.cloned().unwrap_or_default();
+    (c.available.unwrap_or_default(), c.total.unwrap_or_default())
+}
+
+pub fn peers(node: &NodeInfo, peers: &ListPeersResponse) -> String {
+    let rows = peers
+        .peers
+        .iter()
+        .map(|p| {
+            let name = if p.is_self {
+                format!("{} (this node)", p.name)
+            } else {
+                p.name.clone()
+            };
+            vec![
+                p.id.clone(),
+                name,
+                p.addr.clone(),
+                p.state.clone(),
+                p.generation.to_string(),
+                if p.last_heard_secs < 0.0 {
+                    "-".into()
+                } else {
+                    format!("{:.1}s", p.last_heard_secs)
+                },
+                p.providers.len().to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "ID",
+            "NAME",
+            "ADDRESS",
+            "STATE",
+            "GENERATION",
+            "HEARD",
+            "PROVIDERS",
+        ],
+        rows,
+    );
+    out.push_str(&format!(
+        "{} alive, {} suspect, {} dead, {} left (as seen by {})\n",
+        peers.alive, peers.suspect, peers.dead, peers.left, node.id
+    ));
+    out
+}
+
+pub fn providers(list: &pb::ListProvidersResponse) -> String {
+    let rows = list
+        .providers
+        .iter()
+        .map(|p| {
+            let (a, t) = avail_of(p.capacity.as_ref());
+            vec![
+                p.id.clone(),
+                p.r#type.clone(),
+                p.tier.clone(),
+                p.owner_id.clone(),
+                if p.healthy { "active" } else { "unhealthy" }.into(),
+                format!("{}/{}", cpu(a.cpu_millis), cpu(t.cpu_millis)),
+                format!("{}/{}", bytes(a.memory_bytes), bytes(t.memory_bytes)),
+                format!("{}/{}", a.gpus, t.gpus),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "TYPE",
+            "TIER",
+            "OWNER",
+            "STATUS",
+            "CPU FREE/ALL",
+            "MEMORY FREE/ALL",
+            "GPU FREE/ALL",
+        ],
+        rows,
+    )
+}
+
+pub fn capacity(c: &pb::GetCapacityResponse) -> String {
+    let row = |scope: &str, cap: Option<&pb::Capacity>| {
+        let cap = cap.cloned().unwrap_or_default();
+        let (t, r, a) = (
+            cap.total.unwrap_or_default(),
+            cap.reserved.unwrap_or_default(),
+            cap.available.unwrap_or_default(),
+        );
+        vec![
+            scope.to_string(),
+            format!(
+                "{} / {} / {}",
+                cpu(t.cpu_millis),
+                cpu(r.cpu_millis),
+                cpu(a.cpu_millis)
+            ),
+            format!(
+                "{} / {} / {}",
+                bytes(t.memory_bytes),
+                bytes(r.memory_bytes),
+                bytes(a.memory_bytes)
+            ),
+            format!("{} / {} / {}", t.gpus, r.gpus, a.gpus),
+        ]
+    };
+    let mut out = table(
+        &["SCOPE", "CPU TOTAL/RESERVED/FREE", "MEMORY", "GPU"],
+        vec![row("node", c.node.as_ref()), row("mesh", c.mesh.as_ref())],
+    );
+    out.push_str(&format!("{} providers\n", c.providers));
+    out
+}
+
+pub fn deployments(list: &[pb::Deployment]) -> String {
+    let rows = list
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                d.image.clone(),
+                d.state.clone(),
+                d.provider_id.clone(),
+                d.owner_id.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "IMAGE", "STATE", "PROVIDER", "OWNER"], rows)
+}
+
+pub fn deployment(d: &pb::Deployment) -> String {
+    let r = d.resources.unwrap_or_default();
+    let mut out = format!(
+        "id:        {}\nrequest:   {}\nimage:     {}\nstate:     {}\nprovider:  {} (node {})\nresources: cpu {} memory {} gpu {}\n",
+        d.id,
+        d.request_id,
+        d.image,
+        d.state,
+        d.provider_id,
+        d.owner_id,
+        cpu(r.cpu_millis),
+        bytes(r.memory_bytes),
+        r.gpus
+    );
+    if !d.gpus.is_empty() {
+        out.push_str(&format!("gpus:      {}\n", d.gpus.join(", ")));
+    }
+    out.push_str("history:\n");
+    for h in &d.history {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(h.at_unix.max(0.0));
+        out.push_str(&format!(
+            "  {}  {}{}\n",
+            humantime::format_rfc3339_seconds(at),
+            h.state,
+            if h.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", h.detail)
+            }
+        ));
+    }
+    out
+}
+
+/// Image pull progress on stderr: one line redrawn in place on a terminal,
+/// else one line per layer status change (logs stay readable).
+pub struct Progress {
+    tty: bool,
+    layers: BTreeMap<String, (String, u64, u64)>,
+    open_line: bool,
+}
+
+impl Progress {
+    pub fn new(tty: bool) -> Progress {
+        Progress {
+            tty,
+            layers: BTreeMap::new(),
+            open_line: false,
+        }
+    }
+
+    pub fn pull(&mut self, p: &pb::PullProgress) {
+        let changed = self
+            .layers
+            .get(&p.layer)
+            .is_none_or(|(status, _, _)| *status != p.status);
+        self.layers
+            .insert(p.layer.clone(), (p.status.clone(), p.current, p.total));
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let (cur, total) = self
+                .layers
+                .values()
+                .fold((0, 0), |(c, t), (_, cur, tot)| (c + cur, t + tot));
+            let done = self
+                .layers
+                .values()
+                .filter(|(s, _, _)| s.contains("complete") || s.contains("exists"))
+                .count();
+            let _ = write!(
+                err,
+                "\r\x1b[Kpulling: {done}/{} layers, {} of {}",
+                self.layers.len(),
+                bytes(cur),
+                bytes(total)
+            );
+            self.open_line = true;
+        } else if changed {
+            let layer = if p.layer.is_empty() {
+                "image"
+            } else {
+                &p.layer
+            };
+            let _ = writeln!(err, "pull {layer}: {}", p.status);
+        }
+    }
+
+    pub fn state(&mut self, state: &str) {
+        self.finish();
+        let _ = writeln!(std::io::stderr(), "{state}...");
+    }
+
+    /// Ends a line left open by a redraw.
+    pub fn finish(&mut self) {
+        if self.open_line {
+            let _ = writeln!(std::io::stderr());
+            self.open_line = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["ID", "STATE"],
+            vec![
+                vec!["a".into(), "alive".into()],
+                vec!["longer-id".into(), "dead".into()],
+            ],
+        );
+        assert_eq!(t, "ID         STATE\na          alive\nlonger-id  dead\n");
+    }
+
+    #[test]
+    fn amounts_read_like_quantities() {
+        assert_eq!(cpu(2000), "2");
+        assert_eq!(cpu(1500), "1.50");
+        assert_eq!(bytes(256 << 20), "256Mi");
+        assert_eq!(bytes(1536 << 20), "1.5Gi");
+        assert_eq!(bytes(u64::MAX), "-");
+    }
+}

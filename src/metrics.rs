@@ -1,0 +1,231 @@
+//! Prometheus metrics of a node: latency histograms recorded as calls
+//! happen, and gauges read from the node's state at each scrape.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::node::stats::StatsSnapshot;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// "client" (this node called another) or "server" (it answered).
+    pub side: String,
+    pub method: String,
+    /// The gRPC code name, "ok" on success.
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabel {
+    pub tier: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// placed, refused (one candidate said no) or failed (the whole request).
+    pub outcome: String,
+    /// The tier placed on, or why a candidate or the request was refused.
+    pub reason: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency() -> Histogram {
+    // 0.25 ms .. ~4 s: loopback gossip to a slow cross-site provider call.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+/// What a node records as it runs. Cheap to clone: every metric is shared.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// One gossip call (ExchangePeers or ExchangeProviders) as the caller saw it.
+    pub gossip_call_seconds: HistogramFamily<KindLabel>,
+    /// CallProvider, from both sides.
+    pub provider_call_seconds: HistogramFamily<CallLabels>,
+    /// Scrapes served, so an operator can tell a dead scraper from a quiet node.
+    pub scrapes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            gossip_call_seconds: Family::new_with_constructor(latency),
+            provider_call_seconds: Family::new_with_constructor(latency),
+            scrapes: Counter::default(),
+        }
+    }
+}
+
+/// The node's state at one scrape.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub gossip: StatsSnapshot,
+    /// Members by state (alive, suspect, dead, left), this node included.
+    pub peers: Vec<(String, u64)>,
+    /// Providers this node can place on, by tier.
+    pub providers: Vec<(String, u64)>,
+    /// Deployments this node placed or holds, by state.
+    pub deployments: Vec<(String, u64)>,
+    /// (outcome, reason, count) since start.
+    pub placements: Vec<(String, String, u64)>,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self, s: &Snapshot) -> String {
+        self.scrapes.inc();
+        let mut r = Registry::with_prefix("iarnet");
+        r.register(
+            "gossip_call_seconds",
+            "Latency of one gossip call, by kind (peers or providers)",
+            self.gossip_call_seconds.clone(),
+        );
+        r.register(
+            "provider_call_seconds",
+            "Latency of CallProvider, by side, method and gRPC code",
+            self.provider_call_seconds.clone(),
+        );
+        r.register("scrapes", "Metric scrapes served", self.scrapes.clone());
+        let g = &s.gossip;
+        let counters = [
+            ("gossip_rounds", "Gossip rounds run", g.rounds),
+            ("gossip_calls", "Gossip calls sent", g.calls_sent),
+            (
+                "gossip_call_failures",
+                "Gossip calls that failed or timed out",
+                g.calls_failed,
+            ),
+            (
+                "gossip_sent_bytes",
+                "Encoded bytes of gossip requests sent and responses returned",
+                g.bytes_sent,
+            ),
+            (
+                "gossip_received_bytes",
+                "Encoded bytes of gossip responses and requests received",
+                g.bytes_received,
+            ),
+        ];
+        for (name, help, v) in counters {
+            r.register(name, help, ConstCounter::new(v));
+        }
+        r.register(
+            "peers",
+            "Members this node knows, by state (this node included)",
+            gauges(&s.peers, |state| StateLabel { state }),
+        );
+        r.register(
+            "providers",
+            "Providers this node can place on, by tier",
+            gauges(&s.providers, |tier| TierLabel { tier }),
+        );
+        r.register(
+            "deployments",
+            "Deployments this node placed or holds, by state",
+            gauges(&s.deployments, |state| StateLabel { state }),
+        );
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        for (outcome, reason, n) in &s.placements {
+            outcomes
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.clone(),
+                    reason: reason.clone(),
+                })
+                .inc_by(*n);
+        }
+        r.register(
+            "placements",
+            "Placement decisions: placed (by tier), refused by a candidate or failed (by reason)",
+            outcomes,
+        );
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &r);
+        out
+    }
+}
+
+fn gauges<L>(values: &[(String, u64)], label: impl Fn(String) -> L) -> Family<L, Gauge>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Gauge>::default();
+    for (k, v) in values {
+        family.get_or_create(&label(k.clone())).set(*v as i64);
+    }
+    family
+}
+
+/// A gRPC code as a short label value ("ok", "unavailable", ...).
+pub fn code_label(code: tonic::Code) -> String {
+    if code == tonic::Code::Ok {
+        return "ok".to_string();
+    }
+    let name = format!("{code:?}");
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_every_family_with_labels() {
+        let m = Metrics::default();
+        m.gossip_call_seconds
+            .get_or_create(&KindLabel {
+                kind: "peers".into(),
+            })
+            .observe(0.002);
+        let text = m.render(&Snapshot {
+            peers: vec![("alive".into(), 3), ("dead".into(), 1)],
+            providers: vec![("discovered".into(), 2)],
+            deployments: vec![("running".into(), 1)],
+            placements: vec![("refused".into(), "exhausted".into(), 4)],
+            ..Snapshot::default()
+        });
+        for needle in [
+            "iarnet_peers{state=\"alive\"} 3",
+            "iarnet_peers{state=\"dead\"} 1",
+            "iarnet_providers{tier=\"discovered\"} 2",
+            "iarnet_deployments{state=\"running\"} 1",
+            "iarnet_placements_total{outcome=\"refused\",reason=\"exhausted\"} 4",
+            "iarnet_gossip_call_seconds_count{kind=\"peers\"} 1",
+            "iarnet_gossip_rounds_total 0",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn code_labels_are_snake_case() {
+        assert_eq!(code_label(tonic::Code::Ok), "ok");
+        assert_eq!(
+            code_label(tonic::Code::DeadlineExceeded),
+            "deadline_exceeded"
+        );
+        assert_eq!(code_label(tonic::Code::Unavailable), "unavailable");
+    }
+}
