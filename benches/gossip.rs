@@ -2,6 +2,7 @@
 //!
 //! `cargo bench --bench gossip`            full run (a few minutes)
 //! `cargo bench --bench gossip -- --quick` one run per size, smaller sizes
+//! `-- --sim --sim-n 10000` runs one simulated size only.
 //! `-- --loopback` or `-- --sim` runs only that part (the 10,000-node
 //! simulation needs ~11 GiB and about ten minutes on two cores).
 //!
@@ -162,7 +163,16 @@ fn sim_run(n: usize, seed: u64, steady: bool, detection: bool) -> SimRun {
         seed,
         ..Default::default()
     });
-    let rounds = sim.run_until(60, Sim::converged).map(|r| r as f64);
+    // Large runs take minutes per round: show that they are moving.
+    let started = Instant::now();
+    let rounds = sim
+        .run_until(60, |s| {
+            if n >= 10_000 {
+                eprintln!("sim n={n}: {:?} elapsed", started.elapsed());
+            }
+            s.converged()
+        })
+        .map(|r| r as f64);
     let peak_bytes_per_node = (PEAK.peak_usage().saturating_sub(base)) as f64 / n as f64;
     let mut bytes = None;
     if steady {
@@ -305,10 +315,17 @@ async fn main() {
         }
     }
 
-    let sim_sizes: &[usize] = match (simulate, quick) {
-        (false, _) => &[],
-        (true, true) => &[1000],
-        (true, false) => &[1000, 10_000],
+    // `--sim-n N`: one simulated size only, without the loss runs.
+    let only: Option<usize> = args
+        .iter()
+        .position(|a| a == "--sim-n")
+        .and_then(|i| args.get(i + 1)?.parse().ok());
+    let only_sizes = only.map(|n| vec![n]);
+    let sim_sizes: &[usize] = match (simulate, quick, &only_sizes) {
+        (false, _, _) => &[],
+        (true, _, Some(v)) => v,
+        (true, true, None) => &[1000],
+        (true, false, None) => &[1000, 10_000],
     };
     for &n in sim_sizes {
         let seeds: Vec<u64> = if n >= 10_000 {
@@ -358,7 +375,11 @@ async fn main() {
             target: "-".into(),
         });
     }
-    for n in if simulate { vec![64, 1000] } else { Vec::new() } {
+    for n in if simulate && only.is_none() {
+        vec![64, 1000]
+    } else {
+        Vec::new()
+    } {
         rows.push(Row {
             measure: "sim: false deaths, 60 s at 10% loss".into(),
             n,
