@@ -148,7 +148,7 @@ impl KubernetesProvider {
                         )),
                     },
                     401 | 403 => ResourceError::PermissionDenied(format!(
-                        "provider {provider}: the Kubernetes API at {endpoint} refused: {} (iarnet needs get/list on nodes, list on pods in all namespaces, and create/get/list/delete on pods and get on pods/log in namespace {})",
+                        "provider {provider}: the Kubernetes API at {endpoint} refused: {} (iarnet needs list on nodes, list on pods in all namespaces, and create/get/list/delete on pods and get on pods/log in namespace {})",
                         s.message, self.settings.namespace
                     )),
                     400 | 422 => ResourceError::InvalidSpec {

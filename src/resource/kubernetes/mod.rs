@@ -41,7 +41,7 @@
 //!
 //! # Access
 //!
-//! The identity iarnet uses needs: `get`/`list` on nodes and `list` on pods
+//! The identity iarnet uses needs: `list` on nodes and `list` on pods
 //! cluster-wide (capacity); `create`, `get`, `list`, `delete` on pods and
 //! `get` on `pods/log` in its namespace. A refusal is
 //! [`ResourceError::PermissionDenied`]; an unreachable API server is
