@@ -463,3 +463,26 @@ fn cli_drives_a_deploy_end_to_end() {
     let health = node.cli(&["health"]);
     assert!(health.status.success() && text(&health).contains("SERVING"));
 }
+
+#[test]
+fn a_node_whose_only_seed_is_itself_is_ready() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iarnet"))
+        .args(["--peer-listen-addr", &grpc, "--listen-addr", &http_addr])
+        .args(["--advertise-addr", &grpc, "--initial-peers", &grpc])
+        .args(["--mode", "standalone", "--data-dir"])
+        .arg(data.path())
+        .env("IARNET_DOCKER_HOST", "tcp://127.0.0.1:1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let ready = wait_until("a lone replica reports ready", || {
+        http_get(&http_addr, "/readyz").ok().filter(|r| r.0 == 200)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready.1.contains("true"), "{}", ready.1);
+}

@@ -158,7 +158,8 @@ async fn healthz(State(api): Api) -> Response {
 }
 
 /// Ready once the node serves and has joined: it knows another live node,
-/// or it has no seeds (the first node of a mesh). Not ready while leaving.
+/// or it has no seeds other than itself (the first node of a mesh, a lone
+/// replica). Not ready while leaving.
 async fn readyz(State(api): Api) -> Response {
     let why_not = if api.draining.is_cancelled() || api.shared.check_running().is_err() {
         Some("shutting down".to_string())
@@ -170,7 +171,12 @@ async fn readyz(State(api): Api) -> Response {
             .iter()
             .filter(|e| e.status == crate::mesh::Status::Alive && e.info.id != me)
             .count();
-        if others == 0 && !api.shared.config.initial_peers.is_empty() {
+        let alone = api.shared.config.initial_peers.is_empty()
+            || api
+                .shared
+                .seeds_only_self
+                .load(std::sync::atomic::Ordering::Relaxed);
+        if others == 0 && !alone {
             Some(format!(
                 "no live peer yet (seeds: {})",
                 api.shared.config.initial_peers.join(", ")
