@@ -1,10 +1,10 @@
 //! Gossip benchmark: iarnet side by side with chitchat 0.13, same interval and fanout.
 //!
-//! `cargo bench --bench gossip`            full run (a few minutes)
+//! `cargo bench --bench gossip`            full run (~40 min: the 10,000-node
+//!                                         simulation needs ~11 GiB and ~30 min on two cores)
 //! `cargo bench --bench gossip -- --quick` one run per size, smaller sizes
-//! `-- --sim --sim-n 10000` runs one simulated size only.
-//! `-- --loopback` or `-- --sim` runs only that part (the 10,000-node
-//! simulation needs ~11 GiB and about ten minutes on two cores).
+//! `-- --loopback` or `-- --sim` runs only that part;
+//! `-- --sim --sim-n 10000` one simulated size only.
 //!
 //! Prints one table: rounds and wall time to full convergence, steady-state
 //! bytes per node per round, crash detection time, false deaths under 10 %
