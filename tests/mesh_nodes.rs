@@ -168,3 +168,48 @@ async fn a_seed_given_by_dns_name_is_resolved() {
     })
     .await;
 }
+
+/// Every 60th round prunes the channel pool; a node must stay responsive
+/// through many of those (they once locked the mesh twice and froze it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_keep_gossiping_past_many_housekeeping_rounds() {
+    // A frozen node blocks a runtime thread for good, and the test would hang
+    // instead of failing: a watchdog turns that into a failure with a reason.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watched = done.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(WAIT * 3);
+        if !watched.load(std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("a node froze: the housekeeping test did not finish");
+            std::process::abort();
+        }
+    });
+    let fast = |id: &str, seeds: Vec<String>| {
+        let mut cfg = iarnet::config::Config::loopback(id);
+        cfg.gossip.interval = Duration::from_millis(5);
+        cfg.initial_peers = seeds;
+        iarnet::node::start_with(cfg, iarnet::node::ProviderSetup::Given(Vec::new()))
+    };
+    let a = fast("house-a", vec![]).await.expect("a starts");
+    let b = fast("house-b", vec![a.advertise_addr()])
+        .await
+        .expect("b starts");
+    wait_until("both nodes to pass 200 rounds, still joined", WAIT, || {
+        for n in [&a, &b] {
+            // Rounds first: a frozen node holds the lock ids_in takes.
+            let rounds = n.stats().rounds;
+            if rounds < 200 {
+                return Err(format!("{}: only {rounds} rounds", n.id()));
+            }
+            let alive = common::ids_in(n, Status::Alive).len();
+            if alive != 2 {
+                return Err(format!("{}: {rounds} rounds, {alive} alive", n.id()));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    // A frozen node would not answer this: the API takes the same lock.
+    assert!(find(&a, "house-b").is_some());
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+}

@@ -217,7 +217,15 @@ pub async fn gossip_loop(shared: Arc<Shared>, cancel: CancellationToken) {
                 let targets = shared.mesh().tick(shared.now());
                 let round = shared.stats.rounds.fetch_add(1, Ordering::Relaxed);
                 if round % 60 == 59 {
-                    let keep: HashSet<String> = shared.mesh().view().iter().map(|e| e.info.addr.clone()).chain(shared.mesh().seeds().iter().cloned()).collect();
+                    // One guard: the mesh mutex is not reentrant.
+                    let keep: HashSet<String> = {
+                        let mesh = shared.mesh();
+                        mesh.view()
+                            .iter()
+                            .map(|e| e.info.addr.clone())
+                            .chain(mesh.seeds().iter().cloned())
+                            .collect()
+                    };
                     shared.pool.retain(&keep);
                 }
                 for t in targets {
