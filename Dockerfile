@@ -1,28 +1,77 @@
 # iarnet node image.
+#
 #   docker build -t iarnet .
-#   docker run --rm -p 50051:50051 iarnet --initial-peers node1:50051
-# Build stage: compiles the binary (protos compile with protox: no protoc needed).
-FROM rust:1.95-bookworm AS build
-WORKDIR /src
-COPY Cargo.toml Cargo.lock build.rs ./
-COPY proto proto
-COPY src src
-COPY benches benches
-COPY config.yaml config.yaml
-RUN cargo build --release --locked --bin iarnet
+#   docker run -d --name node1 --network mesh \
+#       -e IARNET_ADVERTISE_ADDR=node1:50051 -e IARNET_INITIAL_PEERS=node2:50051 \
+#       -v iarnet-node1:/var/lib/iarnet/data iarnet
+#
+# Build arguments (both stages' bases):
+#   RUST_IMAGE     toolchain of the build stage       (default rust:1.95-bookworm)
+#   RUNTIME_IMAGE  base of the runtime stage          (default debian:bookworm-slim)
+#
+# Prebuilt binary: when the build context holds prebuilt/iarnet (.dockerignore
+# lets it through), the build stage installs that file instead of compiling,
+# and RUST_IMAGE only needs a POSIX shell. Remove prebuilt/ from the checkout
+# for a normal build. This is how the tests build this same runtime stage with
+# no registry: tests/support/build-base-image.sh imports
+# iarnet-local/runtime-base:bookworm (Debian's libc6, libgcc-s1 and
+# busybox-static) and the image is built with
+#   DOCKER_BUILDKIT=0 docker build \
+#       --build-arg RUST_IMAGE=iarnet-local/runtime-base:bookworm \
+#       --build-arg RUNTIME_IMAGE=iarnet-local/runtime-base:bookworm ...
+# The binary links only against glibc and libgcc_s, so it must be built on
+# bookworm's glibc (2.36) or older.
+#
+# Runtime: uid/gid 10001, config /etc/iarnet/config.yaml, data (node id)
+# /var/lib/iarnet/data: mount a volume there so a restarted container keeps
+# its id. For the internal Docker provider, mount the engine's socket and add
+# its group: -v /var/run/docker.sock:/var/run/docker.sock --group-add <gid>.
+# A stop drains for up to shutdown_grace (10s); give `docker stop` more
+# (--stop-timeout 15 / -t 15) so the node is not killed mid-drain.
 
-# Runtime stage: small, non-root, the binary as entrypoint.
-FROM debian:bookworm-slim AS runtime
-RUN useradd --system --uid 10001 --home-dir /var/lib/iarnet --create-home iarnet \
-    && mkdir -p /etc/iarnet \
-    && chown iarnet /var/lib/iarnet
-COPY --from=build /src/target/release/iarnet /usr/local/bin/iarnet
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+# Build stage: compiles the binary (protos compile with protox: no protoc
+# needed) with debug info stripped, or installs prebuilt/iarnet.
+FROM ${RUST_IMAGE} AS build
+# The legacy builder leaves this stage behind as an untagged image; the label
+# lets `docker image prune --filter label=iarnet.stage=build` find it.
+LABEL iarnet.stage=build
+WORKDIR /src
+COPY . .
+RUN set -eu; \
+    mkdir -p /out; \
+    if [ -f prebuilt/iarnet ]; then \
+        echo "installing prebuilt/iarnet instead of compiling"; \
+        cp prebuilt/iarnet /out/iarnet; \
+    else \
+        CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+            cargo build --release --locked --bin iarnet; \
+        cp target/release/iarnet /out/iarnet; \
+    fi; \
+    chmod 0755 /out/iarnet
+
+# Runtime stage: the binary, its configuration, a non-root user.
+FROM ${RUNTIME_IMAGE} AS runtime
+# Plain file edits rather than useradd, so a busybox-based RUNTIME_IMAGE works too.
+RUN set -eu; \
+    echo 'iarnet:x:10001:10001:iarnet node:/var/lib/iarnet:/usr/sbin/nologin' >>/etc/passwd; \
+    echo 'iarnet:x:10001:' >>/etc/group; \
+    mkdir -p /etc/iarnet /var/lib/iarnet/data /var/lib/iarnet/workspaces; \
+    chown -R 10001:10001 /var/lib/iarnet
+COPY --from=build /out/iarnet /usr/local/bin/iarnet
 COPY config.yaml /etc/iarnet/config.yaml
-USER iarnet
+USER 10001:10001
 WORKDIR /var/lib/iarnet
 ENV IARNET_CONFIG=/etc/iarnet/config.yaml \
     IARNET_DATA_DIR=/var/lib/iarnet/data \
     IARNET_WORKSPACE_DIR=/var/lib/iarnet/workspaces
-# 50051: gRPC (PeerService, Admin, health, reflection). 8083: HTTP API.
-EXPOSE 50051 8083
+# gRPC: PeerService (gossip between nodes), Admin, ResourceService, health, reflection.
+EXPOSE 50051
+# HTTP API.
+EXPOSE 8083
+# `iarnet health` asks the gRPC health service on 127.0.0.1:50051; exit 0 when SERVING.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/iarnet", "health"]
 ENTRYPOINT ["/usr/local/bin/iarnet"]
