@@ -46,8 +46,13 @@ pub struct OutcomeLabels {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency() -> Histogram {
-    // 0.25 ms .. ~4 s: loopback gossip to a slow cross-site provider call.
+    // 0.25 ms .. ~4 s: gossip calls, bounded by the call timeout.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+fn slow_latency() -> Histogram {
+    // 1 ms .. ~9 min: a CallProvider deploy includes the image pull.
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
 }
 
 /// What a node records as it runs. Cheap to clone: every metric is shared.
@@ -65,7 +70,7 @@ impl Default for Metrics {
     fn default() -> Metrics {
         Metrics {
             gossip_call_seconds: Family::new_with_constructor(latency),
-            provider_call_seconds: Family::new_with_constructor(latency),
+            provider_call_seconds: Family::new_with_constructor(slow_latency),
             scrapes: Counter::default(),
         }
     }
@@ -79,7 +84,7 @@ pub struct Snapshot {
     pub peers: Vec<(String, u64)>,
     /// Providers this node can place on, by tier.
     pub providers: Vec<(String, u64)>,
-    /// Deployments this node placed or holds, by state.
+    /// Deployments on this node's own providers, by state.
     pub deployments: Vec<(String, u64)>,
     /// (outcome, reason, count) since start.
     pub placements: Vec<(String, String, u64)>,
@@ -136,7 +141,7 @@ impl Metrics {
         );
         r.register(
             "deployments",
-            "Deployments this node placed or holds, by state",
+            "Deployments on this node's own providers, by state",
             gauges(&s.deployments, |state| StateLabel { state }),
         );
         let outcomes = Family::<OutcomeLabels, Counter>::default();

@@ -289,10 +289,13 @@ fn http_api_serves_json_metrics_and_probes() {
         Some(r#"{"type":"docker","name":"gone","host":"127.0.0.1","port":1}"#),
     )
     .unwrap();
-    assert_eq!(code, 503, "a host that does not answer is refused: {err}");
+    assert_eq!(code, 502, "a host that does not answer is refused: {err}");
     let after = json(&http_get(h, "/resource/providers").unwrap().1);
     assert_eq!(after["providers"].as_array().unwrap().len(), 1, "{after}");
     assert_eq!(http_get(h, "/nothing/here").unwrap().0, 404);
+    let huge = format!(r#"{{"address":"{}"}}"#, "x".repeat(100_000));
+    let (code, err) = http(h, "POST", "/peer/nodes", Some(&huge)).unwrap();
+    assert_eq!(code, 413, "an oversized body is refused as such: {err}");
 
     let (code, metrics) = http_get(h, "/metrics").unwrap();
     assert_eq!(code, 200);

@@ -231,7 +231,7 @@ async fn a_deploy_runs_on_a_discovered_provider_through_its_owner() {
         ),
         (
             &a_metrics,
-            r#"iarnet_placements_total{outcome="placed",reason="discovered"} 2"#,
+            r#"iarnet_placements_total{outcome="placed",reason="discovered"} 1"#,
         ),
         (
             &a_metrics,

@@ -86,7 +86,7 @@ impl HttpApi {
         .iter()
         .map(|s| (s.to_string(), 0))
         .collect();
-        for (d, _) in self.manager.list().await {
+        for d in self.manager.list_local().await {
             *deployments.entry(d.state().name().to_string()).or_default() += 1;
         }
         Snapshot {
@@ -102,23 +102,39 @@ impl HttpApi {
 type Api = State<Arc<HttpApi>>;
 
 /// An error body: `{"error": "...", "code": "invalid_argument"}`.
-struct ApiError(tonic::Status);
+struct ApiError(tonic::Status, Option<StatusCode>);
+
+impl ApiError {
+    /// For routes that reach an address the caller gave: that address being
+    /// down is a bad gateway, not this node being unavailable.
+    fn upstream(s: tonic::Status) -> Self {
+        let http = match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded => Some(StatusCode::BAD_GATEWAY),
+            // The remote system refused its credentials, not the HTTP caller.
+            Code::PermissionDenied | Code::Unauthenticated => Some(StatusCode::BAD_GATEWAY),
+            _ => None,
+        };
+        ApiError(s, http)
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match self.0.code() {
-            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        let status = self.1.unwrap_or(match self.0.code() {
+            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+                StatusCode::BAD_REQUEST
+            }
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
             Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        });
         let body = json!({
             "error": self.0.message(),
             "code": crate::metrics::code_label(self.0.code()),
@@ -129,31 +145,42 @@ impl IntoResponse for ApiError {
 
 impl From<tonic::Status> for ApiError {
     fn from(s: tonic::Status) -> Self {
-        ApiError(s)
+        ApiError(s, None)
     }
 }
 
 fn bad_request(msg: String) -> ApiError {
-    ApiError(tonic::Status::invalid_argument(msg))
+    ApiError(tonic::Status::invalid_argument(msg), None)
 }
 
-/// Body parse failures name the problem (serde names the field).
+/// Body parse failures name the problem (serde names the field): 400, or
+/// 413 for a body over the limit and 415 for one that is not JSON.
 fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    parsed
-        .map(|Json(v)| v)
-        .map_err(|e| bad_request(format!("invalid JSON body: {}", e.body_text())))
+    parsed.map(|Json(v)| v).map_err(|e| {
+        let status = match e.status() {
+            s @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => s,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(
+            tonic::Status::invalid_argument(format!("invalid JSON body: {}", e.body_text())),
+            Some(status),
+        )
+    })
 }
 
 async fn not_found() -> ApiError {
-    ApiError(tonic::Status::not_found(
-        "no such route: see /resource/capacity, /resource/providers, /peer/nodes, /metrics, /healthz, /readyz",
-    ))
+    ApiError(
+        tonic::Status::not_found(
+            "no such route: see /resource/capacity, /resource/providers, /peer/nodes, /metrics, /healthz, /readyz",
+        ),
+        None,
+    )
 }
 
 async fn healthz(State(api): Api) -> Response {
     match api.shared.check_running() {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(s) => ApiError(s).into_response(),
+        Err(s) => ApiError::from(s).into_response(),
     }
 }
 
@@ -171,11 +198,7 @@ async fn readyz(State(api): Api) -> Response {
             .iter()
             .filter(|e| e.status == crate::mesh::Status::Alive && e.info.id != me)
             .count();
-        let alone = api.shared.config.initial_peers.is_empty()
-            || api
-                .shared
-                .seeds_only_self
-                .load(std::sync::atomic::Ordering::Relaxed);
+        let alone = api.shared.config.initial_peers.is_empty() || mesh.seeds_are_self();
         if others == 0 && !alone {
             Some(format!(
                 "no live peer yet (seeds: {})",
@@ -375,7 +398,8 @@ async fn register(
     let entry = api
         .resources
         .register_provider(Request::new(req))
-        .await?
+        .await
+        .map_err(ApiError::upstream)?
         .into_inner();
     Ok((StatusCode::CREATED, Json(provider_json(&entry))))
 }
@@ -396,11 +420,11 @@ async fn nodes(State(api): Api) -> Result<Json<Value>, ApiError> {
         }))
         .await?
         .into_inner();
-    let kinds: BTreeMap<String, String> = api
+    let known: BTreeMap<String, (&'static str, bool)> = api
         .manager
         .candidates()
         .into_iter()
-        .map(|c| (c.id.clone(), c.kind.as_str().to_string()))
+        .map(|c| (c.id.clone(), (c.kind.as_str(), c.healthy)))
         .collect();
     let nodes: Vec<Value> = peers
         .peers
@@ -415,10 +439,12 @@ async fn nodes(State(api): Api) -> Result<Json<Value>, ApiError> {
                 .providers
                 .iter()
                 .map(|id| {
+                    // Providers of dead members are not placeable: no entry.
+                    let (kind, healthy) = known.get(id).copied().unwrap_or(("unknown", false));
                     json!({
                         "id": id,
-                        "type": kinds.get(id).map(String::as_str).unwrap_or("unknown"),
-                        "status": status,
+                        "type": kind,
+                        "status": if healthy { "active" } else { "unhealthy" },
                     })
                 })
                 .collect();
@@ -461,7 +487,8 @@ async fn add_node(
         .add_peer(Request::new(AddPeerRequest {
             address: req.address,
         }))
-        .await?
+        .await
+        .map_err(ApiError::upstream)?
         .into_inner();
     Ok(Json(
         json!({"id": added.id, "generation": added.generation}),

@@ -185,11 +185,15 @@ impl Target {
     /// The address to dial, with a scheme.
     pub fn url(&self) -> String {
         let raw = self.addr.clone().unwrap_or_else(|| {
-            let port = std::env::var("IARNET_PEER_LISTEN_ADDR")
-                .ok()
-                .and_then(|a| a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()))
-                .unwrap_or(50051);
-            format!("127.0.0.1:{port}")
+            // The node's own listen address, on this host when it binds all interfaces.
+            let listen = std::env::var("IARNET_PEER_LISTEN_ADDR").unwrap_or_default();
+            let (host, port) = listen.rsplit_once(':').unwrap_or(("", "50051"));
+            let port = port.parse::<u16>().unwrap_or(50051);
+            let host = match host.trim_matches(|c| c == '[' || c == ']') {
+                "" | "0.0.0.0" | "::" => "127.0.0.1",
+                _ => host,
+            };
+            format!("{host}:{port}")
         });
         if raw.contains("://") {
             raw
@@ -455,7 +459,8 @@ async fn deploy(args: DeployArgs, out: &mut impl Write) -> Result<(), ClientErro
     let spec = args.spec()?;
     let target = &args.target;
     let mut api = ResourceServiceClient::new(target.connect().await?);
-    // Pulls can take minutes: the deadline covers getting the stream only.
+    // No deadline: pulls can take minutes. The connect timeout bounds
+    // reaching the node, and the node bounds each provider call.
     let mut events = api
         .deploy(Request::new(spec))
         .await

@@ -209,7 +209,7 @@ pub fn deployment(d: &pb::Deployment) -> String {
     }
     out.push_str("history:\n");
     for h in &d.history {
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(h.at_unix.max(0.0));
+        let at = crate::resource::wire::from_unix(h.at_unix);
         out.push_str(&format!(
             "  {}  {}{}\n",
             humantime::format_rfc3339_seconds(at),

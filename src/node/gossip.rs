@@ -30,8 +30,6 @@ pub struct Shared {
     start: tokio::time::Instant,
     pub stats: Stats,
     pub metrics: Metrics,
-    /// Every seed resolves to this node's own address (it is the mesh).
-    pub seeds_only_self: AtomicBool,
     stopped: AtomicBool,
     pub config: Config,
     pub(crate) pool: Pool,
@@ -44,7 +42,6 @@ impl Shared {
             start: tokio::time::Instant::now(),
             stats: Stats::default(),
             metrics: Metrics::default(),
-            seeds_only_self: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             pool: Pool::new(config.gossip.call_timeout),
             config,
@@ -266,10 +263,6 @@ pub async fn seed_loop(shared: Arc<Shared>, cancel: CancellationToken) {
         }
         addrs.sort();
         addrs.dedup();
-        // A lone replica behind a headless Service finds only itself.
-        let me = shared.mesh().info().addr.clone();
-        let only_me = !addrs.is_empty() && addrs.iter().all(|a| *a == me);
-        shared.seeds_only_self.store(only_me, Ordering::Relaxed);
         shared.mesh().set_seeds(addrs);
         tokio::select! {
             biased;

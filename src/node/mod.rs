@@ -385,12 +385,19 @@ impl NodeHandle {
             warn!("goodbye to peers did not finish within the grace period");
         }
         self.cancel.cancel();
-        let tasks = std::mem::take(&mut self.tasks)
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut self.tasks)
             .into_iter()
-            .chain(self.server.take());
-        let all = futures_join(tasks);
-        if tokio::time::timeout(grace / 2, all).await.is_err() {
+            .chain(self.server.take())
+            .collect();
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(grace / 2, futures_join(tasks.into_iter()))
+            .await
+            .is_err()
+        {
             warn!(grace = ?grace, "tasks did not stop within the grace period; aborting them");
+            for a in aborts {
+                a.abort();
+            }
         }
         self.shared.stop();
         info!("iarnet node stopped");

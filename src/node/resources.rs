@@ -117,8 +117,7 @@ pub fn observe_call<T>(
     result: &Result<T, tonic::Status>,
     started: std::time::Instant,
 ) {
-    const KNOWN: &[&str] = &["capacity", "deploy", "status", "logs", "stop"];
-    let method = if KNOWN.contains(&method.as_str()) {
+    let method = if crate::placement::manager::PROVIDER_METHODS.contains(&method.as_str()) {
         method
     } else {
         "other".to_string()

@@ -72,6 +72,9 @@ pub struct Placed {
     pub placement: pb::Placement,
 }
 
+/// The provider operations `serve_call` answers (CallProvider `method`).
+pub const PROVIDER_METHODS: &[&str] = &["capacity", "deploy", "status", "logs", "stop"];
+
 pub struct Manager {
     node_id: String,
     discovery: Arc<dyn Discovery>,
@@ -125,8 +128,9 @@ impl Manager {
         *lock(&self.outcomes).entry((outcome, reason)).or_default() += 1;
     }
 
-    /// Placement outcomes since start: "placed" by tier, "refused" (one
-    /// candidate said no) and "failed" (the whole request) by error kind.
+    /// Placement outcomes since start: "placed" by tier (a retry answered by
+    /// the earlier provider is not a new placement), "refused" (one candidate
+    /// said no) and "failed" (the whole request) by error kind.
     pub fn placement_counts(&self) -> Vec<(String, String, u64)> {
         lock(&self.outcomes)
             .iter()
@@ -340,9 +344,8 @@ impl Manager {
         progress: ProgressSink,
     ) -> Result<Placed, ResourceError> {
         let result = self.place(spec, opts, progress).await;
-        match &result {
-            Ok(p) => self.count("placed", tier_name(&p.placement.tier)),
-            Err(e) => self.count("failed", e.kind()),
+        if let Err(e) = &result {
+            self.count("failed", e.kind());
         }
         result
     }
@@ -430,6 +433,7 @@ impl Manager {
                             c.capacity.available()
                         );
                         info!(request = %spec.request_id, provider = %c.id, owner = %c.owner_id, %why, "deployment placed");
+                        self.count("placed", c.tier.as_str());
                         return Ok(self.placed(d, &c, strategy, &why, refused));
                     }
                     Err(e) if e.try_elsewhere() => {
@@ -504,15 +508,23 @@ impl Manager {
     /// `id` is a deployment id, or the request id it was derived from (what
     /// a user chose, so scripts need not parse the deploy's answer).
     async fn find(&self, id: &str) -> Result<(Arc<dyn Provider>, String, String), ResourceError> {
+        let derived = deployment_key("iarnet", id);
+        // A request id this node placed: answered from the records, no
+        // provider asked about an id it cannot know. One guard only.
+        let placed_here = {
+            let records = lock(&self.records);
+            !records.contains_key(id) && records.contains_key(&derived)
+        };
+        if placed_here {
+            let (p, owner) = self.holder(&derived).await?;
+            return Ok((p, owner, derived));
+        }
         match self.holder(id).await {
             Ok((p, owner)) => Ok((p, owner, id.to_string())),
-            Err(ResourceError::NotFound(why)) => {
-                let derived = deployment_key("iarnet", id);
-                match self.holder(&derived).await {
-                    Ok((p, owner)) => Ok((p, owner, derived)),
-                    Err(_) => Err(ResourceError::NotFound(why)),
-                }
-            }
+            Err(ResourceError::NotFound(why)) => match self.holder(&derived).await {
+                Ok((p, owner)) => Ok((p, owner, derived)),
+                Err(_) => Err(ResourceError::NotFound(why)),
+            },
             Err(e) => Err(e),
         }
     }
@@ -539,20 +551,12 @@ impl Manager {
 
     /// Deployments this node placed, and those on its own providers.
     pub async fn list(&self) -> Vec<(Deployment, String)> {
-        let mut out: BTreeMap<String, (Deployment, String)> = BTreeMap::new();
-        let providers: Vec<Arc<dyn Provider>> = {
-            let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
-            locals.values().map(|l| l.provider.clone()).collect()
-        };
-        for p in providers {
-            match p.list().await {
-                Ok(ds) => out.extend(
-                    ds.into_iter()
-                        .map(|d| (d.id.clone(), (d, self.node_id.clone()))),
-                ),
-                Err(e) => warn!(provider = %p.id(), error = %e, "cannot list deployments"),
-            }
-        }
+        let mut out: BTreeMap<String, (Deployment, String)> = self
+            .list_local()
+            .await
+            .into_iter()
+            .map(|d| (d.id.clone(), (d, self.node_id.clone())))
+            .collect();
         let remote: Vec<(String, Record)> = lock(&self.records)
             .iter()
             .filter(|(id, r)| r.candidate.owner_id != self.node_id && !out.contains_key(*id))
@@ -566,6 +570,23 @@ impl Manager {
             }
         }
         out.into_values().collect()
+    }
+
+    /// Deployments on this node's own providers only: no remote calls, and
+    /// summed over the mesh each deployment counts once.
+    pub async fn list_local(&self) -> Vec<Deployment> {
+        let providers: Vec<Arc<dyn Provider>> = {
+            let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
+            locals.values().map(|l| l.provider.clone()).collect()
+        };
+        let mut out = Vec::new();
+        for p in providers {
+            match p.list().await {
+                Ok(ds) => out.extend(ds),
+                Err(e) => warn!(provider = %p.id(), error = %e, "cannot list deployments"),
+            }
+        }
+        out
     }
 
     // ----- the serving side of CallProvider -------------------------------
@@ -670,14 +691,6 @@ impl Manager {
 
 /// How a provider is advertised in gossip: identity, kind, health,
 /// capacity and labels; never credentials.
-fn tier_name(tier: &str) -> &'static str {
-    [Tier::Internal, Tier::External, Tier::Discovered]
-        .into_iter()
-        .map(Tier::as_str)
-        .find(|t| *t == tier)
-        .unwrap_or("unknown")
-}
-
 pub fn provider_info(d: &ProviderDescriptor) -> ProviderInfo {
     ProviderInfo {
         id: d.id.clone(),

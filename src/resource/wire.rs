@@ -139,6 +139,15 @@ fn unix(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// A time sent as Unix seconds; nonsense (negative, NaN, beyond the clock's
+/// range) becomes the epoch instead of a panic, since a peer may send it.
+pub fn from_unix(secs: f64) -> SystemTime {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .and_then(|d| UNIX_EPOCH.checked_add(d))
+        .unwrap_or(UNIX_EPOCH)
+}
+
 fn detail(s: &DeployState) -> String {
     match s {
         DeployState::Exited(code) => format!("exit code {code}"),
@@ -199,7 +208,7 @@ pub fn deployment_from_proto(d: pb::Deployment) -> Deployment {
             .into_iter()
             .map(|c| StateChange {
                 state: state_from(&c.state, &c.detail),
-                at: UNIX_EPOCH + Duration::from_secs_f64(c.at_unix.max(0.0)),
+                at: from_unix(c.at_unix),
             })
             .collect(),
     }

@@ -214,6 +214,11 @@ impl Mesh {
         &self.seeds
     }
 
+    /// Every seed turned out to be this node (a lone replica seeding itself).
+    pub fn seeds_are_self(&self) -> bool {
+        !self.seeds.is_empty() && self.seeds.iter().all(|s| self.self_addrs.contains(s))
+    }
+
     /// Members that are alive or suspected (not tombstones), self included.
     pub fn live_count(&self) -> usize {
         self.view
