@@ -40,26 +40,39 @@ impl Drop for Node {
 }
 
 impl Node {
-    fn start() -> Node {
-        let data = tempfile::tempdir().expect("temp dir");
+    /// The shipped config on free loopback ports, plus `extra` flags and `env`.
+    fn spawn(extra: &[&str], env: &[(&str, &str)]) -> Node {
         let grpc = format!("127.0.0.1:{}", free_port());
+        Node::spawn_at(grpc, extra, env)
+    }
+
+    fn spawn_at(grpc: String, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let data = tempfile::tempdir().expect("temp dir");
         let http = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_iarnet"))
             .arg("--config")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml"))
             .args(["--peer-listen-addr", &grpc, "--listen-addr", &http])
-            .args(["--mode", "standalone", "--data-dir"])
+            .args(["--mode", "standalone"])
+            .args(extra)
+            .arg("--data-dir")
             .arg(data.path())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("the iarnet binary starts");
-        let node = Node {
+        Node {
             child,
             grpc,
             http,
             _data: data,
-        };
+        }
+    }
+
+    /// A node with this machine's Docker engine as its provider, serving.
+    fn start() -> Node {
+        let node = Node::spawn(&[], &[]);
         wait_until("the node answers /healthz", || {
             http_get(&node.http, "/healthz").ok().filter(|r| r.0 == 200)
         });
@@ -315,39 +328,19 @@ fn http_api_serves_json_metrics_and_probes() {
     }
 }
 
+/// No Docker for the readiness tests: the engine is not what they are about.
+const NO_DOCKER: &[(&str, &str)] = &[("IARNET_DOCKER_HOST", "tcp://127.0.0.1:1")];
+
 #[test]
 fn readyz_waits_for_a_peer_when_seeded() {
-    let data = tempfile::tempdir().expect("temp dir");
-    let http_addr = format!("127.0.0.1:{}", free_port());
     let dead_seed = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iarnet"))
-        .args([
-            "--peer-listen-addr",
-            "127.0.0.1:0",
-            "--listen-addr",
-            &http_addr,
-        ])
-        .args([
-            "--initial-peers",
-            &dead_seed,
-            "--mode",
-            "standalone",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .env("IARNET_DOCKER_HOST", "tcp://127.0.0.1:1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
+    let node = Node::spawn(&["--initial-peers", &dead_seed], NO_DOCKER);
     let (code, body) = wait_until("/healthz answers", || {
-        http_get(&http_addr, "/healthz")
+        http_get(&node.http, "/healthz")
             .ok()
             .filter(|r| r.0 == 200)?;
-        http_get(&http_addr, "/readyz").ok()
+        http_get(&node.http, "/readyz").ok()
     });
-    let _ = child.kill();
-    let _ = child.wait();
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains(&dead_seed),
@@ -469,23 +462,15 @@ fn cli_drives_a_deploy_end_to_end() {
 
 #[test]
 fn a_node_whose_only_seed_is_itself_is_ready() {
-    let data = tempfile::tempdir().expect("temp dir");
     let grpc = format!("127.0.0.1:{}", free_port());
-    let http_addr = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iarnet"))
-        .args(["--peer-listen-addr", &grpc, "--listen-addr", &http_addr])
-        .args(["--advertise-addr", &grpc, "--initial-peers", &grpc])
-        .args(["--mode", "standalone", "--data-dir"])
-        .arg(data.path())
-        .env("IARNET_DOCKER_HOST", "tcp://127.0.0.1:1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
+    let seed = grpc.clone();
+    let node = Node::spawn_at(
+        grpc,
+        &["--advertise-addr", &seed, "--initial-peers", &seed],
+        NO_DOCKER,
+    );
     let ready = wait_until("a lone replica reports ready", || {
-        http_get(&http_addr, "/readyz").ok().filter(|r| r.0 == 200)
+        http_get(&node.http, "/readyz").ok().filter(|r| r.0 == 200)
     });
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(ready.1.contains("true"), "{}", ready.1);
 }
