@@ -30,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".",
             "#[derive(serde::Serialize)]\n#[serde(rename_all = \"snake_case\")]",
         )
+        // A request that does not decode is answered INVALID_ARGUMENT.
+        .codec_path("crate::api::codec::StrictCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

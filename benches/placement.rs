@@ -271,6 +271,7 @@ async fn remote_placement(iters: usize) {
                     provider_id: c.id.clone(),
                     method: "capacity".into(),
                     payload: pb::CapacityCall {}.encode_to_vec(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -297,6 +298,7 @@ async fn remote_placement(iters: usize) {
                 provider_id: c.id.clone(),
                 method: "deploy".into(),
                 payload: call.encode_to_vec(),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -16,6 +16,7 @@
 //! - [`api`]: the gRPC services: `peer.PeerService` for nodes,
 //!   `iarnet.admin.v1.Admin` for operators, `iarnet.resource.v1.ResourceService`
 //!   for deployments.
+//! - [`security`]: mutual TLS, tokens, access lists, rate limits.
 //! - [`config`]: layered configuration (file, env, flags) and its validation.
 //! - [`cli`]: the binary's flags; [`signal`]: SIGTERM/SIGINT handling.
 //! - [`proto`]: generated protobuf code and the reflection descriptor set.
@@ -30,4 +31,5 @@ pub mod node;
 pub mod placement;
 pub mod proto;
 pub mod resource;
+pub mod security;
 pub mod signal;

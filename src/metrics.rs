@@ -43,6 +43,14 @@ pub struct OutcomeLabels {
     pub reason: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// gossip, call_provider, management or health.
+    pub surface: String,
+    /// not_allowed, unauthenticated, rate_limited, spoofed.
+    pub reason: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency() -> Histogram {
@@ -64,6 +72,8 @@ pub struct Metrics {
     pub provider_call_seconds: HistogramFamily<CallLabels>,
     /// Scrapes served, so an operator can tell a dead scraper from a quiet node.
     pub scrapes: Counter,
+    /// Calls refused by authentication, access lists or rate limits.
+    pub refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -72,6 +82,7 @@ impl Default for Metrics {
             gossip_call_seconds: Family::new_with_constructor(latency),
             provider_call_seconds: Family::new_with_constructor(slow_latency),
             scrapes: Counter::default(),
+            refusals: Family::default(),
         }
     }
 }
@@ -106,6 +117,11 @@ impl Metrics {
             self.provider_call_seconds.clone(),
         );
         r.register("scrapes", "Metric scrapes served", self.scrapes.clone());
+        r.register(
+            "refusals",
+            "Calls refused by authentication, access lists or rate limits, by surface and reason",
+            self.refusals.clone(),
+        );
         let g = &s.gossip;
         let counters = [
             ("gossip_rounds", "Gossip rounds run", g.rounds),

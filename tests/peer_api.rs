@@ -79,6 +79,7 @@ async fn call_provider_answers_with_precise_codes() {
         provider_id: provider.into(),
         method: method.into(),
         payload: Vec::new(),
+        ..Default::default()
     };
     let code = |r: Result<tonic::Response<_>, tonic::Status>| r.expect_err("an error").code();
     assert_eq!(
@@ -175,4 +176,122 @@ async fn reflection_v1_lists_every_service() {
     ] {
         assert!(names.iter().any(|n| n == s), "{s} missing from {names:?}");
     }
+}
+
+/// Sends raw bytes as a request, so malformed messages can be tried.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(64 << 20);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(body),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn malformed_and_oversize_messages_get_clear_codes_and_change_nothing() {
+    let a = start("hostile-a", &[]).await;
+    let addr = a.advertise_addr();
+    let before = a.members();
+    // A field tag with wire type 7 (invalid), then a truncated varint.
+    for (path, body) in [
+        ("/peer.PeerService/ExchangePeers", vec![0x0f, 0xff]),
+        ("/peer.PeerService/ExchangeProviders", vec![0x12, 0x80]),
+        (
+            "/peer.PeerService/CallProvider",
+            vec![0x1a, 0xff, 0xff, 0xff],
+        ),
+        (
+            "/iarnet.resource.v1.ResourceService/Deploy",
+            vec![0x0a, 0x05, 0x01],
+        ),
+    ] {
+        let s = raw_call(&addr, path, body).await.unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument, "{path}: {s:?}");
+        assert!(s.message().contains("not a valid"), "{path}: {s:?}");
+    }
+    // Over the 4 MiB message limit.
+    let s = raw_call(&addr, "/peer.PeerService/ExchangePeers", vec![0; 5 << 20])
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    // A well-formed message with an oversize field.
+    let mut c = client(&addr).await;
+    let s = c
+        .exchange_peers(ExchangeRequest {
+            known_peers: vec!["h".repeat(10_000)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().starts_with("known_peers[0]:"), "{s:?}");
+
+    assert_eq!(a.members(), before, "no garbage reached the view");
+    let health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .check(tonic_health::pb::HealthCheckRequest::default())
+    .await
+    .expect("still healthy");
+    assert_eq!(health.into_inner().status, 1);
 }

@@ -2,6 +2,8 @@
 //! [`resources`] for operators and services, and [`http`] (JSON, metrics, probes).
 
 pub mod admin;
+pub mod codec;
 pub mod http;
+pub mod limits;
 pub mod peer;
 pub mod resources;

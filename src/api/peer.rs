@@ -5,6 +5,7 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::limits;
 use crate::node::gossip::Shared;
 use crate::node::resources::observe_call;
 use crate::node::stats::Stats;
@@ -14,6 +15,7 @@ use crate::proto::peer::{
     ExchangeRequest, ExchangeResponse, ProviderCallRequest, ProviderCallResponse,
     ProviderExchangeRequest, ProviderExchangeResponse,
 };
+use crate::security::Caller;
 
 /// Longest id or address accepted in a gossip record.
 const MAX_FIELD: usize = 512;
@@ -52,8 +54,13 @@ impl PeerService for PeerApi {
         request: Request<ExchangeRequest>,
     ) -> Result<Response<ExchangeResponse>, Status> {
         self.shared.check_running()?;
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
+        limits::exchange_request(&req)?;
         if let Some(sender) = &req.sender {
+            self.shared
+                .security
+                .check_claim(caller.as_ref(), &sender.id)?;
             check_len("sender.id", &sender.id)?;
             check_len("sender.addr", &sender.addr)?;
             if sender.id.is_empty() || sender.addr.is_empty() {
@@ -73,8 +80,12 @@ impl PeerService for PeerApi {
         request: Request<ProviderExchangeRequest>,
     ) -> Result<Response<ProviderExchangeResponse>, Status> {
         self.shared.check_running()?;
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
-        check_len("sender_id", &req.sender_id)?;
+        limits::provider_request(&req)?;
+        self.shared
+            .security
+            .check_claim(caller.as_ref(), &req.sender_id)?;
         let len = req.encoded_len();
         let resp = self.shared.mesh().handle_providers(req);
         self.count(len, &resp);
@@ -86,7 +97,22 @@ impl PeerService for PeerApi {
         request: Request<ProviderCallRequest>,
     ) -> Result<Response<ProviderCallResponse>, Status> {
         let started = std::time::Instant::now();
+        let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
+        if let Err(e) = check_len("caller_id", &req.caller_id).and_then(|()| {
+            self.shared
+                .security
+                .check_claim(caller.as_ref(), &req.caller_id)
+        }) {
+            observe_call::<()>(
+                &self.shared,
+                "server",
+                req.method.clone(),
+                &Err(e.clone()),
+                started,
+            );
+            return Err(e);
+        }
         let method = req.method.clone();
         let result = self.call_provider_inner(req).await;
         observe_call(&self.shared, "server", method, &result, started);

@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -70,6 +71,9 @@ pub enum Command {
         target: Target,
         id: String,
     },
+    /// Create the mesh's CA and node certificates for mutual TLS.
+    #[command(subcommand)]
+    Cert(super::cert::CertCommand),
     /// gRPC health check; exits 0 when the node is SERVING (for HEALTHCHECK and probes).
     Health {
         #[command(flatten)]
@@ -93,6 +97,31 @@ pub struct Target {
     /// Deadline of each call (streams: of connecting).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Bearer token for nodes that set auth.tokens (NAME:SECRET's SECRET).
+    #[arg(long, env = "IARNET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The mesh CA (PEM): connect over TLS and verify the node with it.
+    #[arg(long, env = "IARNET_TLS_CA_FILE", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present, e.g. a node's own.
+    #[arg(
+        long,
+        env = "IARNET_TLS_CERT_FILE",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(
+        long,
+        env = "IARNET_TLS_KEY_FILE",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// The name the node's certificate carries (the node's tls.server_name).
+    #[arg(long, default_value = "iarnet")]
+    pub tls_server_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -197,9 +226,33 @@ impl Target {
         });
         if raw.contains("://") {
             raw
+        } else if self.tls_ca.is_some() {
+            format!("https://{raw}")
         } else {
             format!("http://{raw}")
         }
+    }
+
+    fn tls(&self) -> Result<Option<ClientTlsConfig>, ClientError> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let read = |flag: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| ClientError::Usage {
+                flag,
+                why: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("--tls-ca", ca)?))
+            .domain_name(self.tls_server_name.clone());
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            tls = tls.identity(Identity::from_pem(
+                read("--tls-cert", cert)?,
+                read("--tls-key", key)?,
+            ));
+        }
+        Ok(Some(tls))
     }
 
     async fn connect(&self) -> Result<Channel, ClientError> {
@@ -208,9 +261,14 @@ impl Target {
             addr: url.clone(),
             why,
         };
-        let endpoint = Endpoint::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| unreachable(format!("not a valid address: {e}")))?
             .connect_timeout(self.timeout);
+        if let Some(tls) = self.tls()? {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| unreachable(format!("TLS settings: {e}")))?;
+        }
         endpoint.connect().await.map_err(|e| {
             let mut why = e.to_string();
             let mut src = std::error::Error::source(&e);
@@ -223,8 +281,19 @@ impl Target {
     }
 
     fn request<T>(&self, body: T) -> Request<T> {
-        let mut r = Request::new(body);
+        let mut r = self.stream_request(body);
         r.set_timeout(self.timeout);
+        r
+    }
+
+    /// A request without a deadline (streams that last as long as they must).
+    fn stream_request<T>(&self, body: T) -> Request<T> {
+        let mut r = Request::new(body);
+        if let Some(token) = &self.token {
+            if let Ok(v) = format!("Bearer {token}").parse() {
+                r.metadata_mut().insert("authorization", v);
+            }
+        }
         r
     }
 }
@@ -324,7 +393,7 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
             let mut api = ResourceServiceClient::new(target.connect().await?);
             // A followed stream has no deadline: it lasts as long as the deployment.
             let mut stream = api
-                .logs(Request::new(pb::LogsRequest {
+                .logs(target.stream_request(pb::LogsRequest {
                     id,
                     tail: tail.unwrap_or(0),
                     follow,
@@ -353,6 +422,15 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
             match target.output {
                 Output::Json => json_line(&mut out, &d)?,
                 Output::Table => writeln!(out, "stopped {} ({})", d.id, d.state)?,
+            }
+        }
+        Command::Cert(cmd) => {
+            let written = super::cert::run(cmd).map_err(|e| ClientError::Usage {
+                flag: "cert",
+                why: e,
+            })?;
+            for path in written {
+                writeln!(out, "wrote {}", path.display())?;
             }
         }
         Command::Health { target, service } => {
@@ -462,7 +540,7 @@ async fn deploy(args: DeployArgs, out: &mut impl Write) -> Result<(), ClientErro
     // No deadline: pulls can take minutes. The connect timeout bounds
     // reaching the node, and the node bounds each provider call.
     let mut events = api
-        .deploy(Request::new(spec))
+        .deploy(target.stream_request(spec))
         .await
         .map_err(|s| rpc(target, s))?
         .into_inner();

@@ -91,10 +91,31 @@ const KEYS: &[(&str, bool, Option<&str>)] = &[
         Some("IARNET_EXTERNAL_PROVIDERS"),
     ),
     ("kubernetes.namespace", false, Some("IARNET_K8S_NAMESPACE")),
+    ("tls.ca_file", false, Some("IARNET_TLS_CA_FILE")),
+    ("tls.cert_file", false, Some("IARNET_TLS_CERT_FILE")),
+    ("tls.key_file", false, Some("IARNET_TLS_KEY_FILE")),
+    ("tls.server_name", false, None),
+    ("auth.tokens", true, Some("IARNET_AUTH_TOKENS")),
+    ("auth.token_file", false, Some("IARNET_AUTH_TOKEN_FILE")),
+    ("auth.protect_health", false, None),
+    ("access.allow_nodes", true, None),
+    ("access.deny_nodes", true, None),
+    ("access.allow_networks", true, None),
+    ("access.deny_networks", true, None),
+    ("rate_limit.peer_rate", false, None),
+    ("rate_limit.peer_burst", false, None),
+    ("rate_limit.token_rate", false, None),
+    ("rate_limit.token_burst", false, None),
+    ("audit.path", false, Some("IARNET_AUDIT_PATH")),
 ];
 
 /// `IARNET_*` variables read elsewhere (the binary), not configuration keys.
-const OTHER_ENV: &[&str] = &["IARNET_CONFIG", "IARNET_LOG_FORMAT"];
+const OTHER_ENV: &[&str] = &[
+    "IARNET_CONFIG",
+    "IARNET_LOG_FORMAT",
+    "IARNET_ADDR",
+    "IARNET_TOKEN",
+];
 
 /// Raw values by key, each with the layer that set it last.
 #[derive(Debug, Default, Clone)]
@@ -325,6 +346,7 @@ pub(super) fn build(layers: &Layers) -> Result<Config, ConfigError> {
             Duration::from_secs(86_400),
         ),
     };
+    let data_dir = PathBuf::from(p.scalar("data_dir", "./data"));
     let cfg = Config {
         mode: p.mode(),
         listen_addr: p.listen("listen_addr", ":8083"),
@@ -343,7 +365,8 @@ pub(super) fn build(layers: &Layers) -> Result<Config, ConfigError> {
                 .and_then(|q| p.whole_gpus(q)),
         },
         workspace_dir: PathBuf::from(p.scalar("workspace_dir", "./workspaces")),
-        data_dir: PathBuf::from(p.scalar("data_dir", "./data")),
+        security: p.security(&data_dir),
+        data_dir,
         gossip,
         shutdown_grace: p.duration(
             "shutdown_grace",
@@ -375,7 +398,7 @@ pub(super) fn build(layers: &Layers) -> Result<Config, ConfigError> {
     }
 }
 
-struct Parser<'a> {
+pub(super) struct Parser<'a> {
     layers: &'a Layers,
     problems: Vec<Problem>,
 }
@@ -385,20 +408,20 @@ impl Parser<'_> {
         self.layers.values.get(key).map(|(r, s)| (r, *s))
     }
 
-    fn fail(&mut self, key: &str, value: &str, message: impl Into<String>) {
+    pub(super) fn fail(&mut self, key: &str, value: &str, message: impl Into<String>) {
         let source = self.raw(key).map_or(Source::Default, |(_, s)| s);
         self.problems
             .push(problem(key, value, source, message.into()));
     }
 
-    fn opt_scalar(&self, key: &str) -> Option<String> {
+    pub(super) fn opt_scalar(&self, key: &str) -> Option<String> {
         match self.raw(key)? {
             (Raw::Scalar(s), _) if !s.trim().is_empty() => Some(s.trim().to_string()),
             _ => None,
         }
     }
 
-    fn scalar(&self, key: &str, default: &str) -> String {
+    pub(super) fn scalar(&self, key: &str, default: &str) -> String {
         self.opt_scalar(key).unwrap_or_else(|| default.to_string())
     }
 
@@ -419,7 +442,7 @@ impl Parser<'_> {
         }
     }
 
-    fn boolean(&mut self, key: &str, default: bool) -> bool {
+    pub(super) fn boolean(&mut self, key: &str, default: bool) -> bool {
         let text = self.scalar(key, if default { "true" } else { "false" });
         match text.to_ascii_lowercase().as_str() {
             "true" | "yes" | "on" | "1" => true,
@@ -521,6 +544,15 @@ impl Parser<'_> {
         out
     }
 
+    /// A list key given as a YAML list or a comma-separated string.
+    pub(super) fn list(&self, key: &str) -> Vec<String> {
+        match self.raw(key) {
+            Some((Raw::List(l), _)) => l.clone(),
+            Some((Raw::Scalar(s), _)) => split_list(s),
+            None => Vec::new(),
+        }
+    }
+
     fn check_id(&mut self, id: String) -> Option<String> {
         let ok = id.len() <= 128
             && id
@@ -609,7 +641,7 @@ impl Parser<'_> {
         }
     }
 
-    fn int(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
+    pub(super) fn int(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
         let text = self.scalar(key, &default.to_string());
         match text.parse::<u64>() {
             Ok(v) if (min..=max).contains(&v) => v,
@@ -624,7 +656,7 @@ impl Parser<'_> {
         }
     }
 
-    fn float(&mut self, key: &str, default: f64, min: f64, max: f64) -> f64 {
+    pub(super) fn float(&mut self, key: &str, default: f64, min: f64, max: f64) -> f64 {
         let text = self.scalar(key, &default.to_string());
         match text.parse::<f64>() {
             Ok(v) if (min..=max).contains(&v) => v,

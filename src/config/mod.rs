@@ -7,6 +7,7 @@
 
 mod layers;
 pub mod quantity;
+mod security;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use layers::{hostname, valid_host_port, Layers, Source};
 pub use quantity::Quantity;
+pub use security::{AccessConfig, RateLimitConfig, SecurityConfig, TlsFiles, Token};
 
 /// The shipped configuration, used when no file is given.
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../config.yaml");
@@ -139,6 +141,8 @@ pub struct Config {
     /// `shutdown_grace`: the bound on a graceful shutdown (default `10s`).
     pub shutdown_grace: Duration,
     pub resources: ResourceConfig,
+    /// TLS, tokens, access lists, rate limits and the audit log.
+    pub security: SecurityConfig,
     /// Where each value came from, for the summary an operator sees.
     pub sources: Vec<(String, Source)>,
 }
@@ -202,6 +206,8 @@ impl Config {
         cfg.gossip.interval = Duration::from_millis(200);
         cfg.gossip.call_timeout = Duration::from_millis(300);
         cfg.shutdown_grace = Duration::from_secs(3);
+        // Tests start many nodes in one directory: no shared audit file.
+        cfg.security.audit_path = None;
         cfg
     }
 }

@@ -10,16 +10,19 @@ use std::time::Duration;
 use prost::Message;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 use tracing::{debug, Instrument};
 
 use super::stats::Stats;
+use crate::api::limits;
 use crate::config::Config;
 use crate::mesh::{Call, Mesh, Millis, Reply, Target};
 use crate::metrics::{KindLabel, Metrics};
 use crate::proto::peer::peer_service_client::PeerServiceClient;
 use crate::proto::peer::Member;
+use crate::security::tls::Tls;
+use crate::security::Security;
 
 /// Largest gossip message a node accepts or sends (the core's soft cap is far below).
 pub const MAX_GRPC_MESSAGE: usize = 4 << 20;
@@ -33,17 +36,25 @@ pub struct Shared {
     stopped: AtomicBool,
     pub config: Config,
     pub(crate) pool: Pool,
+    pub security: Arc<Security>,
 }
 
 impl Shared {
-    pub fn new(mesh: Mesh, config: Config) -> Shared {
+    pub fn new(mesh: Mesh, config: Config, tls: Option<Tls>) -> Shared {
+        let metrics = Metrics::default();
+        let security = Arc::new(Security::new(
+            &config.security,
+            tls.clone(),
+            metrics.clone(),
+        ));
         Shared {
             mesh: Mutex::new(mesh),
             start: tokio::time::Instant::now(),
             stats: Stats::default(),
-            metrics: Metrics::default(),
+            metrics,
             stopped: AtomicBool::new(false),
-            pool: Pool::new(config.gossip.call_timeout),
+            pool: Pool::new(config.gossip.call_timeout, tls),
+            security,
             config,
         }
     }
@@ -79,13 +90,15 @@ impl Shared {
 pub(crate) struct Pool {
     clients: Mutex<HashMap<String, PeerServiceClient<Channel>>>,
     timeout: Duration,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Pool {
-    fn new(timeout: Duration) -> Pool {
+    fn new(timeout: Duration, tls: Option<Tls>) -> Pool {
         Pool {
             clients: Mutex::default(),
             timeout,
+            tls: tls.map(|t| t.client()),
         }
     }
 
@@ -94,10 +107,17 @@ impl Pool {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("bad peer address {addr:?}: {e}")))?
+        let bad = |e: tonic::transport::Error| {
+            Status::invalid_argument(format!("bad peer address {addr:?}: {e}"))
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(bad)?
             .connect_timeout(self.timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+        }
         let client = PeerServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
@@ -156,11 +176,13 @@ async fn call_once(
         Call::Peers(req) => {
             let req = request(shared, req);
             let r = answered(shared, client.exchange_peers(req)).await;
+            let r = r.and_then(|r| limits::exchange_response(&r).map(|()| r));
             ("peers", r.map(Reply::Peers))
         }
         Call::Providers(req) => {
             let req = request(shared, req);
             let r = answered(shared, client.exchange_providers(req)).await;
+            let r = r.and_then(|r| limits::provider_response(&r).map(|()| r));
             ("providers", r.map(Reply::Providers))
         }
     };

@@ -32,6 +32,8 @@ use crate::proto::peer::peer_service_server::PeerServiceServer;
 use crate::proto::peer::{Member, ProviderInfo};
 use crate::proto::resource::resource_service_server::ResourceServiceServer;
 use crate::resource::Tier;
+use crate::security::guard::GuardLayer;
+use crate::security::tls::Tls;
 use gossip::{Shared, MAX_GRPC_MESSAGE};
 pub use resources::ProviderSetup;
 use stats::StatsSnapshot;
@@ -47,6 +49,8 @@ pub enum NodeError {
     },
     #[error("cannot write {path}: {error} (set data_dir to a writable directory, or set node_id)")]
     DataDir { path: String, error: String },
+    #[error("mutual TLS: {0}")]
+    Tls(String),
     #[error("cannot build the gRPC reflection service: {0}")]
     Reflection(String),
 }
@@ -105,7 +109,25 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
         key: "listen_addr",
         error: e.to_string(),
     })?;
-    let id = identity::node_id(&config)?;
+    let tls = match &config.security.tls {
+        Some(files) => Some(
+            Tls::load(files, &config.security.server_name)
+                .map_err(|e| NodeError::Tls(e.to_string()))?,
+        ),
+        None => None,
+    };
+    // With mutual TLS the certificate is the identity: peers check that
+    // gossip from this node carries the id its certificate names.
+    let id = match (&tls, &config.node_id) {
+        (Some(t), Some(id)) if *id != t.node_id => {
+            return Err(NodeError::Tls(format!(
+                "node_id is {id:?} but tls.cert_file names node {:?}: unset node_id, or issue a certificate for {id:?} with `iarnet cert node --id {id}`",
+                t.node_id
+            )))
+        }
+        (Some(t), _) => t.node_id.clone(),
+        (None, _) => identity::node_id(&config)?,
+    };
     let generation = identity::new_generation();
     let advertise = identity::advertise_addr(&config, local_addr);
     let rng_seed = StableHasher::new()
@@ -129,7 +151,13 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
         warn!(parent: &span, %advertise, "advertise_addr is unset; peers will dial the host name: set advertise_addr in containers");
     }
 
-    let shared = Arc::new(Shared::new(mesh, config));
+    if tls.is_none() {
+        warn!(parent: &span, "mutual TLS is off: peers are not authenticated and gossip is plaintext; fine for local trials, otherwise set tls.* (see `iarnet cert`)");
+        if !config.security.tokens.is_empty() {
+            warn!(parent: &span, "auth tokens are set but TLS is off: tokens cross the network in clear text");
+        }
+    }
+    let shared = Arc::new(Shared::new(mesh, config, tls.clone()));
     let cancel = CancellationToken::new();
 
     let manager = Arc::new(Manager::new(
@@ -182,7 +210,14 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
         .build_v1alpha()
         .map_err(|e| NodeError::Reflection(e.to_string()))?;
 
-    let router = Server::builder()
+    let mut server = Server::builder();
+    if let Some(t) = &tls {
+        server = server
+            .tls_config(t.server())
+            .map_err(|e| NodeError::Tls(e.to_string()))?;
+    }
+    let router = server
+        .layer(GuardLayer(shared.security.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

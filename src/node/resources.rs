@@ -77,10 +77,11 @@ impl ProviderCaller for NodeCaller {
     async fn call(
         &self,
         owner_addr: &str,
-        request: ProviderCallRequest,
+        mut request: ProviderCallRequest,
         timeout: Duration,
     ) -> Result<ProviderCallResponse, tonic::Status> {
         let started = std::time::Instant::now();
+        request.caller_id = self.shared.mesh().id().to_string();
         let method = request.method.clone();
         let result = self.send(owner_addr, request, timeout).await;
         observe_call(&self.shared, "client", method, &result, started);

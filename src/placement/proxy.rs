@@ -63,6 +63,8 @@ async fn call<Req: Message, Resp: Message + Default>(
         provider_id: c.id.clone(),
         method: method.to_string(),
         payload: payload.encode_to_vec(),
+        // The node's caller fills in its own id.
+        caller_id: String::new(),
     };
     let resp = caller
         .call(&c.owner_addr, req, timeout)

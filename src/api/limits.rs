@@ -1,0 +1,233 @@
+//! Bounds on everything a peer sends, checked before the gossip core sees
+//! it: requests a node serves and replies it receives. The 4 MiB message
+//! cap bounds the total; these bound each part, so no single field can make
+//! a node keep (and re-gossip) something huge. Errors name the field.
+
+use tonic::Status;
+
+use crate::proto::peer::{
+    ExchangeRequest, ExchangeResponse, Member, MemberDigest, ProviderExchangeRequest,
+    ProviderExchangeResponse, ProviderInfo, ProviderSet,
+};
+
+/// Ids, names and addresses.
+pub const MAX_NAME: usize = 256;
+/// Suspecters carried on one member record (confirmations need three).
+pub const MAX_SUSPECTERS: usize = 16;
+/// Addresses in `known_peers`.
+pub const MAX_KNOWN_PEERS: usize = 4096;
+/// Member records or digest entries in one message.
+pub const MAX_ENTRIES: usize = 65_536;
+/// Buckets of a digest (the protocol uses up to 4,096).
+pub const MAX_BUCKETS: usize = 4096;
+/// Providers one node may advertise.
+pub const MAX_PROVIDERS: usize = 256;
+/// Labels per provider, and the length of each key and value.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL: usize = 253;
+
+type Checked = Result<(), Status>;
+
+fn too(field: &str, what: String) -> Status {
+    Status::invalid_argument(format!("{field}: {what}"))
+}
+
+fn text(field: &str, value: &str) -> Checked {
+    if value.len() > MAX_NAME {
+        return Err(too(
+            field,
+            format!("{} bytes long; the limit is {MAX_NAME}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn count(field: &str, n: usize, max: usize) -> Checked {
+    if n > max {
+        return Err(too(field, format!("{n} entries; the limit is {max}")));
+    }
+    Ok(())
+}
+
+fn member(field: &str, m: &Member) -> Checked {
+    text(&format!("{field}.id"), &m.id)?;
+    text(&format!("{field}.name"), &m.name)?;
+    text(&format!("{field}.addr"), &m.addr)?;
+    count(
+        &format!("{field}.suspected_by"),
+        m.suspected_by.len(),
+        MAX_SUSPECTERS,
+    )?;
+    for (i, s) in m.suspected_by.iter().enumerate() {
+        text(&format!("{field}.suspected_by[{i}]"), s)?;
+    }
+    Ok(())
+}
+
+fn digests(field: &str, entries: &[MemberDigest]) -> Checked {
+    count(field, entries.len(), MAX_ENTRIES)?;
+    for (i, d) in entries.iter().enumerate() {
+        text(&format!("{field}[{i}].id"), &d.id)?;
+    }
+    Ok(())
+}
+
+fn common(
+    known_peers: &[String],
+    sender: Option<&Member>,
+    members: &[Member],
+    digest: Option<&crate::proto::peer::Digest>,
+    refute: Option<&MemberDigest>,
+) -> Checked {
+    count("known_peers", known_peers.len(), MAX_KNOWN_PEERS)?;
+    for (i, p) in known_peers.iter().enumerate() {
+        text(&format!("known_peers[{i}]"), p)?;
+    }
+    if let Some(s) = sender {
+        member("sender", s)?;
+    }
+    count("members", members.len(), MAX_ENTRIES)?;
+    for (i, m) in members.iter().enumerate() {
+        member(&format!("members[{i}]"), m)?;
+    }
+    if let Some(d) = digest {
+        count("digest.buckets", d.buckets.len(), MAX_BUCKETS)?;
+        digests("digest.entries", &d.entries)?;
+    }
+    if let Some(r) = refute {
+        text("refute.id", &r.id)?;
+    }
+    Ok(())
+}
+
+pub fn exchange_request(r: &ExchangeRequest) -> Checked {
+    common(
+        &r.known_peers,
+        r.sender.as_ref(),
+        &r.members,
+        r.digest.as_ref(),
+        r.refute.as_ref(),
+    )
+}
+
+pub fn exchange_response(r: &ExchangeResponse) -> Checked {
+    common(
+        &r.known_peers,
+        r.sender.as_ref(),
+        &r.members,
+        r.digest.as_ref(),
+        r.refute.as_ref(),
+    )?;
+    count("bucket_hashes", r.bucket_hashes.len(), MAX_BUCKETS)
+}
+
+fn provider(field: &str, p: &ProviderInfo) -> Checked {
+    for (name, v) in [
+        ("id", &p.id),
+        ("name", &p.name),
+        ("type", &p.r#type),
+        ("host", &p.host),
+        ("owner_id", &p.owner_id),
+    ] {
+        text(&format!("{field}.{name}"), v)?;
+    }
+    count(&format!("{field}.labels"), p.labels.len(), MAX_LABELS)?;
+    for (k, v) in &p.labels {
+        if k.len() > MAX_LABEL || v.len() > MAX_LABEL {
+            return Err(too(
+                &format!(
+                    "{field}.labels[{:?}]",
+                    k.chars().take(32).collect::<String>()
+                ),
+                format!("keys and values are at most {MAX_LABEL} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn providers(field: &str, list: &[ProviderInfo]) -> Checked {
+    count(field, list.len(), MAX_ENTRIES)?;
+    for (i, p) in list.iter().enumerate() {
+        provider(&format!("{field}[{i}]"), p)?;
+    }
+    Ok(())
+}
+
+fn sets(list: &[ProviderSet]) -> Checked {
+    count("sets", list.len(), MAX_ENTRIES)?;
+    for (i, s) in list.iter().enumerate() {
+        text(&format!("sets[{i}].owner_id"), &s.owner_id)?;
+        count(
+            &format!("sets[{i}].providers"),
+            s.providers.len(),
+            MAX_PROVIDERS,
+        )?;
+        for (j, p) in s.providers.iter().enumerate() {
+            provider(&format!("sets[{i}].providers[{j}]"), p)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn provider_request(r: &ProviderExchangeRequest) -> Checked {
+    providers("providers", &r.providers)?;
+    sets(&r.sets)?;
+    digests("wants", &r.wants)?;
+    text("sender_id", &r.sender_id)
+}
+
+pub fn provider_response(r: &ProviderExchangeResponse) -> Checked {
+    providers("providers", &r.providers)?;
+    sets(&r.sets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversize_parts_are_named() {
+        let mut r = ExchangeRequest::default();
+        r.members.push(Member {
+            id: "a".into(),
+            addr: "x".repeat(MAX_NAME + 1),
+            ..Default::default()
+        });
+        let e = exchange_request(&r).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("members[0].addr:"), "{e:?}");
+
+        let mut p = ProviderInfo::default();
+        for i in 0..=MAX_LABELS {
+            p.labels.insert(format!("k{i}"), "v".into());
+        }
+        let r = ProviderExchangeRequest {
+            sets: vec![ProviderSet {
+                providers: vec![p],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = provider_request(&r).unwrap_err();
+        assert!(
+            e.message().starts_with("sets[0].providers[0].labels:"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn ordinary_messages_pass() {
+        let r = ExchangeRequest {
+            known_peers: vec!["10.0.0.1:50051".into()],
+            members: vec![Member {
+                id: "n".into(),
+                addr: "10.0.0.1:50051".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        exchange_request(&r).unwrap();
+        provider_response(&ProviderExchangeResponse::default()).unwrap();
+    }
+}

@@ -1,0 +1,293 @@
+//! Who may talk to a node: mutual TLS between peers, bearer tokens for
+//! management calls, allow/deny lists, per-caller rate limits.
+//!
+//! Every gRPC call passes [`guard::Guard`] before it is decoded. It sorts the
+//! call by surface (gossip and CallProvider from peers; management; health
+//! and reflection), names the caller ([`Caller`], which the audit log
+//! records) and refuses with UNAUTHENTICATED, PERMISSION_DENIED or
+//! RESOURCE_EXHAUSTED (with a retry hint). Refusals are counted in metrics
+//! and logged at most once per caller per [`LOG_EVERY`], so a hostile peer
+//! cannot flood the log.
+
+pub mod access;
+pub mod certs;
+pub mod guard;
+pub mod limiter;
+pub mod tls;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tonic::{Code, Status};
+use tracing::warn;
+
+use crate::config::{AccessConfig, SecurityConfig};
+use crate::metrics::{Metrics, RefusalLabels};
+use limiter::Limiter;
+use tls::Tls;
+use tokens::Tokens;
+
+/// A refused caller is logged at most once per this interval.
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Which kind of call, for the rules that apply and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `peer.PeerService`: gossip and CallProvider, from other nodes.
+    Peer,
+    /// Health checks and reflection.
+    Health,
+    /// Admin and ResourceService: operators and other services.
+    Management,
+}
+
+impl Surface {
+    pub fn of(path: &str) -> Surface {
+        if path.starts_with("/peer.PeerService/") {
+            Surface::Peer
+        } else if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
+            Surface::Health
+        } else {
+            Surface::Management
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Surface::Peer => "peer",
+            Surface::Health => "health",
+            Surface::Management => "management",
+        }
+    }
+}
+
+/// Who made a call, as the guard established it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A node; `verified` when its id comes from a certificate.
+    Peer {
+        id: Option<String>,
+        verified: bool,
+        addr: Option<SocketAddr>,
+    },
+    /// A management client holding a token.
+    Token {
+        name: String,
+        addr: Option<SocketAddr>,
+    },
+    /// A management client on a node without tokens, or a health check.
+    Anonymous { addr: Option<SocketAddr> },
+}
+
+impl Caller {
+    /// The id a certificate proved, if any.
+    pub fn verified_id(&self) -> Option<&str> {
+        match self {
+            Caller::Peer {
+                id, verified: true, ..
+            } => id.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = |addr: &Option<SocketAddr>| addr.map(|a| format!("@{a}")).unwrap_or_default();
+        match self {
+            Caller::Peer { id, addr, verified } => write!(
+                f,
+                "peer:{}{}{}",
+                id.as_deref().unwrap_or("?"),
+                if *verified { "" } else { "(unverified)" },
+                at(addr)
+            ),
+            Caller::Token { name, addr } => write!(f, "token:{name}{}", at(addr)),
+            Caller::Anonymous { addr } => write!(f, "anonymous{}", at(addr)),
+        }
+    }
+}
+
+/// A node's security settings, built once at start.
+pub struct Security {
+    pub tls: Option<Tls>,
+    tokens: Tokens,
+    protect_health: bool,
+    pub access: AccessConfig,
+    peers: Limiter,
+    token_calls: Limiter,
+    logged: Mutex<HashMap<(String, &'static str), Instant>>,
+    metrics: Metrics,
+}
+
+impl Security {
+    pub fn new(cfg: &SecurityConfig, tls: Option<Tls>, metrics: Metrics) -> Security {
+        let r = &cfg.rate_limit;
+        Security {
+            tls,
+            tokens: Tokens::new(cfg.tokens.clone()),
+            protect_health: cfg.protect_health,
+            access: cfg.access.clone(),
+            peers: Limiter::new(r.peer_rate, r.peer_burst),
+            token_calls: Limiter::new(r.token_rate, r.token_burst),
+            logged: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Open settings for tests and embedding: no TLS, no tokens, no lists.
+    pub fn open() -> Security {
+        Security::new(
+            &crate::config::Config::shipped().security,
+            None,
+            Metrics::default(),
+        )
+    }
+
+    /// Decides one call from what is known before its body is read.
+    pub fn admit(
+        &self,
+        path: &str,
+        remote: Option<SocketAddr>,
+        cert_id: Option<String>,
+        authorization: Option<&[u8]>,
+    ) -> Result<Caller, Status> {
+        let surface = Surface::of(path);
+        let key_of = |id: &Option<String>| {
+            id.clone()
+                .or_else(|| remote.map(|a| a.ip().to_string()))
+                .unwrap_or_default()
+        };
+        match surface {
+            Surface::Peer => {
+                if self.tls.is_some() && cert_id.is_none() {
+                    return Err(self.refuse(
+                        surface,
+                        "unauthenticated",
+                        &key_of(&None),
+                        Status::unauthenticated("peer calls need a client certificate signed by this mesh's CA (tls.cert_file); management calls go to Admin or ResourceService"),
+                    ));
+                }
+                self.check_access(surface, remote, cert_id.as_deref())?;
+                self.limit(&self.peers, surface, &key_of(&cert_id))?;
+                Ok(Caller::Peer {
+                    verified: cert_id.is_some(),
+                    id: cert_id,
+                    addr: remote,
+                })
+            }
+            Surface::Health if !self.protect_health || self.tokens.is_empty() => {
+                Ok(Caller::Anonymous { addr: remote })
+            }
+            Surface::Health | Surface::Management => {
+                if self.tokens.is_empty() {
+                    self.limit(&self.token_calls, surface, &key_of(&None))?;
+                    return Ok(Caller::Anonymous { addr: remote });
+                }
+                let name = self.tokens.check(authorization).map_err(|e| {
+                    self.refuse(
+                        surface,
+                        "unauthenticated",
+                        &key_of(&None),
+                        Status::unauthenticated(e.message()),
+                    )
+                })?;
+                self.limit(&self.token_calls, surface, &format!("token:{name}"))?;
+                Ok(Caller::Token { name, addr: remote })
+            }
+        }
+    }
+
+    fn check_access(
+        &self,
+        surface: Surface,
+        remote: Option<SocketAddr>,
+        id: Option<&str>,
+    ) -> Result<(), Status> {
+        let denied = remote
+            .map_or(Ok(()), |a| self.access.check_ip(a.ip()))
+            .and_then(|()| id.map_or(Ok(()), |id| self.access.check_node(id)));
+        denied.map_err(|d| {
+            let key = id
+                .map(str::to_string)
+                .or_else(|| remote.map(|a| a.ip().to_string()));
+            self.refuse(
+                surface,
+                "not_allowed",
+                &key.unwrap_or_default(),
+                Status::permission_denied(d.message()),
+            )
+        })
+    }
+
+    /// The check of an id a peer claims in its message: it must match the
+    /// certificate when there is one, and pass the node lists.
+    pub fn check_claim(&self, caller: Option<&Caller>, claimed: &str) -> Result<(), Status> {
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        if let Some(proved) = caller.and_then(Caller::verified_id) {
+            if proved != claimed {
+                return Err(self.refuse(
+                    Surface::Peer,
+                    "spoofed",
+                    proved,
+                    Status::permission_denied(format!(
+                        "the message claims to come from node {claimed:?} but the TLS certificate is node {proved:?}'s"
+                    )),
+                ));
+            }
+        }
+        self.access.check_node(claimed).map_err(|d| {
+            self.refuse(
+                Surface::Peer,
+                "not_allowed",
+                claimed,
+                Status::permission_denied(d.message()),
+            )
+        })
+    }
+
+    fn limit(&self, limiter: &Limiter, surface: Surface, key: &str) -> Result<(), Status> {
+        limiter.take(key, Instant::now()).map_err(|wait| {
+            let ms = wait.as_millis().max(1) as u64;
+            let mut status = Status::new(
+                Code::ResourceExhausted,
+                format!("rate limit reached for {key}: retry in {ms} ms (rate_limit.* settings)"),
+            );
+            if let Ok(v) = ms.to_string().parse() {
+                status.metadata_mut().insert("retry-after-ms", v);
+            }
+            self.refuse(surface, "rate_limited", key, status)
+        })
+    }
+
+    /// Counts a refusal and logs it unless this caller was logged recently.
+    fn refuse(&self, surface: Surface, reason: &'static str, key: &str, status: Status) -> Status {
+        self.metrics
+            .refusals
+            .get_or_create(&RefusalLabels {
+                surface: surface.as_str().to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+        let now = Instant::now();
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.len() > 10_000 {
+            logged.retain(|_, at| now.duration_since(*at) < LOG_EVERY);
+        }
+        let k = (key.to_string(), reason);
+        let due = logged
+            .get(&k)
+            .is_none_or(|at| now.duration_since(*at) >= LOG_EVERY);
+        if due {
+            logged.insert(k, now);
+            warn!(caller = %key, surface = surface.as_str(), reason, message = %status.message(), "call refused (further refusals of this caller are counted, not logged, for a minute)");
+        }
+        status
+    }
+}
