@@ -16,13 +16,15 @@
 //! - [`api`]: the gRPC services: `peer.PeerService` for nodes,
 //!   `iarnet.admin.v1.Admin` for operators, `iarnet.resource.v1.ResourceService`
 //!   for deployments.
-//! - [`security`]: mutual TLS, tokens, access lists, rate limits.
+//! - [`security`]: mutual TLS, tokens, access lists, rate limits;
+//!   [`audit`]: who asked for what, in its own file.
 //! - [`config`]: layered configuration (file, env, flags) and its validation.
 //! - [`cli`]: the binary's flags; [`signal`]: SIGTERM/SIGINT handling.
 //! - [`proto`]: generated protobuf code and the reflection descriptor set.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod mesh;

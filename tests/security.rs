@@ -356,3 +356,164 @@ async fn a_peer_over_its_rate_gets_resource_exhausted_with_a_retry_hint() {
         .await
         .expect("management is not starved by a noisy peer");
 }
+
+/// One HTTP/1.1 exchange on a blocking socket: (status, body).
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, rest.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_needs_the_token_and_the_audit_log_names_who_asked() {
+    use iarnet::proto::resource::resource_service_client::ResourceServiceClient;
+    use iarnet::proto::resource::DeploySpec;
+    use iarnet::resource::memory::MemoryProvider;
+    use iarnet::resource::Resources;
+
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut cfg = Config::loopback("audit-a");
+    cfg.security.audit_path = Some(audit.clone());
+    cfg.security.tokens = vec![Token {
+        name: "ci".into(),
+        secret: "s3cret-s3cret-s3cret".into(),
+    }];
+    let provider = MemoryProvider::new(
+        "audit-mem",
+        Resources {
+            cpu_millis: 2000,
+            memory_bytes: 4 << 30,
+            gpus: 0,
+            storage_bytes: u64::MAX,
+        },
+        Default::default(),
+    );
+    let a = node::start_with(
+        cfg,
+        ProviderSetup::Given(vec![std::sync::Arc::new(provider)]),
+    )
+    .await
+    .unwrap();
+    let h = a.http_addr().to_string();
+    let call = move |method: &'static str,
+                     path: &'static str,
+                     token: Option<&'static str>,
+                     body: &'static str| {
+        let h = h.clone();
+        tokio::task::spawn_blocking(move || http(&h, method, path, token, body))
+    };
+    let token = Some("s3cret-s3cret-s3cret");
+    assert_eq!(
+        call("GET", "/resource/capacity", None, "").await.unwrap().0,
+        401
+    );
+    assert_eq!(
+        call(
+            "GET",
+            "/resource/capacity",
+            Some("wrong-wrong-wrong-wrong"),
+            ""
+        )
+        .await
+        .unwrap()
+        .0,
+        401
+    );
+    assert_eq!(
+        call("GET", "/resource/capacity", token, "")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert_eq!(call("GET", "/healthz", None, "").await.unwrap().0, 200);
+    assert_eq!(call("GET", "/metrics", None, "").await.unwrap().0, 200);
+    let (code, _) = call("POST", "/peer/nodes", token, r#"{"address":"127.0.0.1:1"}"#)
+        .await
+        .unwrap();
+    assert_eq!(code, 502);
+
+    let ch = Endpoint::from_shared(format!("http://{}", a.advertise_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut api = ResourceServiceClient::new(ch);
+    let deploy = |request_id: &str, cpu: &str| {
+        let mut r = tonic::Request::new(DeploySpec {
+            request_id: request_id.into(),
+            image: "busybox:latest".into(),
+            cpu: cpu.into(),
+            memory: "64Mi".into(),
+            ..Default::default()
+        });
+        r.metadata_mut().insert(
+            "authorization",
+            "Bearer s3cret-s3cret-s3cret".parse().unwrap(),
+        );
+        r
+    };
+    let mut events = api
+        .deploy(deploy("audit-r1", "500m"))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(e) = events.message().await.unwrap() {
+        drop(e);
+    }
+    assert_eq!(
+        api.deploy(deploy("audit-r2", "0"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |event: &str, outcome: &str| {
+        records
+            .iter()
+            .find(|r| r["event"] == event && r["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {event}/{outcome} record in {records:#?}"))
+    };
+    assert_eq!(find("config", "loaded")["detail"]["tokens"][0], "ci");
+    assert!(find("refusal", "unauthenticated")["who"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1"));
+    assert!(find("add_peer", "unreachable")["who"]
+        .as_str()
+        .unwrap()
+        .starts_with("token:ci"));
+    let placed = find("placement", "placed");
+    assert!(placed["who"].as_str().unwrap().starts_with("token:ci"));
+    assert_eq!(placed["detail"]["provider"], "audit-mem");
+    assert_eq!(placed["detail"]["request"]["request_id"], "audit-r1");
+    assert!(find("deploy", "invalid")["detail"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("cpu"));
+    assert!(
+        !std::fs::read_to_string(&audit).unwrap().contains("s3cret"),
+        "no secret in the audit log"
+    );
+}

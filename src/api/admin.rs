@@ -89,6 +89,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<AddPeerRequest>,
     ) -> Result<Response<AddPeerResponse>, Status> {
+        let who = crate::audit::who(&request);
         let address = request.into_inner().address.trim().to_string();
         if !valid_host_port(&address) {
             return Err(Status::invalid_argument(format!(
@@ -99,7 +100,18 @@ impl Admin for AdminApi {
             addr: address.clone(),
             id: None,
         };
-        match run_exchange(&self.shared, target).await {
+        let answered = run_exchange(&self.shared, target).await;
+        self.shared.audit.record(
+            "add_peer",
+            &who,
+            if answered.is_some() {
+                "ok"
+            } else {
+                "unreachable"
+            },
+            serde_json::json!({"address": address}),
+        );
+        match answered {
             Some(peer) => Ok(Response::new(AddPeerResponse {
                 id: peer.id,
                 generation: peer.generation,

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,7 @@ use crate::proto::admin::admin_server::Admin;
 use crate::proto::admin::{AddPeerRequest, ListPeersRequest};
 use crate::proto::resource as pb;
 use crate::proto::resource::resource_service_server::ResourceService;
+use crate::security::{Caller, Surface};
 
 /// Largest request body accepted (provider registrations are a few hundred bytes).
 const MAX_BODY: usize = 64 << 10;
@@ -44,7 +45,7 @@ impl HttpApi {
     pub fn new(shared: Arc<Shared>, manager: Arc<Manager>, draining: CancellationToken) -> Self {
         HttpApi {
             admin: AdminApi::new(shared.clone()),
-            resources: ResourceApi::new(manager.clone()),
+            resources: ResourceApi::new(manager.clone(), shared.audit.clone()),
             shared,
             manager,
             draining,
@@ -61,6 +62,7 @@ impl HttpApi {
             .route("/peer/nodes", get(nodes).post(add_node))
             .fallback(not_found)
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), guard))
             .with_state(self)
     }
 
@@ -166,6 +168,47 @@ fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
             Some(status),
         )
     })
+}
+
+/// The same rules as the gRPC port: probes and metrics are the health
+/// surface, the rest is management (tokens, rate limits).
+async fn guard(
+    State(api): Api,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let surface = match req.uri().path() {
+        "/healthz" | "/readyz" | "/metrics" => Surface::Health,
+        _ => Surface::Management,
+    };
+    let remote = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
+    match api
+        .shared
+        .security
+        .admit_surface(surface, remote, None, auth.as_deref())
+    {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(s) => ApiError(s, None).into_response(),
+    }
+}
+
+/// A gRPC request carrying the HTTP caller, for the audit log.
+fn as_caller<T>(caller: Option<Extension<Caller>>, body: T) -> Request<T> {
+    let mut r = Request::new(body);
+    if let Some(Extension(c)) = caller {
+        r.extensions_mut().insert(c);
+    }
+    r
 }
 
 async fn not_found() -> ApiError {
@@ -392,12 +435,13 @@ impl Registration {
 
 async fn register(
     State(api): Api,
+    caller: Option<Extension<Caller>>,
     parsed: Result<Json<Registration>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = body(parsed)?.into_request()?;
     let entry = api
         .resources
-        .register_provider(Request::new(req))
+        .register_provider(as_caller(caller, req))
         .await
         .map_err(ApiError::upstream)?
         .into_inner();
@@ -479,14 +523,18 @@ struct AddNode {
 
 async fn add_node(
     State(api): Api,
+    caller: Option<Extension<Caller>>,
     parsed: Result<Json<AddNode>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let req = body(parsed)?;
     let added = api
         .admin
-        .add_peer(Request::new(AddPeerRequest {
-            address: req.address,
-        }))
+        .add_peer(as_caller(
+            caller,
+            AddPeerRequest {
+                address: req.address,
+            },
+        ))
         .await
         .map_err(ApiError::upstream)?
         .into_inner();

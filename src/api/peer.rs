@@ -114,7 +114,27 @@ impl PeerService for PeerApi {
             return Err(e);
         }
         let method = req.method.clone();
+        let provider = req.provider_id.clone();
         let result = self.call_provider_inner(req).await;
+        if matches!(method.as_str(), "deploy" | "stop") {
+            // The owner's side of a placement: admitted (reserved) or refused here.
+            let who = caller.map_or_else(|| "local".to_string(), |c| c.to_string());
+            let (outcome, error) = match &result {
+                Ok(_) => ("admitted", String::new()),
+                Err(s) => ("refused", s.message().to_string()),
+            };
+            let event = if method == "deploy" {
+                "admission"
+            } else {
+                "stop"
+            };
+            self.shared.audit.record(
+                event,
+                &who,
+                outcome,
+                serde_json::json!({"provider": provider, "error": error}),
+            );
+        }
         observe_call(&self.shared, "server", method, &result, started);
         result
     }

@@ -8,6 +8,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use serde_json::{json, Value};
+
+use crate::audit::{who, Audit};
 use crate::placement::manager::{provider_entry, PlaceOptions};
 use crate::placement::{Manager, Strategy};
 use crate::proto::resource as pb;
@@ -17,11 +20,22 @@ use crate::resource::{Capacity, LogOptions, Progress, ProgressSink, Tier};
 
 pub struct ResourceApi {
     manager: Arc<Manager>,
+    audit: Arc<Audit>,
 }
 
 impl ResourceApi {
-    pub fn new(manager: Arc<Manager>) -> ResourceApi {
-        ResourceApi { manager }
+    pub fn new(manager: Arc<Manager>, audit: Arc<Audit>) -> ResourceApi {
+        ResourceApi { manager, audit }
+    }
+}
+
+fn outcome<T>(r: &Result<T, Status>) -> (&'static str, Value) {
+    match r {
+        Ok(_) => ("ok", Value::Null),
+        Err(s) => (
+            "failed",
+            json!({"code": crate::metrics::code_label(s.code()), "message": s.message()}),
+        ),
     }
 }
 
@@ -87,15 +101,25 @@ impl ResourceService for ResourceApi {
         &self,
         request: Request<pb::RegisterProviderRequest>,
     ) -> Result<Response<pb::ProviderEntry>, Status> {
+        let who = who(&request);
         let req = request.into_inner();
-        let provider = crate::node::resources::connect_external(self.manager.node_id(), &req)
-            .await
-            .map_err(Status::from)?;
-        let desc = self
-            .manager
-            .add_provider(provider, Tier::External)
-            .await
-            .map_err(Status::from)?;
+        let (kind, name, endpoint) = (req.r#type.clone(), req.name.clone(), req.endpoint.clone());
+        let added = async {
+            let provider =
+                crate::node::resources::connect_external(self.manager.node_id(), &req).await?;
+            self.manager.add_provider(provider, Tier::External).await
+        }
+        .await
+        .map_err(Status::from);
+        let (result, error) = outcome(&added);
+        // The endpoint, never a credential.
+        self.audit.record(
+            "register_provider",
+            &who,
+            result,
+            json!({"type": kind, "name": name, "endpoint": endpoint, "error": error}),
+        );
+        let desc = added?;
         let c = self
             .manager
             .candidates()
@@ -109,7 +133,17 @@ impl ResourceService for ResourceApi {
         &self,
         request: Request<pb::UnregisterProviderRequest>,
     ) -> Result<Response<pb::UnregisterProviderResponse>, Status> {
-        self.manager.remove_provider(&request.into_inner().id)?;
+        let who = who(&request);
+        let id = request.into_inner().id;
+        let removed = self.manager.remove_provider(&id).map_err(Status::from);
+        let (result, error) = outcome(&removed);
+        self.audit.record(
+            "unregister_provider",
+            &who,
+            result,
+            json!({"id": id, "error": error}),
+        );
+        removed?;
         Ok(Response::new(pb::UnregisterProviderResponse {}))
     }
 
@@ -119,21 +153,33 @@ impl ResourceService for ResourceApi {
         &self,
         request: Request<pb::DeploySpec>,
     ) -> Result<Response<Self::DeployStream>, Status> {
+        let who = who(&request);
         let raw = request.into_inner();
+        let (request_id, image) = (raw.request_id.clone(), raw.image.clone());
+        let refused = |s: Status| {
+            self.audit.record(
+                "deploy",
+                &who,
+                "invalid",
+                json!({"request_id": request_id, "image": image, "error": s.message()}),
+            );
+            s
+        };
         let strategy = match raw.strategy.as_str() {
             "" => None,
-            s => Some(
-                Strategy::parse(s)
-                    .map_err(|why| Status::invalid_argument(format!("invalid strategy: {why}")))?,
-            ),
+            s => Some(Strategy::parse(s).map_err(|why| {
+                refused(Status::invalid_argument(format!("invalid strategy: {why}")))
+            })?),
         };
         let opts = PlaceOptions {
             strategy,
             region: Some(raw.region.clone()).filter(|r| !r.is_empty()),
             provider_id: Some(raw.provider_id.clone()).filter(|p| !p.is_empty()),
         };
-        let spec = spec_from_proto(raw)?;
-        crate::resource::validate::validate(&spec)?;
+        let spec = spec_from_proto(raw).map_err(|e| refused(e.into()))?;
+        crate::resource::validate::validate(&spec).map_err(|e| refused(e.into()))?;
+        let audit = self.audit.clone();
+        let asked = json!({"request_id": spec.request_id, "image": spec.image, "resources": spec.resources.to_string()});
         let (tx, rx) = mpsc::channel(64);
         let (sink, mut progress) = ProgressSink::channel();
         let manager = self.manager.clone();
@@ -152,6 +198,29 @@ impl ResourceService for ResourceApi {
                 let _ = tx.send(Ok(progress_event(p))).await;
             }
             use pb::deploy_event::Event;
+            match &result {
+                Ok(placed) => {
+                    let p = &placed.placement;
+                    audit.record(
+                        "placement",
+                        &who,
+                        "placed",
+                        json!({
+                            "request": asked, "provider": p.provider_id, "owner": p.owner_id,
+                            "tier": p.tier, "strategy": p.strategy, "reason": p.reason,
+                            "refused": p.refused, "deployment": placed.deployment.id,
+                        }),
+                    );
+                }
+                Err(e) => audit.record(
+                    "placement",
+                    &who,
+                    "failed",
+                    json!({
+                        "request": asked, "code": e.kind(), "error": e.to_string(),
+                    }),
+                ),
+            }
             match result {
                 Ok(placed) => {
                     let owner = placed.placement.owner_id.clone();
@@ -228,7 +297,13 @@ impl ResourceService for ResourceApi {
         &self,
         request: Request<pb::StopRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let (d, owner) = self.manager.stop(&request.into_inner().id).await?;
+        let who = who(&request);
+        let id = request.into_inner().id;
+        let stopped = self.manager.stop(&id).await.map_err(Status::from);
+        let (result, error) = outcome(&stopped);
+        self.audit
+            .record("stop", &who, result, json!({"id": id, "error": error}));
+        let (d, owner) = stopped?;
         Ok(Response::new(deployment_to_proto(&d, &owner)))
     }
 }

@@ -16,6 +16,7 @@ use tracing::{debug, Instrument};
 
 use super::stats::Stats;
 use crate::api::limits;
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::mesh::{Call, Mesh, Millis, Reply, Target};
 use crate::metrics::{KindLabel, Metrics};
@@ -37,15 +38,17 @@ pub struct Shared {
     pub config: Config,
     pub(crate) pool: Pool,
     pub security: Arc<Security>,
+    pub audit: Arc<Audit>,
 }
 
 impl Shared {
-    pub fn new(mesh: Mesh, config: Config, tls: Option<Tls>) -> Shared {
+    pub fn new(mesh: Mesh, config: Config, tls: Option<Tls>, audit: Arc<Audit>) -> Shared {
         let metrics = Metrics::default();
         let security = Arc::new(Security::new(
             &config.security,
             tls.clone(),
             metrics.clone(),
+            audit.clone(),
         ));
         Shared {
             mesh: Mutex::new(mesh),
@@ -55,6 +58,7 @@ impl Shared {
             stopped: AtomicBool::new(false),
             pool: Pool::new(config.gossip.call_timeout, tls),
             security,
+            audit,
             config,
         }
     }

@@ -23,6 +23,7 @@ use crate::api::admin::AdminApi;
 use crate::api::http::HttpApi;
 use crate::api::peer::PeerApi;
 use crate::api::resources::ResourceApi;
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::mesh::record::StableHasher;
 use crate::mesh::{Identity, Mesh, MeshConfig, Status};
@@ -157,7 +158,28 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
             warn!(parent: &span, "auth tokens are set but TLS is off: tokens cross the network in clear text");
         }
     }
-    let shared = Arc::new(Shared::new(mesh, config, tls.clone()));
+    let audit = Arc::new(match &config.security.audit_path {
+        Some(path) => Audit::open(path, &id).map_err(|e| NodeError::DataDir {
+            path: path.display().to_string(),
+            error: format!("{e} (the audit log: set audit.path, or `off`)"),
+        })?,
+        None => Audit::off(),
+    });
+    audit.record(
+        "config",
+        "node",
+        "loaded",
+        serde_json::json!({
+            "generation": generation,
+            "set": config.sources.iter()
+                .filter(|(_, s)| *s != crate::config::Source::Default)
+                .map(|(k, s)| (k.clone(), s.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            "tls": tls.is_some(),
+            "tokens": config.security.tokens.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+        }),
+    );
+    let shared = Arc::new(Shared::new(mesh, config, tls.clone(), audit.clone()));
     let cancel = CancellationToken::new();
 
     let manager = Arc::new(Manager::new(
@@ -229,6 +251,7 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
         .add_service(AdminServer::new(AdminApi::new(shared.clone())))
         .add_service(ResourceServiceServer::new(ResourceApi::new(
             manager.clone(),
+            audit.clone(),
         )));
     let server_stop = cancel.child_token();
     let server = tokio::spawn(
@@ -257,9 +280,12 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
     let router = http_api.clone().router();
     let http = tokio::spawn(
         async move {
-            let served = axum::serve(http_listener, router)
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await;
+            let served = axum::serve(
+                http_listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await;
             if let Err(e) = served {
                 warn!(error = %e, "http server stopped with an error");
             }

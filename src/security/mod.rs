@@ -19,12 +19,13 @@ pub mod tokens;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::{Code, Status};
 use tracing::warn;
 
+use crate::audit::Audit;
 use crate::config::{AccessConfig, SecurityConfig};
 use crate::metrics::{Metrics, RefusalLabels};
 use limiter::Limiter;
@@ -122,10 +123,16 @@ pub struct Security {
     token_calls: Limiter,
     logged: Mutex<HashMap<(String, &'static str), Instant>>,
     metrics: Metrics,
+    audit: Arc<Audit>,
 }
 
 impl Security {
-    pub fn new(cfg: &SecurityConfig, tls: Option<Tls>, metrics: Metrics) -> Security {
+    pub fn new(
+        cfg: &SecurityConfig,
+        tls: Option<Tls>,
+        metrics: Metrics,
+        audit: Arc<Audit>,
+    ) -> Security {
         let r = &cfg.rate_limit;
         Security {
             tls,
@@ -136,6 +143,7 @@ impl Security {
             token_calls: Limiter::new(r.token_rate, r.token_burst),
             logged: Mutex::default(),
             metrics,
+            audit,
         }
     }
 
@@ -145,6 +153,7 @@ impl Security {
             &crate::config::Config::shipped().security,
             None,
             Metrics::default(),
+            Arc::new(Audit::off()),
         )
     }
 
@@ -156,7 +165,17 @@ impl Security {
         cert_id: Option<String>,
         authorization: Option<&[u8]>,
     ) -> Result<Caller, Status> {
-        let surface = Surface::of(path);
+        self.admit_surface(Surface::of(path), remote, cert_id, authorization)
+    }
+
+    /// Decides one call to `surface` (the HTTP API sorts its own routes).
+    pub fn admit_surface(
+        &self,
+        surface: Surface,
+        remote: Option<SocketAddr>,
+        cert_id: Option<String>,
+        authorization: Option<&[u8]>,
+    ) -> Result<Caller, Status> {
         let key_of = |id: &Option<String>| {
             id.clone()
                 .or_else(|| remote.map(|a| a.ip().to_string()))
@@ -287,6 +306,12 @@ impl Security {
         if due {
             logged.insert(k, now);
             warn!(caller = %key, surface = surface.as_str(), reason, message = %status.message(), "call refused (further refusals of this caller are counted, not logged, for a minute)");
+            self.audit.record(
+                "refusal",
+                key,
+                reason,
+                serde_json::json!({"surface": surface.as_str(), "message": status.message(), "sampled": "once per caller per minute; every refusal is counted in iarnet_refusals_total"}),
+            );
         }
         status
     }
