@@ -21,12 +21,15 @@
 //! - [`config`]: layered configuration (file, env, flags) and its validation.
 //! - [`cli`]: the binary's flags; [`signal`]: SIGTERM/SIGINT handling.
 //! - [`proto`]: generated protobuf code and the reflection descriptor set.
+//! - `fuzz`: harnesses shared by the `fuzz/` targets and the regression replay.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
