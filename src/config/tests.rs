@@ -151,3 +151,83 @@ fn resource_keys_parse_and_report_every_problem() {
         "the strategies are listed: {err}"
     );
 }
+
+#[test]
+fn security_keys_report_every_problem_with_its_key_and_hide_secrets() {
+    let file = r#"
+tls:
+  cert_file: "/nonexistent/node.pem"
+  server_name: "bad name!"
+auth:
+  tokens: ["ci:short", "noseparator", "ok:0123456789abcdef0123", "ok:0123456789abcdef0124"]
+  token_file: "/nonexistent/tokens"
+access:
+  deny_networks: ["10.0.0.0/33", "192.168.0.0/16"]
+  allow_nodes: ["a b"]
+rate_limit:
+  peer_rate: 0
+audit:
+  paht: "x"
+"#;
+    let err = load(file, &[], &[]).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "tls.ca_file",
+        "tls.cert_file",
+        "tls.key_file",
+        "tls.server_name",
+        "auth.tokens",
+        "auth.token_file",
+        "access.deny_networks",
+        "access.allow_nodes",
+        "rate_limit.peer_rate",
+        "audit.paht",
+    ] {
+        assert!(keys.contains(&key), "{key} not reported: {err}");
+    }
+    let text = err.to_string();
+    assert!(
+        !text.contains("0123456789abcdef"),
+        "a secret leaked: {text}"
+    );
+    assert!(text.contains("did you mean `audit.path`"), "{text}");
+    assert!(text.contains("shorter than 16"), "{text}");
+    assert!(text.contains("two tokens with the same NAME"), "{text}");
+}
+
+#[test]
+fn security_defaults_are_open_and_tokens_load_from_a_file() {
+    let cfg = Config::shipped();
+    assert!(cfg.security.tls.is_none() && cfg.security.tokens.is_empty());
+    assert!(cfg.security.access.is_open());
+    assert_eq!(
+        cfg.security.audit_path,
+        Some(cfg.data_dir.join("audit.jsonl"))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "# operators\nops:abcdefabcdefabcdef\n\nci:0123456789abcdef\n",
+    )
+    .unwrap();
+    let file = format!(
+        "auth:\n  token_file: {:?}\naccess:\n  deny_networks: [\"10.1.2.3\"]\naudit:\n  path: \"off\"\n",
+        tokens.display()
+    );
+    let cfg = load(&file, &[], &[]).expect("valid");
+    let names: Vec<&str> = cfg
+        .security
+        .tokens
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(names, ["ops", "ci"]);
+    assert_eq!(
+        cfg.security.access.deny_networks[0].to_string(),
+        "10.1.2.3/32"
+    );
+    assert_eq!(cfg.security.audit_path, None);
+    assert!(!format!("{:?}", cfg.security.tokens).contains("abcdef"));
+}
