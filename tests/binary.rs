@@ -171,3 +171,102 @@ fn bad_configuration_lists_every_problem_and_binds_nothing() {
     }
     TcpListener::bind(("127.0.0.1", port)).expect("the port was never bound");
 }
+
+fn iarnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_iarnet"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn an_operator_turns_on_mutual_tls_and_tokens_with_iarnet_cert_and_a_few_keys() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = dir.path().join("pki");
+    let (pki_s, node_dir) = (pki.to_str().unwrap(), pki.join("n1"));
+    let node_s = node_dir.to_str().unwrap();
+    assert!(iarnet(&["cert", "ca", "--out", pki_s]).status.success());
+    let made = iarnet(&[
+        "cert", "node", "--ca-dir", pki_s, "--id", "n1", "--out", node_s,
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let missing = iarnet(&[
+        "cert",
+        "node",
+        "--ca-dir",
+        "/nonexistent",
+        "--id",
+        "x",
+        "--out",
+        node_s,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("iarnet cert ca"),
+        "{missing:?}"
+    );
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let secret = "0123456789abcdef0123";
+    let ca = node_dir.join("ca.pem");
+    let _node = Running {
+        child: Command::new(env!("CARGO_BIN_EXE_iarnet"))
+            .args(["--peer-listen-addr", &addr, "--listen-addr"])
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("IARNET_MODE", "standalone")
+            .env("IARNET_TLS_CA_FILE", &ca)
+            .env("IARNET_TLS_CERT_FILE", node_dir.join("node.pem"))
+            .env("IARNET_TLS_KEY_FILE", node_dir.join("node-key.pem"))
+            .env("IARNET_AUTH_TOKENS", format!("ops:{secret}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the iarnet binary starts"),
+        addr: addr.clone(),
+    };
+    let ca_s = ca.to_str().unwrap();
+    let tls = ["-cacert", ca_s, "-servername", "iarnet"];
+    let auth = format!("authorization: Bearer {secret}");
+    let list = grpcurl_ok(&[&tls[..], &[&addr, "list"]].concat());
+    assert!(
+        list.contains("iarnet.admin.v1.Admin"),
+        "reflection stays open: {list}"
+    );
+    let info = grpcurl_ok(
+        &[
+            &tls[..],
+            &["-H", &auth, &addr, "iarnet.admin.v1.Admin/GetNode"],
+        ]
+        .concat(),
+    );
+    assert!(
+        info.contains("\"n1\""),
+        "the certificate named the node: {info}"
+    );
+    let denied = run_grpcurl(&[&tls[..], &[&addr, "iarnet.admin.v1.Admin/GetNode"]].concat());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("Unauthenticated"),
+        "{denied:?}"
+    );
+    let plain = run_grpcurl(&["-plaintext", &addr, "iarnet.admin.v1.Admin/GetNode"]);
+    assert!(
+        !plain.status.success(),
+        "plaintext is refused on a TLS port"
+    );
+
+    let cli = iarnet(&[
+        "peers", "--addr", &addr, "--tls-ca", ca_s, "--token", secret,
+    ]);
+    assert!(cli.status.success(), "{cli:?}");
+    assert!(
+        String::from_utf8_lossy(&cli.stdout).contains("n1"),
+        "{cli:?}"
+    );
+    let cli = iarnet(&["peers", "--addr", &addr, "--tls-ca", ca_s]);
+    assert_eq!(cli.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&cli.stderr).contains("requires a token"),
+        "{cli:?}"
+    );
+}
