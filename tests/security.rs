@@ -170,7 +170,7 @@ async fn mtls_peers_join_and_strangers_are_refused() {
     }
 
     // A node with a certificate from another CA never joins.
-    let mut cfg = tls_config("tls-x", &other, &[addr.clone()]);
+    let mut cfg = tls_config("tls-x", &other, std::slice::from_ref(&addr));
     cfg.security.tls = Some(other.files("tls-x"));
     let x = start(cfg).await;
     wait_until(
