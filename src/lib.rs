@@ -16,6 +16,8 @@
 //! - [`api`]: the gRPC services: `peer.PeerService` for nodes,
 //!   `iarnet.admin.v1.Admin` for operators, `iarnet.resource.v1.ResourceService`
 //!   for deployments.
+//! - [`store`]: what a node must not forget across a crash (identity,
+//!   deployments, registered providers, peers): redb on disk, or in memory.
 //! - [`config`]: layered configuration (file, env, flags) and its validation.
 //! - [`cli`]: the binary's flags; [`signal`]: SIGTERM/SIGINT handling.
 //! - [`proto`]: generated protobuf code and the reflection descriptor set.
@@ -31,3 +33,4 @@ pub mod placement;
 pub mod proto;
 pub mod resource;
 pub mod signal;
+pub mod store;
