@@ -233,17 +233,22 @@ impl DeploymentRecord {
         }
     }
 
-    /// Folds in what the provider answered: its changes newer than the
-    /// latest recorded one, then its current state if that still differs
-    /// (a provider rebuilt after a restart dates its history from the
-    /// container, which must not replay over what is recorded). And its GPUs.
+    /// Folds in what the provider answered: its changes not yet recorded
+    /// and not older than the latest recorded one, then its current state
+    /// if that still differs (a provider rebuilt after a restart dates its
+    /// history from the container, which must not replay over what is
+    /// recorded). And its GPUs.
     pub fn observe(&mut self, d: &Deployment) {
         for c in &d.history {
-            let at_ms = millis(c.at);
-            if self.history.last().is_some_and(|h| at_ms < h.at_ms) {
+            let (state, at_ms) = (Stored::from_state(&c.state), millis(c.at));
+            let known = self
+                .history
+                .iter()
+                .any(|h| h.at_ms == at_ms && h.state == state);
+            if known || self.history.last().is_some_and(|h| at_ms < h.at_ms) {
                 continue;
             }
-            self.push_at(Stored::from_state(&c.state), at_ms);
+            self.push_at(state, at_ms);
         }
         if let Some(last) = d.history.last() {
             self.push(Stored::from_state(&last.state));
