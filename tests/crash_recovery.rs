@@ -433,15 +433,16 @@ async fn acknowledged_deploys_and_stops_survive_sigkill() {
         for t in tasks {
             let _ = t.await;
         }
-        let b = books.lock().unwrap();
-        println!(
-            "round {round}: killed after {after:?}; {} live, {} stopped acknowledged, {} deploys and {} stops in flight",
-            b.live.len(),
-            b.stopped.len(),
-            b.inflight.len(),
-            b.stopping.len()
-        );
-        drop(b);
+        {
+            let b = books.lock().unwrap();
+            println!(
+                "round {round}: killed after {after:?}; {} live, {} stopped acknowledged, {} deploys and {} stops in flight",
+                b.live.len(),
+                b.stopped.len(),
+                b.inflight.len(),
+                b.stopping.len()
+            );
+        }
         no_orphans(&docker, &node_id, data.path(), round).await;
     }
 }

@@ -29,7 +29,10 @@ pub struct RedbStore {
     path: PathBuf,
 }
 
-fn backend(op: &'static str) -> impl FnOnce(::redb::Error) -> StoreError {
+/// redb's errors are large; they only travel to `backend`, boxed.
+type DbError = Box<dyn std::error::Error + Send + Sync>;
+
+fn backend(op: &'static str) -> impl FnOnce(DbError) -> StoreError {
     move |e| StoreError::Backend {
         op,
         error: e.to_string(),
@@ -80,9 +83,9 @@ impl RedbStore {
     fn write(
         &self,
         op: &'static str,
-        f: impl FnOnce(&::redb::WriteTransaction) -> Result<(), ::redb::Error>,
+        f: impl FnOnce(&::redb::WriteTransaction) -> Result<(), DbError>,
     ) -> Result<(), StoreError> {
-        let run = || -> Result<(), ::redb::Error> {
+        let run = || -> Result<(), DbError> {
             let txn = self.db.begin_write()?;
             f(&txn)?;
             txn.commit()?;
@@ -96,7 +99,7 @@ impl RedbStore {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let run = || -> Result<Option<Vec<u8>>, ::redb::Error> {
+        let run = || -> Result<Option<Vec<u8>>, DbError> {
             let txn = self.db.begin_read()?;
             let t = txn.open_table(table)?;
             Ok(t.get(key)?.map(|v| v.value().to_vec()))
@@ -108,7 +111,7 @@ impl RedbStore {
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let run = || -> Result<Vec<(String, Vec<u8>)>, ::redb::Error> {
+        let run = || -> Result<Vec<(String, Vec<u8>)>, DbError> {
             let txn = self.db.begin_read()?;
             let t = txn.open_table(table)?;
             let mut out = Vec::new();
