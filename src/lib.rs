@@ -18,6 +18,8 @@
 //!   for deployments.
 //! - [`security`]: mutual TLS, tokens, access lists, rate limits;
 //!   [`audit`]: who asked for what, in its own file.
+//! - [`store`]: what a node must not forget across a crash (identity,
+//!   deployments, registered providers, peers): redb on disk, or in memory.
 //! - [`config`]: layered configuration (file, env, flags) and its validation.
 //! - [`cli`]: the binary's flags; [`signal`]: SIGTERM/SIGINT handling.
 //! - [`proto`]: generated protobuf code and the reflection descriptor set.
@@ -38,3 +40,4 @@ pub mod proto;
 pub mod resource;
 pub mod security;
 pub mod signal;
+pub mod store;

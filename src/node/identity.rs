@@ -10,8 +10,31 @@ use rand::Rng;
 
 use super::NodeError;
 use crate::config::{hostname, Config};
+use crate::store::{IdentityRecord, Store};
 
-/// The configured id, else the one in `data_dir/node-id` (created on first start).
+/// This start's id and generation, recorded in `store`: the configured
+/// id, else the stored one, else the one in `data_dir/node-id` (where
+/// earlier releases kept it), else a new one. The generation is greater
+/// than the stored one even if the clock went back.
+pub fn identify(cfg: &Config, store: &dyn Store) -> Result<(String, u64), NodeError> {
+    let stored = store.identity().map_err(|e| NodeError::store(cfg, e))?;
+    let id = match (&cfg.node_id, &stored) {
+        (Some(id), _) => id.clone(),
+        (None, Some(rec)) => rec.node_id.clone(),
+        (None, None) => node_id(cfg)?,
+    };
+    let generation = new_generation().max(stored.map_or(0, |r| r.generation + 1));
+    store
+        .set_identity(&IdentityRecord {
+            node_id: id.clone(),
+            generation,
+        })
+        .map_err(|e| NodeError::store(cfg, e))?;
+    Ok((id, generation))
+}
+
+/// The configured id, else the one in `data_dir/node-id` (created on first
+/// start and still written there for tools that read it).
 pub fn node_id(cfg: &Config) -> Result<String, NodeError> {
     if let Some(id) = &cfg.node_id {
         return Ok(id.clone());
@@ -65,5 +88,48 @@ pub fn advertise_addr(cfg: &Config, bound: SocketAddr) -> String {
         format!("{host}:{}", bound.port())
     } else {
         bound.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn the_id_is_kept_and_the_generation_grows_across_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::loopback("x");
+        cfg.node_id = None;
+        cfg.data_dir = dir.path().to_path_buf();
+        let store = MemoryStore::new();
+        let (id, g1) = identify(&cfg, &store).unwrap();
+        assert!(id.starts_with("iarnet-"), "{id}");
+        let (again, g2) = identify(&cfg, &store).unwrap();
+        assert_eq!(again, id);
+        assert!(g2 > g1);
+        // A generation stored ahead of the clock still grows.
+        store
+            .set_identity(&IdentityRecord {
+                node_id: id.clone(),
+                generation: u64::MAX / 2,
+            })
+            .unwrap();
+        assert_eq!(identify(&cfg, &store).unwrap().1, u64::MAX / 2 + 1);
+    }
+
+    #[test]
+    fn an_id_from_the_old_node_id_file_moves_into_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node-id"), "iarnet-0000beef\n").unwrap();
+        let mut cfg = Config::loopback("x");
+        cfg.node_id = None;
+        cfg.data_dir = dir.path().to_path_buf();
+        let store = MemoryStore::new();
+        assert_eq!(identify(&cfg, &store).unwrap().0, "iarnet-0000beef");
+        assert_eq!(
+            store.identity().unwrap().unwrap().node_id,
+            "iarnet-0000beef"
+        );
     }
 }

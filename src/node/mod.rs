@@ -3,6 +3,8 @@
 
 pub mod gossip;
 mod identity;
+mod peers;
+mod registered;
 pub mod resources;
 pub mod stats;
 
@@ -35,6 +37,7 @@ use crate::proto::resource::resource_service_server::ResourceServiceServer;
 use crate::resource::Tier;
 use crate::security::guard::GuardLayer;
 use crate::security::tls::Tls;
+use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 use gossip::{Shared, MAX_GRPC_MESSAGE};
 pub use resources::ProviderSetup;
 use stats::StatsSnapshot;
@@ -54,6 +57,17 @@ pub enum NodeError {
     Tls(String),
     #[error("cannot build the gRPC reflection service: {0}")]
     Reflection(String),
+    #[error("data_dir {data_dir}: {error}")]
+    Store { data_dir: String, error: StoreError },
+}
+
+impl NodeError {
+    fn store(cfg: &Config, error: StoreError) -> NodeError {
+        NodeError::Store {
+            data_dir: cfg.data_dir.display().to_string(),
+            error,
+        }
+    }
 }
 
 /// One member as this node sees it.
@@ -91,13 +105,35 @@ fn mesh_config(cfg: &Config) -> MeshConfig {
 }
 
 /// Starts a node from a validated configuration, with the internal
-/// provider its `mode` finds.
+/// provider its `mode` finds and its store in `data_dir`.
 pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     start_with(config, ProviderSetup::Detect).await
 }
 
-/// Starts a node with the given provider setup.
+/// Opens the node's durable store, `data_dir/iarnet.redb`.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, NodeError> {
+    RedbStore::open_dir(&config.data_dir)
+        .map(|s| Arc::new(s) as Arc<dyn Store>)
+        .map_err(|e| NodeError::store(config, e))
+}
+
+/// Starts a node with the given provider setup. `Detect` keeps its state
+/// in `data_dir`; `Given` (tests, embedding: many nodes in one process,
+/// one shared `data_dir`) keeps it in memory; see `start_with_store`.
 pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHandle, NodeError> {
+    let store: Arc<dyn Store> = match setup {
+        ProviderSetup::Detect => open_store(&config)?,
+        ProviderSetup::Given(_) => Arc::new(MemoryStore::new()),
+    };
+    start_with_store(config, setup, store).await
+}
+
+/// Starts a node with the given provider setup and store.
+pub async fn start_with_store(
+    mut config: Config,
+    setup: ProviderSetup,
+    store: Arc<dyn Store>,
+) -> Result<NodeHandle, NodeError> {
     let listener = bind(config.peer_listen_addr, "peer_listen_addr").await?;
     let http_listener = bind(config.listen_addr, "listen_addr").await?;
     let local_addr = listener.local_addr().map_err(|e| NodeError::Bind {
@@ -119,17 +155,19 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
     };
     // With mutual TLS the certificate is the identity: peers check that
     // gossip from this node carries the id its certificate names.
-    let id = match (&tls, &config.node_id) {
-        (Some(t), Some(id)) if *id != t.node_id => {
-            return Err(NodeError::Tls(format!(
-                "node_id is {id:?} but tls.cert_file names node {:?}: unset node_id, or issue a certificate for {id:?} with `iarnet cert node --id {id}`",
-                t.node_id
-            )))
+    if let Some(t) = &tls {
+        match &config.node_id {
+            Some(id) if *id != t.node_id => {
+                return Err(NodeError::Tls(format!(
+                    "node_id is {id:?} but tls.cert_file names node {:?}: unset node_id, or issue a certificate for {id:?} with `iarnet cert node --id {id}`",
+                    t.node_id
+                )))
+            }
+            _ => config.node_id = Some(t.node_id.clone()),
         }
-        (Some(t), _) => t.node_id.clone(),
-        (None, _) => identity::node_id(&config)?,
-    };
-    let generation = identity::new_generation();
+    }
+    let (id, generation) = identity::identify(&config, &*store)?;
+    config.initial_peers = peers::seeds(&config.initial_peers, &*store);
     let advertise = identity::advertise_addr(&config, local_addr);
     let rng_seed = StableHasher::new()
         .bytes(id.as_bytes())
@@ -182,15 +220,19 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
     let shared = Arc::new(Shared::new(mesh, config, tls.clone(), audit.clone()));
     let cancel = CancellationToken::new();
 
-    let manager = Arc::new(Manager::new(
-        &id,
-        Arc::new(resources::NodeDiscovery {
-            shared: shared.clone(),
-        }),
-        shared.config.resources.strategy,
-        shared.config.resources.allow_remote_access,
-        rng_seed ^ 0x9e37_79b9_7f4a_7c15,
-    ));
+    let manager = Arc::new(
+        Manager::open(
+            &id,
+            Arc::new(resources::NodeDiscovery {
+                shared: shared.clone(),
+            }),
+            shared.config.resources.strategy,
+            shared.config.resources.allow_remote_access,
+            rng_seed ^ 0x9e37_79b9_7f4a_7c15,
+            store.clone(),
+        )
+        .map_err(|e| NodeError::store(&shared.config, e))?,
+    );
     let internal = match setup {
         ProviderSetup::Detect => resources::detect_internal(&shared.config, &id)
             .await
@@ -213,6 +255,12 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
             warn!(parent: &span, name = %ext.name, error = %e, "external provider left out");
         }
     }
+    registered::reconnect(&manager, &*store)
+        .instrument(span.clone())
+        .await;
+    // Before serving: what the store says and what runs agree.
+    let reconciled = manager.reconcile().await;
+    info!(parent: &span, adopted = reconciled.adopted.len(), missing = reconciled.resolved_missing.len(), updated = reconciled.updated.len(), "deployments reconciled with the providers");
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in std::iter::once(&"").chain(HEALTH_SERVICES) {
@@ -297,6 +345,15 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
         gossip::seed_loop(shared.clone(), cancel.child_token())
             .instrument(tracing::info_span!(parent: &span, "seeds")),
     );
+    let saver = tokio::spawn(
+        peers::save_loop(
+            shared.clone(),
+            store.clone(),
+            (shared.config.gossip.interval * 25).max(Duration::from_secs(5)),
+            cancel.child_token(),
+        )
+        .instrument(tracing::info_span!(parent: &span, "peers")),
+    );
     let refresh = tokio::spawn(
         resources::refresh_loop(
             manager.clone(),
@@ -310,7 +367,8 @@ pub async fn start_with(config: Config, setup: ProviderSetup) -> Result<NodeHand
         manager,
         cancel,
         health,
-        tasks: vec![gossip, seeds, refresh, http],
+        tasks: vec![gossip, seeds, refresh, http, saver],
+        store,
         server: Some(server),
         local_addr,
         http_addr,
@@ -339,6 +397,7 @@ pub struct NodeHandle {
     http_addr: SocketAddr,
     http_api: Arc<HttpApi>,
     draining: CancellationToken,
+    store: Arc<dyn Store>,
 }
 
 impl NodeHandle {
@@ -441,6 +500,7 @@ impl NodeHandle {
                 .set_service_status(*name, ServingStatus::NotServing)
                 .await;
         }
+        peers::save(&self.shared, &self.store).await;
         let goodbye = tokio::time::timeout(grace / 2, gossip::say_goodbye(&self.shared));
         if goodbye.await.is_err() {
             warn!("goodbye to peers did not finish within the grace period");

@@ -20,9 +20,15 @@ use crate::resource::{
     DeploySpec, Deployment, LogOptions, LogStream, ProgressSink, Provider, ProviderDescriptor,
     ProviderKind, ResourceError, Tier,
 };
+use crate::store::{
+    DeploymentRecord, MemoryStore, PlacedOn, ProviderRecord, Store, StoreError, Stored,
+};
 
 use super::proxy::{ProviderCaller, RemoteProvider};
 use super::rank::{Candidate, Index, Need, Strategy};
+
+mod reconcile;
+pub use reconcile::Reconciled;
 
 /// What the manager needs from the mesh.
 pub trait Discovery: Send + Sync + 'static {
@@ -52,11 +58,6 @@ struct Local {
     desc: ProviderDescriptor,
 }
 
-#[derive(Debug, Clone)]
-struct Record {
-    candidate: Candidate,
-}
-
 /// Per-request choices for one deploy.
 #[derive(Debug, Clone, Default)]
 pub struct PlaceOptions {
@@ -82,8 +83,10 @@ pub struct Manager {
     allow_remote_access: bool,
     locals: RwLock<BTreeMap<String, Local>>,
     /// Deployments placed through this node, by deployment id; the provider
-    /// is recorded before the deploy is sent so that a retry finds it.
-    records: Mutex<HashMap<String, Record>>,
+    /// is recorded (durably) before the deploy is sent so that a retry,
+    /// also after a restart, finds it.
+    records: Mutex<HashMap<String, DeploymentRecord>>,
+    store: Arc<dyn Store>,
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     rng: Mutex<SmallRng>,
     published: Mutex<Option<Vec<ProviderInfo>>>,
@@ -100,6 +103,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Manager {
+    /// A manager whose records live in memory only.
     pub fn new(
         node_id: &str,
         discovery: Arc<dyn Discovery>,
@@ -107,13 +111,60 @@ impl Manager {
         allow_remote_access: bool,
         seed: u64,
     ) -> Manager {
+        Manager::with_records(
+            node_id,
+            discovery,
+            strategy,
+            allow_remote_access,
+            seed,
+            Arc::new(MemoryStore::new()),
+            HashMap::new(),
+        )
+    }
+
+    /// A manager that keeps its records in `store`, starting from the
+    /// records already there (see `reconcile`).
+    pub fn open(
+        node_id: &str,
+        discovery: Arc<dyn Discovery>,
+        strategy: Strategy,
+        allow_remote_access: bool,
+        seed: u64,
+        store: Arc<dyn Store>,
+    ) -> Result<Manager, StoreError> {
+        let records = store
+            .deployments()?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        Ok(Manager::with_records(
+            node_id,
+            discovery,
+            strategy,
+            allow_remote_access,
+            seed,
+            store,
+            records,
+        ))
+    }
+
+    fn with_records(
+        node_id: &str,
+        discovery: Arc<dyn Discovery>,
+        strategy: Strategy,
+        allow_remote_access: bool,
+        seed: u64,
+        store: Arc<dyn Store>,
+        records: HashMap<String, DeploymentRecord>,
+    ) -> Manager {
         Manager {
             node_id: node_id.to_string(),
             discovery,
             strategy,
             allow_remote_access,
             locals: RwLock::default(),
-            records: Mutex::default(),
+            records: Mutex::new(records),
+            store,
             inflight: Mutex::default(),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             // A node starts advertising nothing.
@@ -179,6 +230,20 @@ impl Manager {
         }
         self.bump();
         info!(provider = %desc.id, kind = desc.kind.as_str(), tier = tier.as_str(), capacity = %desc.capacity.total, "provider added");
+        if tier == Tier::External {
+            // The endpoint is already stripped of credentials (see
+            // ProviderDescriptor); nothing secret reaches the store.
+            let rec = ProviderRecord {
+                id: desc.id.clone(),
+                name: desc.name.clone(),
+                kind: desc.kind.as_str().to_string(),
+                endpoint: desc.endpoint.clone(),
+                labels: desc.labels.clone(),
+            };
+            if let Err(e) = self.blocking(move |s| s.put_provider(&rec)).await {
+                warn!(provider = %desc.id, error = %e, "cannot record the provider");
+            }
+        }
         self.publish();
         Ok(desc)
     }
@@ -204,6 +269,10 @@ impl Manager {
                     locals.remove(id);
                 }
             }
+        }
+        // Rare and operator-driven: one commit inline is fine here.
+        if let Err(e) = self.store.remove_provider(id) {
+            warn!(provider = %id, error = %e, "cannot forget the provider in the store");
         }
         self.bump();
         info!(provider = %id, "provider removed");
@@ -364,23 +433,34 @@ impl Manager {
 
         // A retry: go back to the provider the first attempt went to.
         let previous = lock(&self.records).get(&id).cloned();
-        if let Some(rec) = previous {
-            let p = self.provider_for(&rec.candidate)?;
+        if let Some(mut rec) = previous {
+            let c = candidate_of(&rec.placed_on);
+            let p = self.provider_for(&c)?;
+            let before = rec.state();
+            if before.is_final() || before == Stored::Placing {
+                // A new container may be made: the intent comes first.
+                rec.push(Stored::Placing);
+                self.persist(&rec).await?;
+            }
             match p.deploy(&spec, progress.clone()).await {
                 Ok(d) => {
-                    return Ok(self.placed(
-                        d,
-                        &rec.candidate,
-                        strategy,
-                        "retry of an earlier request",
-                        vec![],
-                    ))
+                    rec.observe(&d);
+                    self.persist(&rec).await?;
+                    return Ok(self.placed(d, &c, strategy, "retry of an earlier request", vec![]));
                 }
                 Err(e) if e.try_elsewhere() => {
                     debug!(request = %spec.request_id, error = %e, "earlier provider refused the retry");
-                    lock(&self.records).remove(&id);
+                    self.forget(&id).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    rec.push(Stored::Failed {
+                        reason: e.to_string(),
+                    });
+                    if let Err(se) = self.persist(&rec).await {
+                        warn!(request = %spec.request_id, error = %se, "cannot record a failed retry");
+                    }
+                    return Err(e);
+                }
             }
         }
 
@@ -408,12 +488,10 @@ impl Manager {
             }
             for c in ranked {
                 skip.insert(c.id.clone());
-                lock(&self.records).insert(
-                    id.clone(),
-                    Record {
-                        candidate: c.clone(),
-                    },
-                );
+                // The intent is durable before the provider hears of it, so
+                // a crash in between leaves a record that reconcile resolves.
+                let mut rec = intent(&id, &spec, &c);
+                self.persist(&rec).await?;
                 let result = match self.provider_for(&c) {
                     Ok(p) => p.deploy(&spec, progress.clone()).await,
                     Err(e) => Err(e),
@@ -426,6 +504,9 @@ impl Manager {
                                 self.publish();
                             }
                         }
+                        // Acknowledged only once the outcome is durable.
+                        rec.observe(&d);
+                        self.persist(&rec).await?;
                         let why = format!(
                             "{} tier, {} ({} free before)",
                             c.tier.as_str(),
@@ -437,13 +518,13 @@ impl Manager {
                         return Ok(self.placed(d, &c, strategy, &why, refused));
                     }
                     Err(e) if e.try_elsewhere() => {
-                        lock(&self.records).remove(&id);
+                        self.forget(&id).await;
                         self.count("refused", e.kind());
                         debug!(provider = %c.id, error = %e, "provider refused; trying the next");
                         refused.push(format!("{}: {e}", c.id));
                     }
                     Err(e) => {
-                        lock(&self.records).remove(&id);
+                        self.forget(&id).await;
                         return Err(e);
                     }
                 }
@@ -460,6 +541,36 @@ impl Manager {
         } else {
             format!("every candidate refused: {}", refused.join("; "))
         }))
+    }
+
+    /// Runs a store operation on the blocking pool: a commit is an fsync.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ResourceError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || op(&*store))
+            .await
+            .map_err(|e| store_unavailable(&self.node_id, e.to_string()))?
+            .map_err(|e| store_unavailable(&self.node_id, e.to_string()))
+    }
+
+    /// Writes `rec` durably, then makes it the one this node answers with.
+    async fn persist(&self, rec: &DeploymentRecord) -> Result<(), ResourceError> {
+        let copy = rec.clone();
+        self.blocking(move |s| s.put_deployment(&copy)).await?;
+        lock(&self.records).insert(rec.id.clone(), rec.clone());
+        Ok(())
+    }
+
+    /// Drops the record of a deploy that made nothing. A failure only
+    /// leaves a stale intent, which reconcile resolves at the next start.
+    async fn forget(&self, id: &str) {
+        lock(&self.records).remove(id);
+        let key = id.to_string();
+        if let Err(e) = self.blocking(move |s| s.remove_deployment(&key)).await {
+            warn!(deployment = %id, error = %e, "cannot drop a record from the store");
+        }
     }
 
     fn placed(
@@ -486,9 +597,9 @@ impl Manager {
     /// The provider holding deployment `id`: recorded at placement, else
     /// searched among this node's providers (deployments other nodes placed here).
     async fn holder(&self, id: &str) -> Result<(Arc<dyn Provider>, String), ResourceError> {
-        let rec = lock(&self.records).get(id).cloned();
-        if let Some(rec) = rec {
-            return Ok((self.provider_for(&rec.candidate)?, rec.candidate.owner_id));
+        let rec = lock(&self.records).get(id).map(|r| r.placed_on.clone());
+        if let Some(on) = rec {
+            return Ok((self.provider_for(&candidate_of(&on))?, on.owner_id));
         }
         let providers: Vec<Arc<dyn Provider>> = {
             let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
@@ -529,9 +640,30 @@ impl Manager {
         }
     }
 
+    /// The record for a deployment id or the request id it came from.
+    fn record(&self, id: &str) -> Option<DeploymentRecord> {
+        let records = lock(&self.records);
+        records
+            .get(id)
+            .or_else(|| records.get(&deployment_key("iarnet", id)))
+            .cloned()
+    }
+
+    /// Asks the provider; a container that is gone (stopped and removed,
+    /// or lost in a restart) is answered from its record.
     pub async fn status(&self, id: &str) -> Result<(Deployment, String), ResourceError> {
-        let (p, owner, id) = self.find(id).await?;
-        Ok((p.status(&id).await?, owner))
+        let stored = self.record(id);
+        let found = match self.find(id).await {
+            Ok((p, owner, key)) => p.status(&key).await.map(|d| (d, owner)),
+            Err(e) => Err(e),
+        };
+        match (found, stored) {
+            (Ok(d), _) => Ok(d),
+            (Err(ResourceError::NotFound(_)), Some(rec)) => {
+                Ok((rec.to_deployment(), rec.placed_on.owner_id))
+            }
+            (Err(e), _) => Err(e),
+        }
     }
 
     pub async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream, ResourceError> {
@@ -539,9 +671,50 @@ impl Manager {
         p.logs(&id, opts).await
     }
 
+    /// Stops a deployment: `Stopping` is recorded before the provider is
+    /// asked and `Stopped` before the answer, so an acknowledged stop
+    /// survives a crash. Stopping what is already stopped answers the record.
     pub async fn stop(&self, id: &str) -> Result<(Deployment, String), ResourceError> {
-        let (p, owner, id) = self.find(id).await?;
-        let d = p.stop(&id).await?;
+        let Some(rec) = self.record(id) else {
+            let (p, owner, id) = self.find(id).await?;
+            let d = p.stop(&id).await?;
+            if owner == self.node_id {
+                self.refresh_one(&*p).await;
+                self.publish();
+            }
+            return Ok((d, owner));
+        };
+        let guard = self.request_lock(&rec.request_id);
+        let _held = guard.lock().await;
+        // Re-read under the request's lock: a deploy may have just finished.
+        let mut rec = lock(&self.records).get(&rec.id).cloned().unwrap_or(rec);
+        let owner = rec.placed_on.owner_id.clone();
+        if rec.state() == Stored::Stopped {
+            return Ok((rec.to_deployment(), owner));
+        }
+        let p = self.provider_for(&candidate_of(&rec.placed_on))?;
+        let before = rec.state();
+        rec.push(Stored::Stopping);
+        self.persist(&rec).await?;
+        let d = match p.stop(&rec.id).await {
+            Ok(d) => d,
+            Err(ResourceError::NotFound(_)) => {
+                // Nothing runs under this id: what the caller wanted.
+                let mut d = rec.to_deployment();
+                d.push_state(crate::resource::DeployState::Stopped);
+                d
+            }
+            Err(e) => {
+                rec.push(before);
+                if let Err(se) = self.persist(&rec).await {
+                    warn!(deployment = %rec.id, error = %se, "cannot record a failed stop");
+                }
+                return Err(e);
+            }
+        };
+        rec.observe(&d);
+        rec.push(Stored::Stopped);
+        self.persist(&rec).await?;
         if owner == self.node_id {
             self.refresh_one(&*p).await;
             self.publish();
@@ -549,7 +722,8 @@ impl Manager {
         Ok((d, owner))
     }
 
-    /// Deployments this node placed, and those on its own providers.
+    /// Deployments this node placed, and those on its own providers; a
+    /// placed one whose container is gone is answered from its record.
     pub async fn list(&self) -> Vec<(Deployment, String)> {
         let mut out: BTreeMap<String, (Deployment, String)> = self
             .list_local()
@@ -557,17 +731,23 @@ impl Manager {
             .into_iter()
             .map(|d| (d.id.clone(), (d, self.node_id.clone())))
             .collect();
-        let remote: Vec<(String, Record)> = lock(&self.records)
-            .iter()
-            .filter(|(id, r)| r.candidate.owner_id != self.node_id && !out.contains_key(*id))
-            .map(|(id, r)| (id.clone(), r.clone()))
+        let rest: Vec<DeploymentRecord> = lock(&self.records)
+            .values()
+            .filter(|r| !out.contains_key(&r.id))
+            .cloned()
             .collect();
-        for (id, rec) in remote {
-            if let Ok(p) = self.provider_for(&rec.candidate) {
-                if let Ok(d) = p.status(&id).await {
-                    out.insert(id, (d, rec.candidate.owner_id.clone()));
+        for rec in rest {
+            let owner = rec.placed_on.owner_id.clone();
+            let live = if owner != self.node_id {
+                match self.provider_for(&candidate_of(&rec.placed_on)) {
+                    Ok(p) => p.status(&rec.id).await.ok(),
+                    Err(_) => None,
                 }
-            }
+            } else {
+                None
+            };
+            let d = live.unwrap_or_else(|| rec.to_deployment());
+            out.insert(rec.id.clone(), (d, owner));
         }
         out.into_values().collect()
     }
@@ -687,6 +867,60 @@ impl Manager {
         };
         Ok(bytes)
     }
+}
+
+fn store_unavailable(node_id: &str, error: String) -> ResourceError {
+    ResourceError::Unavailable {
+        provider: format!("{node_id} (its store)"),
+        reason: format!("{error}; nothing was acknowledged, retry with the same request id"),
+    }
+}
+
+/// Where a deployment went, as the store keeps it.
+fn placed_on(c: &Candidate) -> PlacedOn {
+    PlacedOn {
+        provider_id: c.id.clone(),
+        provider_name: c.name.clone(),
+        kind: c.kind.as_str().to_string(),
+        tier: c.tier.as_str().to_string(),
+        owner_id: c.owner_id.clone(),
+        owner_addr: c.owner_addr.clone(),
+    }
+}
+
+/// Enough of a candidate to reach its provider again.
+fn candidate_of(on: &PlacedOn) -> Candidate {
+    Candidate {
+        id: on.provider_id.clone(),
+        name: on.provider_name.clone(),
+        kind: on.kind(),
+        tier: on.tier(),
+        owner_id: on.owner_id.clone(),
+        owner_addr: on.owner_addr.clone(),
+        healthy: true,
+        capacity: Default::default(),
+        labels: Default::default(),
+    }
+}
+
+/// The record written before a deploy is sent to `c`.
+fn intent(id: &str, spec: &DeploySpec, c: &Candidate) -> DeploymentRecord {
+    let mut rec = DeploymentRecord {
+        id: id.to_string(),
+        request_id: spec.request_id.clone(),
+        image: spec.image.clone(),
+        cpu_millis: 0,
+        memory_bytes: 0,
+        gpus_wanted: 0,
+        storage_bytes: 0,
+        placed_on: placed_on(c),
+        gpus: Vec::new(),
+        history: Vec::new(),
+        adopted: false,
+    };
+    rec.set_resources(spec.resources);
+    rec.push(Stored::Placing);
+    rec
 }
 
 /// How a provider is advertised in gossip: identity, kind, health,

@@ -1,0 +1,101 @@
+//! The in-memory twin of the store: same records, same encoding, no disk.
+//! Records are kept encoded so that the twin costs what the real store
+//! costs minus the commit, which is what the benchmark compares.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::{decode, encode, DeploymentRecord, IdentityRecord, ProviderRecord, Store, StoreError};
+
+#[derive(Default)]
+struct Tables {
+    identity: Option<Vec<u8>>,
+    deployments: BTreeMap<String, Vec<u8>>,
+    providers: BTreeMap<String, Vec<u8>>,
+    peers: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    tables: Mutex<Tables>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Store for MemoryStore {
+    fn identity(&self) -> Result<Option<IdentityRecord>, StoreError> {
+        self.tables()
+            .identity
+            .as_deref()
+            .map(|b| decode("identity", b))
+            .transpose()
+    }
+
+    fn set_identity(&self, rec: &IdentityRecord) -> Result<(), StoreError> {
+        self.tables().identity = Some(encode(rec));
+        Ok(())
+    }
+
+    fn deployment(&self, id: &str) -> Result<Option<DeploymentRecord>, StoreError> {
+        self.tables()
+            .deployments
+            .get(id)
+            .map(|b| decode(id, b))
+            .transpose()
+    }
+
+    fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        self.tables()
+            .deployments
+            .iter()
+            .map(|(k, b)| decode(k, b))
+            .collect()
+    }
+
+    fn put_deployment(&self, rec: &DeploymentRecord) -> Result<(), StoreError> {
+        self.tables()
+            .deployments
+            .insert(rec.id.clone(), encode(rec));
+        Ok(())
+    }
+
+    fn remove_deployment(&self, id: &str) -> Result<(), StoreError> {
+        self.tables().deployments.remove(id);
+        Ok(())
+    }
+
+    fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+        self.tables()
+            .providers
+            .iter()
+            .map(|(k, b)| decode(k, b))
+            .collect()
+    }
+
+    fn put_provider(&self, rec: &ProviderRecord) -> Result<(), StoreError> {
+        self.tables().providers.insert(rec.id.clone(), encode(rec));
+        Ok(())
+    }
+
+    fn remove_provider(&self, id: &str) -> Result<(), StoreError> {
+        self.tables().providers.remove(id);
+        Ok(())
+    }
+
+    fn peers(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.tables().peers.clone())
+    }
+
+    fn set_peers(&self, addrs: &[String]) -> Result<(), StoreError> {
+        self.tables().peers = addrs.to_vec();
+        Ok(())
+    }
+}

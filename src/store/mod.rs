@@ -1,0 +1,323 @@
+//! What a node must not forget across a restart or a crash: its identity,
+//! the deployments it placed (with their request ids, providers and status
+//! history), the external providers an operator registered, and the peers
+//! it last saw alive.
+//!
+//! ```text
+//! mod      the Store trait and its record types
+//! redb     the durable store: one file under data_dir (see its module doc)
+//! memory   the in-memory twin: tests, benchmarks, embedded nodes
+//! ```
+//!
+//! Records are JSON (serde_json): the types are ours and evolve with
+//! `#[serde(default)]` fields, the proto files stay untouched, and a record
+//! read out of the file is legible when debugging. The benchmark in
+//! `benches/store.rs` measures what that costs in bytes.
+//!
+//! The trait is synchronous: a commit is one fsync. Async callers run it
+//! on the blocking pool (`spawn_blocking`) so no runtime worker waits on a disk.
+
+pub mod memory;
+pub mod redb;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::resource::{DeployState, Deployment, ProviderKind, Resources, StateChange, Tier};
+
+pub use self::memory::MemoryStore;
+pub use self::redb::RedbStore;
+
+/// Why the store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at {path} is in use by another running node (one data_dir per node)")]
+    Locked { path: String },
+    #[error("cannot open the store at {path}: {error} (set data_dir to a writable directory)")]
+    Open { path: String, error: String },
+    #[error("store {op} failed: {error}")]
+    Backend { op: &'static str, error: String },
+    #[error("stored record {key:?} is unreadable: {error}")]
+    Corrupt { key: String, error: String },
+}
+
+/// Who this node is, as last started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub node_id: String,
+    /// The generation of the last start; the next one is greater.
+    pub generation: u64,
+}
+
+/// An external provider an operator registered. Only references are kept
+/// (the Docker URL, the kubeconfig path), never a token or a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    /// Where the backend is reached, credentials stripped.
+    pub endpoint: String,
+    /// Labels as advertised (not secret).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The provider a deployment was sent to, enough to reach it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedOn {
+    pub provider_id: String,
+    pub provider_name: String,
+    pub kind: String,
+    pub tier: String,
+    pub owner_id: String,
+    /// Empty for this node's own providers.
+    pub owner_addr: String,
+}
+
+impl PlacedOn {
+    pub fn kind(&self) -> ProviderKind {
+        ProviderKind::parse(&self.kind).unwrap_or(ProviderKind::Memory)
+    }
+
+    pub fn tier(&self) -> Tier {
+        match self.tier.as_str() {
+            "internal" => Tier::Internal,
+            "external" => Tier::External,
+            _ => Tier::Discovered,
+        }
+    }
+}
+
+/// A deployment's state as the store keeps it: the provider's states plus
+/// the two the manager passes through (placing, stopping).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Stored {
+    /// Intent written, the provider not yet answered.
+    Placing,
+    Pending,
+    Pulling,
+    Starting,
+    Running,
+    Exited {
+        code: i64,
+    },
+    Failed {
+        reason: String,
+    },
+    /// Stop written, the provider not yet answered.
+    Stopping,
+    Stopped,
+}
+
+impl Stored {
+    pub fn from_state(s: &DeployState) -> Stored {
+        match s {
+            DeployState::Pending => Stored::Pending,
+            DeployState::Pulling => Stored::Pulling,
+            DeployState::Starting => Stored::Starting,
+            DeployState::Running => Stored::Running,
+            DeployState::Exited(code) => Stored::Exited { code: *code },
+            DeployState::Failed(reason) => Stored::Failed {
+                reason: reason.clone(),
+            },
+            DeployState::Stopped => Stored::Stopped,
+        }
+    }
+
+    /// The state a client sees; placing and stopping are not among them.
+    pub fn to_state(&self) -> Option<DeployState> {
+        Some(match self {
+            Stored::Placing | Stored::Stopping => return None,
+            Stored::Pending => DeployState::Pending,
+            Stored::Pulling => DeployState::Pulling,
+            Stored::Starting => DeployState::Starting,
+            Stored::Running => DeployState::Running,
+            Stored::Exited { code } => DeployState::Exited(*code),
+            Stored::Failed { reason } => DeployState::Failed(reason.clone()),
+            Stored::Stopped => DeployState::Stopped,
+        })
+    }
+
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Stored::Exited { .. } | Stored::Failed { .. } | Stored::Stopped
+        )
+    }
+}
+
+/// One entry of a deployment's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    #[serde(flatten)]
+    pub state: Stored,
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+}
+
+/// A deployment this node placed (or adopted), with everything needed to
+/// answer for it after a restart and to rebuild its reservation.
+///
+/// The spec's environment is not kept: it may hold secrets, and a retry
+/// brings its own spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    /// The deployment id (derived from the request id).
+    pub id: String,
+    pub request_id: String,
+    pub image: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub gpus_wanted: u32,
+    #[serde(default)]
+    pub storage_bytes: u64,
+    pub placed_on: PlacedOn,
+    /// GPU UUIDs the provider assigned.
+    #[serde(default)]
+    pub gpus: Vec<String>,
+    pub history: Vec<Change>,
+    /// Found running with no record of it (made before a crash, or by
+    /// another node on our provider) and taken in at reconcile.
+    #[serde(default)]
+    pub adopted: bool,
+}
+
+pub fn now_ms() -> u64 {
+    millis(SystemTime::now())
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl DeploymentRecord {
+    pub fn resources(&self) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis,
+            memory_bytes: self.memory_bytes,
+            gpus: self.gpus_wanted,
+            storage_bytes: self.storage_bytes,
+        }
+    }
+
+    pub fn set_resources(&mut self, r: Resources) {
+        self.cpu_millis = r.cpu_millis;
+        self.memory_bytes = r.memory_bytes;
+        self.gpus_wanted = r.gpus;
+        self.storage_bytes = r.storage_bytes;
+    }
+
+    /// The latest state; a record always has one once written.
+    pub fn state(&self) -> Stored {
+        self.history
+            .last()
+            .map_or(Stored::Placing, |c| c.state.clone())
+    }
+
+    /// Appends `state` unless it is already the current one.
+    pub fn push(&mut self, state: Stored) {
+        self.push_at(state, now_ms());
+    }
+
+    fn push_at(&mut self, state: Stored, at_ms: u64) {
+        if self.history.last().map(|c| &c.state) != Some(&state) {
+            self.history.push(Change { state, at_ms });
+        }
+    }
+
+    /// Folds in what the provider answered: its changes not yet recorded
+    /// and not older than the latest recorded one, then its current state
+    /// if that still differs (a provider rebuilt after a restart dates its
+    /// history from the container, which must not replay over what is
+    /// recorded). And its GPUs.
+    pub fn observe(&mut self, d: &Deployment) {
+        for c in &d.history {
+            let (state, at_ms) = (Stored::from_state(&c.state), millis(c.at));
+            let known = self
+                .history
+                .iter()
+                .any(|h| h.at_ms == at_ms && h.state == state);
+            if known || self.history.last().is_some_and(|h| at_ms < h.at_ms) {
+                continue;
+            }
+            self.push_at(state, at_ms);
+        }
+        if let Some(last) = d.history.last() {
+            self.push(Stored::from_state(&last.state));
+        }
+        if !d.gpus.is_empty() {
+            self.gpus = d.gpus.clone();
+        }
+    }
+
+    /// The deployment as a client sees it, from the record alone.
+    pub fn to_deployment(&self) -> Deployment {
+        let history = self
+            .history
+            .iter()
+            .filter_map(|c| {
+                c.state.to_state().map(|state| StateChange {
+                    state,
+                    at: UNIX_EPOCH + Duration::from_millis(c.at_ms),
+                })
+            })
+            .collect::<Vec<_>>();
+        let mut d = Deployment {
+            id: self.id.clone(),
+            request_id: self.request_id.clone(),
+            provider_id: self.placed_on.provider_id.clone(),
+            image: self.image.clone(),
+            resources: self.resources(),
+            gpus: self.gpus.clone(),
+            history: Vec::new(),
+        };
+        for c in history {
+            if d.history.last().map(|h| &h.state) != Some(&c.state) {
+                d.history.push(c);
+            }
+        }
+        d
+    }
+}
+
+/// The node's durable memory. Every write is committed (durable) when it
+/// returns Ok.
+pub trait Store: Send + Sync + 'static {
+    fn identity(&self) -> Result<Option<IdentityRecord>, StoreError>;
+    fn set_identity(&self, rec: &IdentityRecord) -> Result<(), StoreError>;
+
+    fn deployment(&self, id: &str) -> Result<Option<DeploymentRecord>, StoreError>;
+    /// Every deployment record, by id.
+    fn deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError>;
+    /// Inserts or replaces the record with the same id.
+    fn put_deployment(&self, rec: &DeploymentRecord) -> Result<(), StoreError>;
+    fn remove_deployment(&self, id: &str) -> Result<(), StoreError>;
+
+    fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
+    fn put_provider(&self, rec: &ProviderRecord) -> Result<(), StoreError>;
+    fn remove_provider(&self, id: &str) -> Result<(), StoreError>;
+
+    /// The addresses of the peers last seen alive.
+    fn peers(&self) -> Result<Vec<String>, StoreError>;
+    /// Replaces the saved peer addresses.
+    fn set_peers(&self, addrs: &[String]) -> Result<(), StoreError>;
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records are plain data and always serialize")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        error: e.to_string(),
+    })
+}
