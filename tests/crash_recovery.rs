@@ -328,6 +328,8 @@ async fn check_after_restart(
         let d = deploy(client, req)
             .await
             .unwrap_or_else(|e| panic!("round {round}: retry of in-flight {req} failed: {e}"));
+        // A container the kill left created but not started is started by the retry.
+        assert_eq!(d.state, "running", "round {round}: retry of {req}: {d:?}");
         let n = containers_labelled(docker, "iarnet.request", req)
             .await
             .len();

@@ -1253,7 +1253,17 @@ impl Provider for DockerProvider {
         let _key_lock = self.lock_key(&key).await;
         if let Some(f) = self.inspect_owned_or_free(&key).await? {
             debug!(deployment = %key, "deploy retried: returning the existing container");
-            return Ok(self.observe(&f));
+            if f.state != DeployState::Starting {
+                return Ok(self.observe(&f));
+            }
+            // Created but never started: the node died between the two
+            // calls. Finish what the first attempt began.
+            self.docker
+                .start_container(&key, None)
+                .await
+                .map_err(|e| self.engine_error(&format!("start {key}"), e))?;
+            let started = self.inspect(&key).await?.unwrap_or(f);
+            return Ok(self.observe(&started));
         }
 
         let mut history = Vec::new();
