@@ -517,3 +517,70 @@ async fn the_http_api_needs_the_token_and_the_audit_log_names_who_asked() {
         "no secret in the audit log"
     );
 }
+
+/// GET over HTTPS trusting `ca` (verifying the mesh's server name): the status line.
+async fn https_get(addr: std::net::SocketAddr, ca: &str, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("iarnet").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: iarnet\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn with_tls_on_the_http_api_is_https_only() {
+    let pki = Pki::new();
+    let a = start(tls_config("https-a", &pki, &[])).await;
+    let status = https_get(a.http_addr(), &pki.ca.cert, "/healthz")
+        .await
+        .unwrap();
+    assert!(status.contains("200"), "{status}");
+    let stranger = Pki::new();
+    assert!(
+        https_get(a.http_addr(), &stranger.ca.cert, "/healthz")
+            .await
+            .is_err(),
+        "a client that does not trust the mesh CA cannot verify the node"
+    );
+    // Plain HTTP gets no answer.
+    let plain = tokio::task::spawn_blocking({
+        let h = a.http_addr().to_string();
+        move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(h).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut raw = String::new();
+            let _ = s.read_to_string(&mut raw);
+            raw
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!plain.contains("200 OK"), "{plain}");
+}

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -26,6 +27,51 @@ pub struct ResourceApi {
 impl ResourceApi {
     pub fn new(manager: Arc<Manager>, audit: Arc<Audit>) -> ResourceApi {
         ResourceApi { manager, audit }
+    }
+}
+
+/// Lines per second one log stream may send, and its burst: a chatty
+/// container cannot make a node stream without bound.
+const LOG_LINES_PER_SEC: f64 = 2_000.0;
+const LOG_BURST: f64 = 10_000.0;
+/// Longest log line sent; longer ones are cut and marked.
+const MAX_LOG_LINE: usize = 64 << 10;
+
+/// A token bucket pacing one log stream (slows it down, never drops lines).
+struct LogPace {
+    level: f64,
+    at: Instant,
+}
+
+impl LogPace {
+    fn new(now: Instant) -> LogPace {
+        LogPace {
+            level: LOG_BURST,
+            at: now,
+        }
+    }
+
+    /// How long to wait before sending the next line.
+    fn take(&mut self, now: Instant) -> Duration {
+        let since = now.saturating_duration_since(self.at).as_secs_f64();
+        self.level = (self.level + since * LOG_LINES_PER_SEC).min(LOG_BURST) - 1.0;
+        self.at = now;
+        if self.level >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.level / LOG_LINES_PER_SEC)
+        }
+    }
+}
+
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(" …[line cut at 64 KiB]");
     }
 }
 
@@ -280,14 +326,24 @@ impl ResourceService for ResourceApi {
             follow: req.follow,
         };
         let lines = self.manager.logs(&req.id, opts).await?;
+        let mut pace = LogPace::new(Instant::now());
         Ok(Response::new(
             lines
-                .map(|l| {
-                    l.map(|l| pb::LogEntry {
-                        stderr: l.stderr,
-                        text: l.text,
-                    })
-                    .map_err(Status::from)
+                .then(move |l| {
+                    let wait = pace.take(Instant::now());
+                    async move {
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
+                        }
+                        l.map(|mut l| {
+                            truncate(&mut l.text, MAX_LOG_LINE);
+                            pb::LogEntry {
+                                stderr: l.stderr,
+                                text: l.text,
+                            }
+                        })
+                        .map_err(Status::from)
+                    }
                 })
                 .boxed(),
         ))
@@ -305,5 +361,36 @@ impl ResourceService for ResourceApi {
             .record("stop", &who, result, json!({"id": id, "error": error}));
         let (d, owner) = stopped?;
         Ok(Response::new(deployment_to_proto(&d, &owner)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_stream_is_paced_after_its_burst_and_long_lines_are_cut() {
+        let t0 = Instant::now();
+        let mut pace = LogPace::new(t0);
+        for _ in 0..LOG_BURST as usize {
+            assert_eq!(pace.take(t0), Duration::ZERO);
+        }
+        let wait = pace.take(t0);
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(1),
+            "{wait:?}"
+        );
+        // A second later the bucket has refilled by the rate.
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..(LOG_LINES_PER_SEC as usize - 2) {
+            assert_eq!(pace.take(t1), Duration::ZERO);
+        }
+
+        let mut line = "é".repeat(MAX_LOG_LINE);
+        truncate(&mut line, MAX_LOG_LINE);
+        assert!(line.len() < MAX_LOG_LINE + 40 && line.ends_with("64 KiB]"));
+        let mut short = "ok".to_string();
+        truncate(&mut short, MAX_LOG_LINE);
+        assert_eq!(short, "ok");
     }
 }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -36,6 +37,7 @@ use crate::proto::peer::{Member, ProviderInfo};
 use crate::proto::resource::resource_service_server::ResourceServiceServer;
 use crate::resource::Tier;
 use crate::security::guard::GuardLayer;
+use crate::security::http_tls::TlsListener;
 use crate::security::tls::Tls;
 use crate::store::{MemoryStore, RedbStore, Store, StoreError};
 use gossip::{Shared, MAX_GRPC_MESSAGE};
@@ -326,21 +328,39 @@ pub async fn start_with_store(
     ));
     let http_stop = cancel.child_token();
     let router = http_api.clone().router();
+    // With TLS on, the HTTP API uses the node's certificate too.
+    let (http_plain, http_tls) = match &tls {
+        Some(t) => {
+            let acceptor = t.http_acceptor().map_err(NodeError::Tls)?;
+            let l = TlsListener::new(http_listener, acceptor).map_err(|e| NodeError::Bind {
+                addr: http_addr,
+                key: "listen_addr",
+                error: e.to_string(),
+            })?;
+            (None, Some(l))
+        }
+        None => (Some(http_listener), None),
+    };
     let http = tokio::spawn(
         async move {
-            let served = axum::serve(
-                http_listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await;
+            let app = router.into_make_service_with_connect_info::<SocketAddr>();
+            let stop = http_stop.cancelled_owned();
+            let served = match (http_tls, http_plain) {
+                (Some(l), _) => {
+                    axum::serve(l.tap_io(|_| {}), app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                }
+                (None, Some(l)) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+                (None, None) => Ok(()),
+            };
             if let Err(e) = served {
                 warn!(error = %e, "http server stopped with an error");
             }
         }
         .instrument(span.clone()),
     );
-    info!(parent: &span, %http_addr, "http api listening");
+    info!(parent: &span, %http_addr, tls = tls.is_some(), "http api listening");
     let seeds = tokio::spawn(
         gossip::seed_loop(shared.clone(), cancel.child_token())
             .instrument(tracing::info_span!(parent: &span, "seeds")),

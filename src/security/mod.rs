@@ -12,6 +12,7 @@
 pub mod access;
 pub mod certs;
 pub mod guard;
+pub mod http_tls;
 pub mod limiter;
 pub mod tls;
 pub mod tokens;

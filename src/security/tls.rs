@@ -13,6 +13,8 @@ pub struct Tls {
     ca: Certificate,
     identity: Identity,
     server_name: String,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
     /// The common name of this node's own certificate: its node id.
     pub node_id: String,
 }
@@ -70,8 +72,10 @@ impl Tls {
         }
         Ok(Tls {
             ca: Certificate::from_pem(ca),
-            identity: Identity::from_pem(cert, key),
+            identity: Identity::from_pem(&cert, &key),
             server_name: server_name.to_string(),
+            cert_pem: cert,
+            key_pem: key,
             node_id,
         })
     }
@@ -101,4 +105,28 @@ impl Tls {
 fn first_der(pem: &[u8]) -> Option<Vec<u8>> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
     (p.label == "CERTIFICATE").then_some(p.contents)
+}
+
+impl Tls {
+    /// The HTTP API's TLS: the node's certificate, no client certificate
+    /// (management callers use tokens). HTTP/1.1 and h2 by ALPN.
+    pub fn http_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("tls.cert_file: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|e| format!("tls.key_file: {e}"))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("tls.cert_file / tls.key_file: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+    }
 }
