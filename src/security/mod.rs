@@ -317,3 +317,43 @@ impl Security {
         status
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_all_counted_but_logged_once_per_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut cfg = crate::config::Config::shipped().security;
+        cfg.access.deny_networks = vec!["127.0.0.0/8".parse().unwrap()];
+        let metrics = Metrics::default();
+        let audit = Arc::new(Audit::open(&path, "n").unwrap());
+        let s = Security::new(&cfg, None, metrics.clone(), audit);
+        let remote = Some("127.0.0.1:4000".parse().unwrap());
+        for _ in 0..50 {
+            let e = s
+                .admit("/peer.PeerService/ExchangePeers", remote, None, None)
+                .unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied);
+        }
+        let other = Some("127.0.0.2:4000".parse().unwrap());
+        s.admit("/peer.PeerService/ExchangePeers", other, None, None)
+            .unwrap_err();
+        let counted = metrics
+            .refusals
+            .get_or_create(&RefusalLabels {
+                surface: "peer".into(),
+                reason: "not_allowed".into(),
+            })
+            .get();
+        assert_eq!(counted, 51);
+        let logged = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(logged, 2, "one record per caller, not one per refusal");
+        // Management is a different surface: not refused by peer lists.
+        assert!(s
+            .admit("/iarnet.admin.v1.Admin/GetNode", remote, None, None)
+            .is_ok());
+    }
+}
