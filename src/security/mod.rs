@@ -148,16 +148,6 @@ impl Security {
         }
     }
 
-    /// Open settings for tests and embedding: no TLS, no tokens, no lists.
-    pub fn open() -> Security {
-        Security::new(
-            &crate::config::Config::shipped().security,
-            None,
-            Metrics::default(),
-            Arc::new(Audit::off()),
-        )
-    }
-
     /// Decides one call from what is known before its body is read.
     pub fn admit(
         &self,
