@@ -85,6 +85,15 @@ async fn tls_channel(addr: &str, ca: &str, client: Option<&Pem>) -> Result<Chann
         .map_err(|e| format!("{e:?}"))
 }
 
+/// A plaintext channel to a node's gRPC port.
+async fn plain_channel(node: &NodeHandle) -> Channel {
+    Endpoint::from_shared(format!("http://{}", node.advertise_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 fn hello(id: &str) -> ExchangeRequest {
     ExchangeRequest {
         sender: Some(Member {
@@ -242,11 +251,7 @@ async fn management_calls_need_a_valid_token_and_health_stays_open() {
         secret: "s3cret-s3cret-s3cret".into(),
     }];
     let a = start(cfg).await;
-    let ch = Endpoint::from_shared(format!("http://{}", a.advertise_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = plain_channel(&a).await;
     let get_node = |token: Option<&str>| {
         let mut req = tonic::Request::new(GetNodeRequest {});
         if let Some(t) = token {
@@ -280,11 +285,7 @@ async fn access_lists_refuse_nodes_and_networks_and_are_counted() {
     let mut cfg = Config::loopback("acl-a");
     cfg.security.access.deny_nodes = vec!["acl-bad".into()];
     let a = start(cfg).await;
-    let ch = Endpoint::from_shared(format!("http://{}", a.advertise_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = plain_channel(&a).await;
     assert_eq!(
         exchange(ch.clone(), "acl-bad").await,
         Err(Code::PermissionDenied)
@@ -309,11 +310,7 @@ async fn access_lists_refuse_nodes_and_networks_and_are_counted() {
     let mut cfg = Config::loopback("acl-b");
     cfg.security.access.allow_networks = vec!["10.0.0.0/8".parse().unwrap()];
     let b = start(cfg).await;
-    let ch = Endpoint::from_shared(format!("http://{}", b.advertise_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = plain_channel(&b).await;
     for _ in 0..3 {
         assert_eq!(
             exchange(ch.clone(), "acl-good").await,
@@ -333,11 +330,7 @@ async fn a_peer_over_its_rate_gets_resource_exhausted_with_a_retry_hint() {
     cfg.security.rate_limit.peer_rate = 0.5;
     cfg.security.rate_limit.peer_burst = 2.0;
     let a = start(cfg).await;
-    let ch = Endpoint::from_shared(format!("http://{}", a.advertise_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = plain_channel(&a).await;
     let mut client = PeerServiceClient::new(ch.clone());
     client.exchange_peers(hello("rate-b")).await.unwrap();
     client.exchange_peers(hello("rate-b")).await.unwrap();
@@ -448,11 +441,7 @@ async fn the_http_api_needs_the_token_and_the_audit_log_names_who_asked() {
         .unwrap();
     assert_eq!(code, 502);
 
-    let ch = Endpoint::from_shared(format!("http://{}", a.advertise_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = plain_channel(&a).await;
     let mut api = ResourceServiceClient::new(ch);
     let deploy = |request_id: &str, cpu: &str| {
         let mut r = tonic::Request::new(DeploySpec {

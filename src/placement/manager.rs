@@ -357,23 +357,25 @@ impl Manager {
     }
 
     /// Every provider this node can place on, best tier first.
+    /// One of this node's own providers, as the ranking sees it.
+    fn local_candidate(&self, l: &Local) -> Candidate {
+        Candidate {
+            id: l.desc.id.clone(),
+            name: l.desc.name.clone(),
+            kind: l.desc.kind,
+            tier: l.tier,
+            owner_id: self.node_id.clone(),
+            owner_addr: String::new(),
+            healthy: l.desc.healthy,
+            capacity: l.desc.capacity,
+            labels: l.desc.labels.clone(),
+        }
+    }
+
     pub fn candidates(&self) -> Vec<Candidate> {
         let mut out: Vec<Candidate> = {
             let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
-            locals
-                .values()
-                .map(|l| Candidate {
-                    id: l.desc.id.clone(),
-                    name: l.desc.name.clone(),
-                    kind: l.desc.kind,
-                    tier: l.tier,
-                    owner_id: self.node_id.clone(),
-                    owner_addr: String::new(),
-                    healthy: l.desc.healthy,
-                    capacity: l.desc.capacity,
-                    labels: l.desc.labels.clone(),
-                })
-                .collect()
+            locals.values().map(|l| self.local_candidate(l)).collect()
         };
         let mine: HashSet<String> = out.iter().map(|c| c.id.clone()).collect();
         out.extend(

@@ -47,22 +47,7 @@ impl Manager {
             let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
             locals
                 .values()
-                .map(|l| {
-                    (
-                        l.provider.clone(),
-                        Candidate {
-                            id: l.desc.id.clone(),
-                            name: l.desc.name.clone(),
-                            kind: l.desc.kind,
-                            tier: l.tier,
-                            owner_id: self.node_id.clone(),
-                            owner_addr: String::new(),
-                            healthy: l.desc.healthy,
-                            capacity: l.desc.capacity,
-                            labels: l.desc.labels.clone(),
-                        },
-                    )
-                })
+                .map(|l| (l.provider.clone(), self.local_candidate(l)))
                 .collect()
         };
         let mut out = Reconciled::default();
