@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use http::{Method, Request, Response};
 use iarnet::resource::kubernetes::{KubeSettings, KubernetesProvider};
-use iarnet::resource::validate::deployment_key;
+use iarnet::resource::validate::deployment_id;
 use iarnet::resource::{
     DeploySpec, DeployState, LogOptions, PortSpec, Progress, ProgressSink, Provider, ProviderKind,
     ResourceError, Resources,
@@ -296,7 +296,7 @@ fn cluster_nodes() -> Vec<Value> {
 #[tokio::test]
 async fn capacity_is_allocatable_of_ready_nodes_minus_live_requests() {
     let (p, mut handle) = provider();
-    let own = deployment_key("iarnet", "req-own");
+    let own = deployment_id("req-own");
     let mut web = other_pod(
         "default",
         "web",
@@ -418,7 +418,7 @@ async fn limits_cap_the_total() {
 #[tokio::test]
 async fn deploy_posts_the_expected_pod() {
     let (p, mut handle) = provider();
-    let key = deployment_key("iarnet", "req-1");
+    let key = deployment_id("req-1");
     let mut s = spec("req-1", 500, 256 * MI, 1);
     s.name = "trainer".into();
     s.command = vec!["sh".into(), "-c".into()];
@@ -612,7 +612,7 @@ async fn deploy_that_does_not_fit_is_refused_without_a_post() {
 #[tokio::test]
 async fn deploy_is_idempotent_on_the_request_id() {
     let (p, mut handle) = provider();
-    let key = deployment_key("iarnet", "req-1");
+    let key = deployment_id("req-1");
     let path = format!("{PODS}/{key}");
 
     // The pod exists but has ended (so the census does not list it): the
@@ -755,7 +755,7 @@ fn waiting(reason: &str, message: &str) -> Value {
 #[tokio::test]
 async fn status_maps_pod_phases() {
     let (p, mut handle) = provider();
-    let key = deployment_key("iarnet", "req");
+    let key = deployment_id("req");
     let path = format!("{PODS}/{key}");
     let base = own_pod(
         &key,
@@ -864,7 +864,7 @@ async fn status_maps_pod_phases() {
 #[tokio::test]
 async fn list_selects_this_providers_pods() {
     let (p, mut handle) = provider();
-    let (a, b) = (deployment_key("iarnet", "a"), deployment_key("iarnet", "b"));
+    let (a, b) = (deployment_id("a"), deployment_id("b"));
     let scenario = async {
         let (_, r) = expect(
             &mut handle,
@@ -896,7 +896,7 @@ async fn list_selects_this_providers_pods() {
 #[tokio::test]
 async fn logs_follow_and_tail() {
     let (p, mut handle) = provider();
-    let key = deployment_key("iarnet", "req");
+    let key = deployment_id("req");
     let path = format!("{PODS}/{key}");
     let log = format!("{path}/log");
     let running = own_pod(&key, "k8s-a", "Running", &[]);
@@ -980,7 +980,7 @@ async fn logs_follow_and_tail() {
 #[tokio::test]
 async fn stop_deletes_the_pod_then_it_is_not_found() {
     let (p, mut handle) = provider();
-    let key = deployment_key("iarnet", "req");
+    let key = deployment_id("req");
     let path = format!("{PODS}/{key}");
     let running = own_pod(
         &key,
@@ -1034,7 +1034,7 @@ async fn stop_deletes_the_pod_then_it_is_not_found() {
 #[tokio::test]
 async fn forbidden_is_permission_denied() {
     let (p, mut handle) = provider();
-    let key = deployment_key("iarnet", "req");
+    let key = deployment_id("req");
     let forbidden = status(
         403,
         "Forbidden",

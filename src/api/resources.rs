@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -18,6 +18,7 @@ use crate::proto::resource as pb;
 use crate::proto::resource::resource_service_server::ResourceService;
 use crate::resource::wire::{deployment_to_proto, spec_from_proto};
 use crate::resource::{Capacity, LogOptions, Progress, ProgressSink, Tier};
+use crate::sync::TokenBucket;
 
 pub struct ResourceApi {
     manager: Arc<Manager>,
@@ -37,31 +38,9 @@ const LOG_BURST: f64 = 10_000.0;
 /// Longest log line sent; longer ones are cut and marked.
 const MAX_LOG_LINE: usize = 64 << 10;
 
-/// A token bucket pacing one log stream (slows it down, never drops lines).
-struct LogPace {
-    level: f64,
-    at: Instant,
-}
-
-impl LogPace {
-    fn new(now: Instant) -> LogPace {
-        LogPace {
-            level: LOG_BURST,
-            at: now,
-        }
-    }
-
-    /// How long to wait before sending the next line.
-    fn take(&mut self, now: Instant) -> Duration {
-        let since = now.saturating_duration_since(self.at).as_secs_f64();
-        self.level = (self.level + since * LOG_LINES_PER_SEC).min(LOG_BURST) - 1.0;
-        self.at = now;
-        if self.level >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.level / LOG_LINES_PER_SEC)
-        }
-    }
+/// Now on tokio's clock, so paused-time tests see the pacing.
+fn tokio_now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 fn truncate(text: &mut String, max: usize) {
@@ -326,11 +305,12 @@ impl ResourceService for ResourceApi {
             follow: req.follow,
         };
         let lines = self.manager.logs(&req.id, opts).await?;
-        let mut pace = LogPace::new(Instant::now());
+        // Paces the stream (slows it down, never drops lines).
+        let mut pace = TokenBucket::new(LOG_LINES_PER_SEC, LOG_BURST, tokio_now());
         Ok(Response::new(
             lines
                 .then(move |l| {
-                    let wait = pace.take(Instant::now());
+                    let wait = pace.take_paced(tokio_now());
                     async move {
                         if !wait.is_zero() {
                             tokio::time::sleep(wait).await;
@@ -367,15 +347,16 @@ impl ResourceService for ResourceApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_log_stream_is_paced_after_its_burst_and_long_lines_are_cut() {
         let t0 = Instant::now();
-        let mut pace = LogPace::new(t0);
+        let mut pace = TokenBucket::new(LOG_LINES_PER_SEC, LOG_BURST, t0);
         for _ in 0..LOG_BURST as usize {
-            assert_eq!(pace.take(t0), Duration::ZERO);
+            assert_eq!(pace.take_paced(t0), Duration::ZERO);
         }
-        let wait = pace.take(t0);
+        let wait = pace.take_paced(t0);
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_millis(1),
             "{wait:?}"
@@ -383,7 +364,7 @@ mod tests {
         // A second later the bucket has refilled by the rate.
         let t1 = t0 + Duration::from_secs(1);
         for _ in 0..(LOG_LINES_PER_SEC as usize - 2) {
-            assert_eq!(pace.take(t1), Duration::ZERO);
+            assert_eq!(pace.take_paced(t1), Duration::ZERO);
         }
 
         let mut line = "é".repeat(MAX_LOG_LINE);

@@ -6,7 +6,7 @@
 //! bound. The shipped `config.yaml` is embedded and used when no file is given.
 
 mod layers;
-pub mod quantity;
+
 mod security;
 
 use std::fmt;
@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::resource::Quantity;
 pub use layers::{hostname, valid_host_port, Layers, Source};
-pub use quantity::Quantity;
 pub use security::{AccessConfig, RateLimitConfig, SecurityConfig, TlsFiles, Token};
 
 /// The shipped configuration, used when no file is given.

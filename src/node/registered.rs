@@ -34,7 +34,7 @@ pub async fn reconnect(manager: &Manager, store: &dyn Store) {
             continue;
         }
         let mut labels = rec.labels.clone();
-        labels.remove("external");
+        labels.remove(crate::resource::labels::EXTERNAL);
         let req = RegisterProviderRequest {
             r#type: rec.kind.clone(),
             name: rec.name.clone(),

@@ -15,7 +15,7 @@ use crate::proto::peer::{ProviderCallRequest, ProviderCallResponse, ProviderInfo
 use crate::resource::docker::{DockerProvider, DockerSettings, DockerTls};
 use crate::resource::gpu::{GpuProbe, NvmlProbe};
 use crate::resource::kubernetes::{KubeSettings, KubernetesProvider};
-use crate::resource::{Provider, ProviderKind, ResourceError, Resources};
+use crate::resource::{labels, Provider, ProviderKind, ResourceError, Resources};
 
 use super::gossip::Shared;
 
@@ -141,10 +141,10 @@ pub fn observe_call<T>(
 pub fn node_labels(config: &Config) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
     if let Some(r) = &config.resources.region {
-        labels.insert("region".to_string(), r.clone());
+        labels.insert(labels::REGION.to_string(), r.clone());
     }
     if let Some(z) = &config.resources.zone {
-        labels.insert("zone".to_string(), z.clone());
+        labels.insert(labels::ZONE.to_string(), z.clone());
     }
     labels
 }
@@ -193,7 +193,7 @@ pub async fn detect_internal(config: &Config, node_id: &str) -> Option<Arc<dyn P
     let gpus = NvmlProbe.inventory();
     let mut labels = node_labels(config);
     if let Some(g) = gpus.first() {
-        labels.insert("gpu.model".into(), g.model.clone());
+        labels.insert(labels::GPU_MODEL.into(), g.model.clone());
     }
     let gpus = match config.resource_limits.gpu {
         Some(max) => gpus.into_iter().take(max as usize).collect(),
@@ -259,7 +259,7 @@ pub async fn connect_external(
         ));
     }
     let mut labels: BTreeMap<String, String> = req.labels.clone().into_iter().collect();
-    labels.insert("external".into(), "true".into());
+    labels.insert(labels::EXTERNAL.into(), "true".into());
     let id = format!("{node_id}/{name}");
     match ProviderKind::parse(&req.r#type) {
         Some(ProviderKind::Docker) => {

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::proto::peer::ProviderInfo;
 use crate::proto::resource as pb;
-use crate::resource::validate::{deployment_key, validate};
+use crate::resource::validate::{deployment_id, validate};
 use crate::resource::wire::{deployment_to_proto, spec_from_proto};
 use crate::resource::{
     DeploySpec, Deployment, LogOptions, LogStream, ProgressSink, Provider, ProviderDescriptor,
@@ -23,6 +23,7 @@ use crate::resource::{
 use crate::store::{
     DeploymentRecord, MemoryStore, PlacedOn, ProviderRecord, Store, StoreError, Stored,
 };
+use crate::sync::KeyLocks;
 
 use super::proxy::{ProviderCaller, RemoteProvider};
 use super::rank::{Candidate, Index, Need, Strategy};
@@ -87,7 +88,7 @@ pub struct Manager {
     /// also after a restart, finds it.
     records: Mutex<HashMap<String, DeploymentRecord>>,
     store: Arc<dyn Store>,
-    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    inflight: KeyLocks,
     rng: Mutex<SmallRng>,
     published: Mutex<Option<Vec<ProviderInfo>>>,
     /// Bumped on every change to a local provider's descriptor.
@@ -165,7 +166,7 @@ impl Manager {
             locals: RwLock::default(),
             records: Mutex::new(records),
             store,
-            inflight: Mutex::default(),
+            inflight: KeyLocks::new(),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             // A node starts advertising nothing.
             published: Mutex::new(Some(Vec::new())),
@@ -400,12 +401,6 @@ impl Manager {
         )))
     }
 
-    fn request_lock(&self, request_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut inflight = lock(&self.inflight);
-        inflight.retain(|_, l| Arc::strong_count(l) > 1);
-        inflight.entry(request_id.to_string()).or_default().clone()
-    }
-
     /// Places and starts a deployment: ranks the feasible providers from the
     /// cached view and tries them in order until one admits it.
     pub async fn deploy(
@@ -429,9 +424,8 @@ impl Manager {
     ) -> Result<Placed, ResourceError> {
         validate(&spec)?;
         let strategy = opts.strategy.unwrap_or(self.strategy);
-        let id = deployment_key("iarnet", &spec.request_id);
-        let guard = self.request_lock(&spec.request_id);
-        let _held = guard.lock().await;
+        let id = deployment_id(&spec.request_id);
+        let _held = self.inflight.lock(&spec.request_id).await;
 
         // A retry: go back to the provider the first attempt went to.
         let previous = lock(&self.records).get(&id).cloned();
@@ -621,7 +615,7 @@ impl Manager {
     /// `id` is a deployment id, or the request id it was derived from (what
     /// a user chose, so scripts need not parse the deploy's answer).
     async fn find(&self, id: &str) -> Result<(Arc<dyn Provider>, String, String), ResourceError> {
-        let derived = deployment_key("iarnet", id);
+        let derived = deployment_id(id);
         // A request id this node placed: answered from the records, no
         // provider asked about an id it cannot know. One guard only.
         let placed_here = {
@@ -647,7 +641,7 @@ impl Manager {
         let records = lock(&self.records);
         records
             .get(id)
-            .or_else(|| records.get(&deployment_key("iarnet", id)))
+            .or_else(|| records.get(&deployment_id(id)))
             .cloned()
     }
 
@@ -686,8 +680,7 @@ impl Manager {
             }
             return Ok((d, owner));
         };
-        let guard = self.request_lock(&rec.request_id);
-        let _held = guard.lock().await;
+        let _held = self.inflight.lock(&rec.request_id).await;
         // Re-read under the request's lock: a deploy may have just finished.
         let mut rec = lock(&self.records).get(&rec.id).cloned().unwrap_or(rec);
         let owner = rec.placed_on.owner_id.clone();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use crate::resource::{Capacity, ProviderKind, Resources, Tier};
+use crate::resource::{labels, Capacity, ProviderKind, Resources, Tier};
 
 /// How to order the feasible providers of one tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,7 +105,7 @@ impl Need<'_> {
             && self.provider_id.is_none_or(|p| p == c.id)
             && self.gpu_model.is_none_or(|m| {
                 c.labels
-                    .get("gpu.model")
+                    .get(labels::GPU_MODEL)
                     .is_some_and(|have| have.to_lowercase().contains(&m.to_lowercase()))
             })
             && self
@@ -152,7 +152,7 @@ impl Index {
             t.all.push(i as u32);
             let sum = t.weights.last().copied().unwrap_or(0) + key.0;
             t.weights.push(sum);
-            if let Some(r) = c.labels.get("region") {
+            if let Some(r) = c.labels.get(labels::REGION) {
                 t.by_region.entry(r.clone()).or_default().insert(key);
             }
         }

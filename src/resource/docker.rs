@@ -1,7 +1,7 @@
 //! The Docker engine as a provider (bollard).
 //!
 //! Every container iarnet makes is named after its request
-//! (`validate::deployment_key("iarnet", request_id)`) and carries its own
+//! (`validate::deployment_id(request_id)`) and carries its own
 //! books in labels:
 //!
 //! ```text
@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::container::LogOutput;
@@ -41,23 +41,15 @@ use tracing::{debug, info, warn};
 
 use super::error::ResourceError;
 use super::gpu::{GpuInfo, GpuPool};
+use super::labels;
 use super::ledger::{admit, Ledger};
 use super::provider::{LogOptions, LogStream, ProgressSink, Provider};
 use super::types::{
     DeploySpec, DeployState, Deployment, LogLine, Progress, ProviderDescriptor, ProviderKind,
     Resources, StateChange,
 };
-use super::validate::{deployment_key, validate};
-
-pub const LABEL_MANAGED: &str = "iarnet.managed";
-pub const LABEL_PROVIDER: &str = "iarnet.provider";
-pub const LABEL_NODE: &str = "iarnet.node";
-pub const LABEL_REQUEST: &str = "iarnet.request";
-pub const LABEL_CPU: &str = "iarnet.cpu_millis";
-pub const LABEL_MEMORY: &str = "iarnet.memory_bytes";
-pub const LABEL_STORAGE: &str = "iarnet.storage_bytes";
-pub const LABEL_GPUS: &str = "iarnet.gpus";
-pub const LABEL_GPU_SHARED: &str = "iarnet.gpu_shared";
+use super::validate::{deployment_id, validate};
+use crate::sync::KeyLocks;
 
 /// Where the engine is when no endpoint is configured and `DOCKER_HOST` is unset.
 pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
@@ -151,7 +143,7 @@ pub struct DockerProvider {
     books: Mutex<Books>,
     /// One lock per deployment key: deploys and stops of the same request
     /// run one at a time, different requests in parallel.
-    key_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key_locks: KeyLocks,
 }
 
 impl std::fmt::Debug for DockerProvider {
@@ -200,8 +192,8 @@ impl Facts {
         state: DeployState,
     ) -> Option<Facts> {
         let labels = labels?;
-        if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true")
-            || labels.get(LABEL_PROVIDER).map(String::as_str) != Some(provider)
+        if labels.get(labels::MANAGED).map(String::as_str) != Some("true")
+            || labels.get(labels::PROVIDER).map(String::as_str) != Some(provider)
         {
             return None;
         }
@@ -212,7 +204,7 @@ impl Facts {
                 .unwrap_or(0)
         };
         let gpus: Vec<String> = labels
-            .get(LABEL_GPUS)
+            .get(labels::GPUS)
             .map(|v| {
                 v.split(',')
                     .map(str::trim)
@@ -223,15 +215,15 @@ impl Facts {
             .unwrap_or_default();
         Some(Facts {
             key: key.to_string(),
-            request_id: labels.get(LABEL_REQUEST).cloned().unwrap_or_default(),
+            request_id: labels.get(labels::REQUEST).cloned().unwrap_or_default(),
             image,
             resources: Resources {
-                cpu_millis: num(LABEL_CPU),
-                memory_bytes: num(LABEL_MEMORY),
+                cpu_millis: num(labels::CPU_MILLIS),
+                memory_bytes: num(labels::MEMORY_BYTES),
                 gpus: gpus.len() as u32,
-                storage_bytes: num(LABEL_STORAGE),
+                storage_bytes: num(labels::STORAGE_BYTES),
             },
-            gpu_shared: labels.get(LABEL_GPU_SHARED).map(String::as_str) == Some("true"),
+            gpu_shared: labels.get(labels::GPU_SHARED).map(String::as_str) == Some("true"),
             gpus,
             state,
             created: None,
@@ -570,30 +562,6 @@ impl LogLines {
     }
 }
 
-/// Holds one deployment key's lock; drops the lock's entry when unused.
-struct KeyGuard<'a> {
-    provider: &'a DockerProvider,
-    key: String,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        self.guard.take();
-        let mut locks = self
-            .provider
-            .key_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if locks
-            .get(&self.key)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            locks.remove(&self.key);
-        }
-    }
-}
-
 /// Marks a key busy for as long as it lives.
 struct Busy<'a> {
     provider: &'a DockerProvider,
@@ -706,7 +674,7 @@ impl DockerProvider {
                 touched: HashMap::new(),
                 epoch: 0,
             }),
-            key_locks: Mutex::new(HashMap::new()),
+            key_locks: KeyLocks::new(),
         };
         provider.sync().await?;
         let cap = provider.books().ledger.capacity();
@@ -761,19 +729,6 @@ impl DockerProvider {
 
     fn books(&self) -> MutexGuard<'_, Books> {
         self.books.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    async fn lock_key(&self, key: &str) -> KeyGuard<'_> {
-        let lock = {
-            let mut locks = self.key_locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(key.to_string()).or_default().clone()
-        };
-        let guard = lock.lock_owned().await;
-        KeyGuard {
-            provider: self,
-            key: key.to_string(),
-            guard: Some(guard),
-        }
     }
 
     fn busy(&self, key: &str) -> Busy<'_> {
@@ -894,8 +849,8 @@ impl DockerProvider {
         let filters: HashMap<&str, Vec<String>> = HashMap::from([(
             "label",
             vec![
-                format!("{LABEL_MANAGED}=true"),
-                format!("{LABEL_PROVIDER}={}", self.id),
+                format!("{}=true", labels::MANAGED),
+                format!("{}={}", labels::PROVIDER, self.id),
             ],
         )]);
         let opts = ListContainersOptionsBuilder::default()
@@ -1021,17 +976,17 @@ impl DockerProvider {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        labels.insert(LABEL_MANAGED.into(), "true".into());
-        labels.insert(LABEL_PROVIDER.into(), self.id.clone());
-        labels.insert(LABEL_NODE.into(), self.node_id.clone());
-        labels.insert(LABEL_REQUEST.into(), spec.request_id.clone());
-        labels.insert(LABEL_CPU.into(), r.cpu_millis.to_string());
-        labels.insert(LABEL_MEMORY.into(), r.memory_bytes.to_string());
+        labels.insert(labels::MANAGED.into(), "true".into());
+        labels.insert(labels::PROVIDER.into(), self.id.clone());
+        labels.insert(labels::NODE.into(), self.node_id.clone());
+        labels.insert(labels::REQUEST.into(), spec.request_id.clone());
+        labels.insert(labels::CPU_MILLIS.into(), r.cpu_millis.to_string());
+        labels.insert(labels::MEMORY_BYTES.into(), r.memory_bytes.to_string());
         if r.storage_bytes != 0 {
-            labels.insert(LABEL_STORAGE.into(), r.storage_bytes.to_string());
+            labels.insert(labels::STORAGE_BYTES.into(), r.storage_bytes.to_string());
         }
-        labels.insert(LABEL_GPUS.into(), gpus.join(","));
-        labels.insert(LABEL_GPU_SHARED.into(), spec.gpu_shared.to_string());
+        labels.insert(labels::GPUS.into(), gpus.join(","));
+        labels.insert(labels::GPU_SHARED.into(), spec.gpu_shared.to_string());
 
         let mut bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
         for p in &spec.ports {
@@ -1230,7 +1185,7 @@ impl Provider for DockerProvider {
         let books = self.books();
         let mut labels = self.labels.clone();
         if let Some(model) = books.gpus.models().first() {
-            labels.insert("gpu.model".into(), model.clone());
+            labels.insert(labels::GPU_MODEL.into(), model.clone());
         }
         Ok(ProviderDescriptor {
             id: self.id.clone(),
@@ -1249,8 +1204,8 @@ impl Provider for DockerProvider {
         progress: ProgressSink,
     ) -> Result<Deployment, ResourceError> {
         validate(spec)?;
-        let key = deployment_key("iarnet", &spec.request_id);
-        let _key_lock = self.lock_key(&key).await;
+        let key = deployment_id(&spec.request_id);
+        let _key_lock = self.key_locks.lock(&key).await;
         if let Some(f) = self.inspect_owned_or_free(&key).await? {
             debug!(deployment = %key, "deploy retried: returning the existing container");
             if f.state != DeployState::Starting {
@@ -1372,7 +1327,7 @@ impl Provider for DockerProvider {
     }
 
     async fn stop(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {
-        let _key_lock = self.lock_key(deployment_id).await;
+        let _key_lock = self.key_locks.lock(deployment_id).await;
         let Some(facts) = self.inspect(deployment_id).await? else {
             return Err(self.not_found(deployment_id));
         };
@@ -1444,7 +1399,7 @@ mod tests {
 
     #[test]
     fn only_container_names_reach_the_engine() {
-        assert!(is_container_name(&deployment_key("iarnet", "r1")));
+        assert!(is_container_name(&deployment_id("r1")));
         for bad in ["", "../etc", "a/b", "a?b", "-x", "a b"] {
             assert!(!is_container_name(bad), "{bad}");
         }
@@ -1466,13 +1421,13 @@ mod tests {
     #[test]
     fn labels_make_facts_and_only_ours() {
         let mut labels = HashMap::from([
-            (LABEL_MANAGED.to_string(), "true".to_string()),
-            (LABEL_PROVIDER.to_string(), "p1".to_string()),
-            (LABEL_REQUEST.to_string(), "r1".to_string()),
-            (LABEL_CPU.to_string(), "250".to_string()),
-            (LABEL_MEMORY.to_string(), "67108864".to_string()),
-            (LABEL_GPUS.to_string(), "GPU-a,GPU-b".to_string()),
-            (LABEL_GPU_SHARED.to_string(), "true".to_string()),
+            (labels::MANAGED.to_string(), "true".to_string()),
+            (labels::PROVIDER.to_string(), "p1".to_string()),
+            (labels::REQUEST.to_string(), "r1".to_string()),
+            (labels::CPU_MILLIS.to_string(), "250".to_string()),
+            (labels::MEMORY_BYTES.to_string(), "67108864".to_string()),
+            (labels::GPUS.to_string(), "GPU-a,GPU-b".to_string()),
+            (labels::GPU_SHARED.to_string(), "true".to_string()),
         ]);
         let f = Facts::from_labels("p1", "k", Some(&labels), "img".into(), DeployState::Running)
             .unwrap();
@@ -1484,7 +1439,7 @@ mod tests {
             Facts::from_labels("p2", "k", Some(&labels), "img".into(), DeployState::Running)
                 .is_none()
         );
-        labels.insert(LABEL_CPU.into(), "garbage".into());
+        labels.insert(labels::CPU_MILLIS.into(), "garbage".into());
         let f = Facts::from_labels("p1", "k", Some(&labels), "img".into(), DeployState::Running)
             .unwrap();
         assert_eq!(f.resources.cpu_millis, 0, "bad labels never panic");

@@ -14,7 +14,7 @@ use super::types::{
     DeploySpec, DeployState, Deployment, LogLine, Progress, ProviderDescriptor, ProviderKind,
     Resources,
 };
-use super::validate::deployment_key;
+use super::validate::deployment_id;
 
 struct Books {
     ledger: Ledger,
@@ -78,7 +78,7 @@ impl Provider for MemoryProvider {
         let books = self.books();
         let mut labels = self.labels.clone();
         if let Some(model) = books.gpus.models().first() {
-            labels.insert("gpu.model".into(), model.clone());
+            labels.insert(crate::resource::labels::GPU_MODEL.into(), model.clone());
         }
         Ok(ProviderDescriptor {
             id: self.id.clone(),
@@ -96,7 +96,7 @@ impl Provider for MemoryProvider {
         spec: &DeploySpec,
         progress: ProgressSink,
     ) -> Result<Deployment, ResourceError> {
-        let key = deployment_key("iarnet", &spec.request_id);
+        let key = deployment_id(&spec.request_id);
         let mut books = self.books();
         if let Some(d) = books.deployments.get(&key) {
             return Ok(d.clone());

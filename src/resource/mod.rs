@@ -21,13 +21,16 @@ pub mod docker;
 pub mod error;
 pub mod gpu;
 pub mod kubernetes;
+pub mod labels;
 pub mod ledger;
 pub mod memory;
 pub mod provider;
+pub mod quantity;
 pub mod types;
 pub mod validate;
 pub mod wire;
 
 pub use error::ResourceError;
 pub use provider::{LogOptions, LogStream, ProgressSink, Provider};
+pub use quantity::Quantity;
 pub use types::*;

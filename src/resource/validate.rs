@@ -3,6 +3,7 @@
 use crate::mesh::record::StableHasher;
 
 use super::error::ResourceError;
+use super::labels;
 use super::types::DeploySpec;
 
 const MAX_CPU_MILLIS: u64 = 1024 * 1000;
@@ -11,13 +12,18 @@ const MAX_GPUS: u32 = 64;
 const MAX_LIST: usize = 256;
 const MAX_TEXT: usize = 4096;
 
-/// The provider-side name of the deployment made for `request_id`: the same
-/// request always maps to the same name, which is what makes deploys
-/// idempotent across retries and restarts. Valid as a Docker container name
-/// and as a Kubernetes object name.
-pub fn deployment_key(prefix: &str, request_id: &str) -> String {
-    let h = StableHasher::new().bytes(request_id.as_bytes()).finish();
-    format!("{prefix}-{h:016x}")
+/// The deployment id, and provider-side name, of the deployment made for
+/// `request_id`: the same request always maps to the same name, which is
+/// what makes deploys idempotent across retries and restarts. Valid as a
+/// Docker container name and as a Kubernetes object name.
+pub fn deployment_id(request_id: &str) -> String {
+    format!("iarnet-{}", stable_hex(request_id))
+}
+
+/// A stable 16-hex-digit hash of `s`, the same on every node and release.
+pub fn stable_hex(s: &str) -> String {
+    let h = StableHasher::new().bytes(s.as_bytes()).finish();
+    format!("{h:016x}")
 }
 
 /// Checks every field; the first problem is returned with its field name.
@@ -116,7 +122,7 @@ pub fn validate(spec: &DeploySpec) -> Result<(), ResourceError> {
                 "keys must be 1-253 bytes and values at most 253",
             ));
         }
-        if k.starts_with("iarnet.") {
+        if k.starts_with(labels::RESERVED_PREFIX) {
             return Err(ResourceError::invalid(
                 &format!("labels.{k}"),
                 "the iarnet. prefix is reserved for iarnet's own labels",
@@ -285,9 +291,9 @@ mod tests {
 
     #[test]
     fn keys_are_stable_and_valid_names() {
-        let k = deployment_key("iarnet", "req-1");
-        assert_eq!(k, deployment_key("iarnet", "req-1"));
-        assert_ne!(k, deployment_key("iarnet", "req-2"));
+        let k = deployment_id("req-1");
+        assert_eq!(k, deployment_id("req-1"));
+        assert_ne!(k, deployment_id("req-2"));
         assert!(
             k.len() <= 63
                 && k.chars()

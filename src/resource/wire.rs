@@ -2,8 +2,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::Quantity;
 use crate::proto::resource as pb;
+use crate::resource::Quantity;
 
 use super::error::ResourceError;
 use super::types::*;

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::sync::TokenBucket;
+
 /// Keys remembered at most; idle full buckets are dropped first, so a
 /// stream of new source addresses cannot grow memory without bound.
 const MAX_KEYS: usize = 10_000;
@@ -11,7 +13,7 @@ const MAX_KEYS: usize = 10_000;
 pub struct Limiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
 }
 
 impl Limiter {
@@ -27,25 +29,16 @@ impl Limiter {
     pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, (level, at)| {
-                *level + now.duration_since(*at).as_secs_f64() * rate < burst
-            });
+            buckets.retain(|_, b| !b.is_full_at(now));
             if buckets.len() >= MAX_KEYS {
                 // Every bucket is busy: refuse newcomers rather than forget a busy caller.
                 return Err(Duration::from_secs_f64(1.0 / self.rate));
             }
         }
-        let (level, at) = buckets.entry(key.to_string()).or_insert((self.burst, now));
-        *level =
-            (*level + now.saturating_duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
-        *at = now;
-        if *level >= 1.0 {
-            *level -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - *level) / self.rate))
-        }
+        buckets
+            .entry(key.to_string())
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst, now))
+            .try_take(now)
     }
 }
 

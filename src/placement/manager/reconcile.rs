@@ -74,8 +74,7 @@ impl Manager {
                 if lock(&self.records).contains_key(id) {
                     continue;
                 }
-                let guard = self.request_lock(&d.request_id);
-                let _held = guard.lock().await;
+                let _held = self.inflight.lock(&d.request_id).await;
                 let mut rec = DeploymentRecord {
                     id: id.clone(),
                     request_id: d.request_id.clone(),
@@ -114,8 +113,7 @@ impl Manager {
         seen: Option<&Deployment>,
         out: &mut Reconciled,
     ) {
-        let guard = self.request_lock(&rec.request_id);
-        let _held = guard.lock().await;
+        let _held = self.inflight.lock(&rec.request_id).await;
         let before = rec.clone();
         let missing = seen.is_none();
         match (seen, rec.state()) {

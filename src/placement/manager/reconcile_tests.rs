@@ -8,7 +8,7 @@ use crate::placement::manager::{Discovery, Manager, PlaceOptions};
 use crate::placement::{Candidate, ProviderCaller, Strategy};
 use crate::proto::peer::ProviderInfo;
 use crate::resource::memory::MemoryProvider;
-use crate::resource::validate::deployment_key;
+use crate::resource::validate::deployment_id;
 use crate::resource::{
     DeploySpec, DeployState, Deployment, LogOptions, LogStream, ProgressSink, Provider,
     ProviderDescriptor, ResourceError, Resources, Tier,
@@ -72,7 +72,7 @@ impl Provider for Checked {
     async fn deploy(&self, s: &DeploySpec, p: ProgressSink) -> Result<Deployment, ResourceError> {
         let rec = self
             .store
-            .deployment(&deployment_key("iarnet", &s.request_id))
+            .deployment(&deployment_id(&s.request_id))
             .unwrap();
         self.seen.lock().unwrap().push(rec.map(|r| r.state()));
         self.inner.deploy(s, p).await
@@ -99,7 +99,7 @@ async fn manager(store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Manager 
 
 fn record(req: &str, state: Stored) -> DeploymentRecord {
     let mut r = DeploymentRecord {
-        id: deployment_key("iarnet", req),
+        id: deployment_id(req),
         request_id: req.into(),
         image: "busybox".into(),
         cpu_millis: 100,
@@ -221,7 +221,7 @@ async fn reconcile_adopts_resolves_and_marks_what_vanished() {
 
     let m = manager(store.clone(), provider.clone()).await;
     let r = m.reconcile().await;
-    let key = |s: &str| deployment_key("iarnet", s);
+    let key = |s: &str| deployment_id(s);
     assert_eq!(r.adopted, vec![key("unknown")]);
     let mut missing = vec![key("crashed"), key("lost"), key("stopping")];
     missing.sort();

@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use tracing::warn;
 
-use crate::config::Quantity;
 use crate::resource::types::Resources;
+use crate::resource::Quantity;
 
 /// The extended resource the NVIDIA device plugin advertises.
 pub(crate) const GPU_RESOURCE: &str = "nvidia.com/gpu";

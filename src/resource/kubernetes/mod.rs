@@ -10,7 +10,7 @@
 //! replica counts; a Job retries on its own terms. A bare pod runs once,
 //! keeps its exit code in its status, and is gone when iarnet deletes it.
 //!
-//! The pod is named `deployment_key("iarnet", request_id)`, so a retried
+//! The pod is named `deployment_id(request_id)`, so a retried
 //! deploy finds the pod the first attempt made (409 AlreadyExists, then a
 //! GET) instead of making a second one. It carries the labels
 //! `iarnet.managed=true`, `iarnet.provider`, `iarnet.node`, `iarnet.request`
@@ -72,7 +72,7 @@ use super::types::{
     DeploySpec, DeployState, Deployment, LogLine, Progress, ProviderDescriptor, ProviderKind,
     Resources,
 };
-use super::validate::{deployment_key, validate};
+use super::validate::{deployment_id, validate};
 
 /// The ledger key of every pod that is not this provider's.
 const OTHERS: &str = "others";
@@ -363,7 +363,7 @@ impl Provider for KubernetesProvider {
         let b = self.books();
         let mut labels = self.settings.labels.clone();
         if let Some(model) = b.gpu_products.first() {
-            labels.insert("gpu.model".into(), model.clone());
+            labels.insert(crate::resource::labels::GPU_MODEL.into(), model.clone());
         }
         Ok(ProviderDescriptor {
             id: self.settings.id.clone(),
@@ -382,7 +382,7 @@ impl Provider for KubernetesProvider {
         progress: ProgressSink,
     ) -> Result<Deployment, ResourceError> {
         validate(spec)?;
-        let key = deployment_key("iarnet", &spec.request_id);
+        let key = deployment_id(&spec.request_id);
         let own = self.refresh().await?;
         if let Some(pod) = own
             .iter()

@@ -12,16 +12,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::capacity::{pod_requests, GPU_PRODUCT_LABEL, GPU_RESOURCE};
+use crate::resource::labels;
 use crate::resource::types::{DeploySpec, DeployState, Deployment, StateChange};
-use crate::resource::validate::deployment_key;
+use crate::resource::validate::stable_hex;
 
-pub(crate) const LABEL_MANAGED: &str = "iarnet.managed";
-pub(crate) const LABEL_PROVIDER: &str = "iarnet.provider";
-pub(crate) const LABEL_NODE: &str = "iarnet.node";
-pub(crate) const LABEL_REQUEST: &str = "iarnet.request";
-/// The exact request id (a label value cannot hold every request id).
-pub(crate) const ANNOTATION_REQUEST: &str = "iarnet.request";
-pub(crate) const ANNOTATION_NAME: &str = "iarnet.name";
 /// The one container of an iarnet pod.
 pub(crate) const CONTAINER: &str = "main";
 
@@ -51,7 +45,7 @@ pub(crate) fn label_value(s: &str) -> String {
     if is_label_value(s) {
         return s.to_string();
     }
-    let hash = &deployment_key("x", s)[2..];
+    let hash = stable_hex(s);
     let readable: String = s
         .chars()
         .map(|c| {
@@ -98,7 +92,9 @@ impl Owner {
     /// `iarnet.managed=true,iarnet.provider=<id>`.
     pub fn selector(&self) -> String {
         format!(
-            "{LABEL_MANAGED}=true,{LABEL_PROVIDER}={}",
+            "{}=true,{}={}",
+            labels::MANAGED,
+            labels::PROVIDER,
             label_value(&self.provider)
         )
     }
@@ -107,8 +103,8 @@ impl Owner {
         let labels = pod.metadata.labels.as_ref();
         let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
         pod.metadata.namespace.as_deref() == Some(self.namespace.as_str())
-            && label(LABEL_MANAGED) == Some("true")
-            && label(LABEL_PROVIDER) == Some(label_value(&self.provider).as_str())
+            && label(labels::MANAGED) == Some("true")
+            && label(labels::PROVIDER) == Some(label_value(&self.provider).as_str())
     }
 }
 
@@ -141,14 +137,13 @@ pub(crate) fn build_pod(
     let resources = quantities(&res);
 
     let mut labels = spec.labels.clone();
-    labels.insert(LABEL_MANAGED.into(), "true".into());
-    labels.insert(LABEL_PROVIDER.into(), label_value(&owner.provider));
-    labels.insert(LABEL_NODE.into(), label_value(&owner.node));
-    labels.insert(LABEL_REQUEST.into(), label_value(&spec.request_id));
-    let mut annotations =
-        BTreeMap::from([(ANNOTATION_REQUEST.to_string(), spec.request_id.clone())]);
+    labels.insert(labels::MANAGED.into(), "true".into());
+    labels.insert(labels::PROVIDER.into(), label_value(&owner.provider));
+    labels.insert(labels::NODE.into(), label_value(&owner.node));
+    labels.insert(labels::REQUEST.into(), label_value(&spec.request_id));
+    let mut annotations = BTreeMap::from([(labels::REQUEST.to_string(), spec.request_id.clone())]);
     if !spec.name.is_empty() {
-        annotations.insert(ANNOTATION_NAME.into(), spec.name.clone());
+        annotations.insert(labels::NAME.into(), spec.name.clone());
     }
 
     let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
@@ -306,8 +301,8 @@ pub(crate) fn to_deployment(pod: &Pod, provider_id: &str) -> Deployment {
     let request_id = meta
         .annotations
         .as_ref()
-        .and_then(|a| a.get(ANNOTATION_REQUEST))
-        .or_else(|| meta.labels.as_ref().and_then(|l| l.get(LABEL_REQUEST)))
+        .and_then(|a| a.get(labels::REQUEST))
+        .or_else(|| meta.labels.as_ref().and_then(|l| l.get(labels::REQUEST)))
         .cloned()
         .unwrap_or_default();
     let image = pod
@@ -375,6 +370,7 @@ pub(crate) fn to_deployment(pod: &Pod, provider_id: &str) -> Deployment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::validate::deployment_id;
 
     #[test]
     fn label_values_are_valid_and_stable() {
@@ -391,7 +387,7 @@ mod tests {
 
     #[test]
     fn only_pod_names_pass() {
-        assert!(is_pod_name(&deployment_key("iarnet", "r")));
+        assert!(is_pod_name(&deployment_id("r")));
         assert!(is_pod_name("web-0.x"));
         for bad in ["", "../secrets", "a/b", "Upper", "-a", "a-", "a..b", "a?b"] {
             assert!(!is_pod_name(bad), "{bad:?}");

@@ -1,0 +1,33 @@
+//! Label keys with a meaning to iarnet, in one place.
+//!
+//! Provider labels travel in gossip and feed placement; workload labels
+//! (`iarnet.*`) sit on every container and pod iarnet makes, so a restarted
+//! node can rebuild its books from what runs.
+
+/// The model of a provider's GPUs ("NVIDIA H100 80GB HBM3").
+pub const GPU_MODEL: &str = "gpu.model";
+/// The provider's region (`placement.region`); the geographic strategy reads it.
+pub const REGION: &str = "region";
+/// The provider's zone (`placement.zone`).
+pub const ZONE: &str = "zone";
+/// Set to "true" on providers an operator registered (external tier).
+pub const EXTERNAL: &str = "external";
+
+/// Labels a spec may not set: they belong to iarnet.
+pub const RESERVED_PREFIX: &str = "iarnet.";
+/// "true" on every workload iarnet made.
+pub const MANAGED: &str = "iarnet.managed";
+/// The provider id that made the workload.
+pub const PROVIDER: &str = "iarnet.provider";
+/// The node that owns that provider.
+pub const NODE: &str = "iarnet.node";
+/// The request id the deployment came from.
+pub const REQUEST: &str = "iarnet.request";
+/// The deployment's display name (a Kubernetes annotation).
+pub const NAME: &str = "iarnet.name";
+/// The reservation a Docker container holds, so books can be rebuilt.
+pub const CPU_MILLIS: &str = "iarnet.cpu_millis";
+pub const MEMORY_BYTES: &str = "iarnet.memory_bytes";
+pub const STORAGE_BYTES: &str = "iarnet.storage_bytes";
+pub const GPUS: &str = "iarnet.gpus";
+pub const GPU_SHARED: &str = "iarnet.gpu_shared";
