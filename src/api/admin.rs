@@ -6,7 +6,8 @@ use tonic::{Request, Response, Status};
 
 use crate::config::valid_host_port;
 use crate::mesh::{Status as MemberState, Target};
-use crate::node::gossip::{run_exchange, Shared};
+use crate::node::gossip::run_exchange;
+use crate::node::Shared;
 use crate::proto::admin::admin_server::Admin;
 use crate::proto::admin::{
     AddPeerRequest, AddPeerResponse, GetNodeRequest, ListPeersRequest, ListPeersResponse,

@@ -21,7 +21,7 @@ use tonic::{Code, Request};
 use crate::api::admin::AdminApi;
 use crate::api::resources::ResourceApi;
 use crate::metrics::Snapshot;
-use crate::node::gossip::Shared;
+use crate::node::Shared;
 use crate::placement::Manager;
 use crate::proto::admin::admin_server::Admin;
 use crate::proto::admin::{AddPeerRequest, ListPeersRequest};
@@ -42,10 +42,15 @@ pub struct HttpApi {
 }
 
 impl HttpApi {
-    pub fn new(shared: Arc<Shared>, manager: Arc<Manager>, draining: CancellationToken) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        manager: Arc<Manager>,
+        resources: ResourceApi,
+        draining: CancellationToken,
+    ) -> Self {
         HttpApi {
             admin: AdminApi::new(shared.clone()),
-            resources: ResourceApi::new(manager.clone(), shared.audit.clone()),
+            resources,
             shared,
             manager,
             draining,
@@ -97,6 +102,7 @@ impl HttpApi {
             providers: providers.into_iter().collect(),
             deployments: deployments.into_iter().collect(),
             placements: self.manager.placement_counts(),
+            process: crate::metrics::process::ProcessStats::read(),
         }
     }
 }

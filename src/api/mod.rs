@@ -4,6 +4,5 @@
 pub mod admin;
 pub mod codec;
 pub mod http;
-pub mod limits;
 pub mod peer;
 pub mod resources;

@@ -5,20 +5,17 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::limits;
-use crate::node::gossip::Shared;
-use crate::node::resources::observe_call;
-use crate::node::stats::Stats;
-use crate::placement::Manager;
+use crate::mesh::limits;
+use crate::metrics::calls::{observe_call, Side};
+use crate::metrics::gossip::Stats;
+use crate::node::Shared;
+use crate::placement::{Manager, ProviderMethod};
 use crate::proto::peer::peer_service_server::PeerService;
 use crate::proto::peer::{
     ExchangeRequest, ExchangeResponse, ProviderCallRequest, ProviderCallResponse,
     ProviderExchangeRequest, ProviderExchangeResponse,
 };
 use crate::security::Caller;
-
-/// Longest id or address accepted in a gossip record.
-const MAX_FIELD: usize = 512;
 
 pub struct PeerApi {
     shared: Arc<Shared>,
@@ -37,16 +34,6 @@ impl PeerApi {
     }
 }
 
-fn check_len(field: &str, value: &str) -> Result<(), Status> {
-    if value.len() > MAX_FIELD {
-        return Err(Status::invalid_argument(format!(
-            "{field} is {} bytes long; the limit is {MAX_FIELD}",
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl PeerService for PeerApi {
     async fn exchange_peers(
@@ -61,8 +48,6 @@ impl PeerService for PeerApi {
             self.shared
                 .security
                 .check_claim(caller.as_ref(), &sender.id)?;
-            check_len("sender.id", &sender.id)?;
-            check_len("sender.addr", &sender.addr)?;
             if sender.id.is_empty() || sender.addr.is_empty() {
                 return Err(Status::invalid_argument(
                     "sender.id and sender.addr must be set (or leave sender out entirely, as the original protocol does)",
@@ -99,31 +84,35 @@ impl PeerService for PeerApi {
         let started = std::time::Instant::now();
         let caller = request.extensions().get::<Caller>().cloned();
         let req = request.into_inner();
-        if let Err(e) = check_len("caller_id", &req.caller_id).and_then(|()| {
-            self.shared
-                .security
-                .check_claim(caller.as_ref(), &req.caller_id)
-        }) {
+        let label = ProviderMethod::label(&req.method);
+        let checked = limits::provider_call(&req)
+            .map_err(Status::from)
+            .and_then(|()| {
+                self.shared
+                    .security
+                    .check_claim(caller.as_ref(), &req.caller_id)
+            });
+        if let Err(e) = checked {
             observe_call::<()>(
-                &self.shared,
-                "server",
-                req.method.clone(),
+                &self.shared.metrics,
+                Side::Server,
+                label,
                 &Err(e.clone()),
                 started,
             );
             return Err(e);
         }
-        let method = req.method.clone();
+        let method = ProviderMethod::parse(&req.method);
         let provider = req.provider_id.clone();
         let result = self.call_provider_inner(req).await;
-        if matches!(method.as_str(), "deploy" | "stop") {
+        if let Some(method) = method.filter(|m| m.changes_workloads()) {
             // The owner's side of a placement: admitted (reserved) or refused here.
             let who = caller.map_or_else(|| "local".to_string(), |c| c.to_string());
             let (outcome, error) = match &result {
                 Ok(_) => ("admitted", String::new()),
                 Err(s) => ("refused", s.message().to_string()),
             };
-            let event = if method == "deploy" {
+            let event = if method == ProviderMethod::Deploy {
                 "admission"
             } else {
                 "stop"
@@ -135,7 +124,7 @@ impl PeerService for PeerApi {
                 serde_json::json!({"provider": provider, "error": error}),
             );
         }
-        observe_call(&self.shared, "server", method, &result, started);
+        observe_call(&self.shared.metrics, Side::Server, label, &result, started);
         result
     }
 }
@@ -156,8 +145,6 @@ impl PeerApi {
                 "method is empty: name the provider operation to call",
             ));
         }
-        check_len("provider_id", &req.provider_id)?;
-        check_len("method", &req.method)?;
         let response = self
             .manager
             .serve_call(&req.provider_id, &req.method, &req.payload)

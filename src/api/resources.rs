@@ -7,27 +7,42 @@ use std::time::Instant;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use serde_json::{json, Value};
 
 use crate::audit::{who, Audit};
-use crate::placement::manager::{provider_entry, PlaceOptions};
-use crate::placement::{Manager, Strategy};
+use crate::placement::{Manager, PlaceOptions, Strategy};
 use crate::proto::resource as pb;
 use crate::proto::resource::resource_service_server::ResourceService;
-use crate::resource::wire::{deployment_to_proto, spec_from_proto};
+use crate::resource::wire::{deployment_to_proto, provider_entry, spec_from_proto};
 use crate::resource::{Capacity, LogOptions, Progress, ProgressSink, Tier};
 use crate::sync::TokenBucket;
 
 pub struct ResourceApi {
     manager: Arc<Manager>,
     audit: Arc<Audit>,
+    /// Deploys run in tasks the node owns: a caller that hangs up does not
+    /// cut a placement in half, and the node waits for them when it stops.
+    deploys: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl ResourceApi {
-    pub fn new(manager: Arc<Manager>, audit: Arc<Audit>) -> ResourceApi {
-        ResourceApi { manager, audit }
+    pub fn new(
+        manager: Arc<Manager>,
+        audit: Arc<Audit>,
+        deploys: TaskTracker,
+        stop: CancellationToken,
+    ) -> ResourceApi {
+        ResourceApi {
+            manager,
+            audit,
+            deploys,
+            stop,
+        }
     }
 }
 
@@ -131,7 +146,8 @@ impl ResourceService for ResourceApi {
         let (kind, name, endpoint) = (req.r#type.clone(), req.name.clone(), req.endpoint.clone());
         let added = async {
             let provider =
-                crate::node::resources::connect_external(self.manager.node_id(), &req).await?;
+                crate::node::providers::connect_external(self.manager.node_id(), &req.into())
+                    .await?;
             self.manager.add_provider(provider, Tier::External).await
         }
         .await
@@ -208,11 +224,16 @@ impl ResourceService for ResourceApi {
         let (tx, rx) = mpsc::channel(64);
         let (sink, mut progress) = ProgressSink::channel();
         let manager = self.manager.clone();
-        tokio::spawn(async move {
+        let stop = self.stop.clone();
+        self.deploys.spawn(async move {
             let deploy = manager.deploy(spec, opts, sink);
             tokio::pin!(deploy);
             let result = loop {
                 tokio::select! {
+                    biased;
+                    // The node is going away: what was recorded stays,
+                    // and reconcile settles it at the next start.
+                    _ = stop.cancelled() => return,
                     r = &mut deploy => break r,
                     Some(p) = progress.recv() => {
                         let _ = tx.send(Ok(progress_event(p))).await;

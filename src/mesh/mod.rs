@@ -64,6 +64,7 @@
 
 pub mod core;
 pub mod intern;
+pub mod limits;
 pub mod record;
 pub mod sim;
 pub mod view;

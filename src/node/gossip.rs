@@ -2,139 +2,23 @@
 //! interval, exchanges run concurrently with deadlines on pooled channels,
 //! and a peer that is still busy from the last round is skipped, never waited on.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use prost::Message;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 use tracing::{debug, Instrument};
 
-use super::stats::Stats;
-use crate::api::limits;
-use crate::audit::Audit;
-use crate::config::Config;
-use crate::mesh::{Call, Mesh, Millis, Reply, Target};
-use crate::metrics::{KindLabel, Metrics};
+use super::shared::Shared;
+use crate::mesh::{limits, Call, Reply, Target};
+use crate::metrics::gossip::Stats;
+use crate::metrics::KindLabel;
 use crate::proto::peer::peer_service_client::PeerServiceClient;
 use crate::proto::peer::Member;
-use crate::security::tls::Tls;
-use crate::security::Security;
-
-/// Largest gossip message a node accepts or sends (the core's soft cap is far below).
-pub const MAX_GRPC_MESSAGE: usize = 4 << 20;
-
-/// State shared by the node's tasks and its gRPC services.
-pub struct Shared {
-    mesh: Mutex<Mesh>,
-    start: tokio::time::Instant,
-    pub stats: Stats,
-    pub metrics: Metrics,
-    stopped: AtomicBool,
-    pub config: Config,
-    pub(crate) pool: Pool,
-    pub security: Arc<Security>,
-    pub audit: Arc<Audit>,
-}
-
-impl Shared {
-    pub fn new(mesh: Mesh, config: Config, tls: Option<Tls>, audit: Arc<Audit>) -> Shared {
-        let metrics = Metrics::default();
-        let security = Arc::new(Security::new(
-            &config.security,
-            tls.clone(),
-            metrics.clone(),
-            audit.clone(),
-        ));
-        Shared {
-            mesh: Mutex::new(mesh),
-            start: tokio::time::Instant::now(),
-            stats: Stats::default(),
-            metrics,
-            stopped: AtomicBool::new(false),
-            pool: Pool::new(config.gossip.call_timeout, tls),
-            security,
-            audit,
-            config,
-        }
-    }
-
-    /// The core, for one short synchronous step (never held across an await).
-    pub fn mesh(&self) -> MutexGuard<'_, Mesh> {
-        // The core has no invariants a panicking reader could break mid-way.
-        self.mesh.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Milliseconds on tokio's clock since the node started.
-    pub fn now(&self) -> Millis {
-        self.start.elapsed().as_millis() as Millis
-    }
-
-    pub fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-    }
-
-    /// Refuses work once the node is stopped (a crashed node must look crashed).
-    pub fn check_running(&self) -> Result<(), Status> {
-        if self.stopped.load(Ordering::SeqCst) {
-            Err(Status::unavailable(
-                "this iarnet node is shutting down; try another peer",
-            ))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-/// One lazily connected channel per peer address, reused across rounds.
-pub(crate) struct Pool {
-    clients: Mutex<HashMap<String, PeerServiceClient<Channel>>>,
-    timeout: Duration,
-    tls: Option<ClientTlsConfig>,
-}
-
-impl Pool {
-    fn new(timeout: Duration, tls: Option<Tls>) -> Pool {
-        Pool {
-            clients: Mutex::default(),
-            timeout,
-            tls: tls.map(|t| t.client()),
-        }
-    }
-
-    pub(crate) fn client(&self, addr: &str) -> Result<PeerServiceClient<Channel>, Status> {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = clients.get(addr) {
-            return Ok(c.clone());
-        }
-        let bad = |e: tonic::transport::Error| {
-            Status::invalid_argument(format!("bad peer address {addr:?}: {e}"))
-        };
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-            .map_err(bad)?
-            .connect_timeout(self.timeout)
-            .tcp_nodelay(true);
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
-        }
-        let client = PeerServiceClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE);
-        clients.insert(addr.to_string(), client.clone());
-        Ok(client)
-    }
-
-    /// Drops channels to addresses no longer in `keep`.
-    fn retain(&self, keep: &HashSet<String>) {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients.retain(|addr, _| keep.contains(addr));
-    }
-}
 
 /// Runs one exchange to the end. Returns the peer's own record when it answered.
 pub async fn run_exchange(shared: &Shared, target: Target) -> Option<Member> {
@@ -180,13 +64,21 @@ async fn call_once(
         Call::Peers(req) => {
             let req = request(shared, req);
             let r = answered(shared, client.exchange_peers(req)).await;
-            let r = r.and_then(|r| limits::exchange_response(&r).map(|()| r));
+            let r = r.and_then(|r| {
+                limits::exchange_response(&r)
+                    .map(|()| r)
+                    .map_err(Status::from)
+            });
             ("peers", r.map(Reply::Peers))
         }
         Call::Providers(req) => {
             let req = request(shared, req);
             let r = answered(shared, client.exchange_providers(req)).await;
-            let r = r.and_then(|r| limits::provider_response(&r).map(|()| r));
+            let r = r.and_then(|r| {
+                limits::provider_response(&r)
+                    .map(|()| r)
+                    .map_err(Status::from)
+            });
             ("providers", r.map(Reply::Providers))
         }
     };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::gossip::Shared;
+use super::shared::Shared;
 use crate::mesh::Status;
 use crate::store::Store;
 

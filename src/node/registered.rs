@@ -8,10 +8,9 @@
 
 use tracing::{info, warn};
 
-use super::resources::connect_external;
+use super::providers::connect_external;
 use crate::placement::Manager;
-use crate::proto::resource::RegisterProviderRequest;
-use crate::resource::Tier;
+use crate::resource::{ProviderTarget, Tier};
 use crate::store::Store;
 
 pub async fn reconnect(manager: &Manager, store: &dyn Store) {
@@ -35,12 +34,12 @@ pub async fn reconnect(manager: &Manager, store: &dyn Store) {
         }
         let mut labels = rec.labels.clone();
         labels.remove(crate::resource::labels::EXTERNAL);
-        let req = RegisterProviderRequest {
-            r#type: rec.kind.clone(),
+        let req = ProviderTarget {
+            kind: rec.kind.clone(),
             name: rec.name.clone(),
             endpoint: rec.endpoint.clone(),
-            labels: labels.into_iter().collect(),
-            ..Default::default()
+            labels,
+            ..ProviderTarget::default()
         };
         let added = match connect_external(manager.node_id(), &req).await {
             Ok(p) => manager.add_provider(p, Tier::External).await.map(|_| ()),

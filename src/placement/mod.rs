@@ -1,13 +1,29 @@
-//! Placement across the mesh: the resource manager ranks this node's own
-//! providers and the ones other nodes advertise, and deploys through the
-//! best one that admits the request.
+//! Placement across the mesh, split by stage the way a scheduler is:
+//!
+//! ```text
+//! feasible   filters: fits, labels, GPU model, health, a pinned provider
+//! rank       strategies order what is feasible, over an index of the view
+//! registry   this node's providers, what it advertises, the cached index
+//! place      the loop: rank, record the intent, deploy, try the next
+//! book       durable deployment records and the lookups that find them
+//! call       CallProvider: the proxy to other nodes' providers, and serving
+//! manager    assembles the stages; answers status, logs, stop and listing
+//! ```
 
+mod book;
+pub mod call;
+pub mod feasible;
 pub mod manager;
-pub mod proxy;
+mod place;
 pub mod rank;
+pub mod registry;
 #[cfg(test)]
 mod tests;
 
-pub use manager::{Discovery, Manager, Placed};
-pub use proxy::{ProviderCaller, RemoteProvider};
-pub use rank::{Candidate, Index, Need, Strategy};
+pub use crate::resource::Candidate;
+pub use call::proxy::RemoteProvider;
+pub use call::{ProviderCaller, ProviderMethod};
+pub use feasible::Need;
+pub use manager::{Manager, PlaceOptions, Placed};
+pub use rank::{Index, Strategy};
+pub use registry::Discovery;

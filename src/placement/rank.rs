@@ -1,4 +1,5 @@
-//! Ranking providers for a deployment: tiers first, then a strategy.
+//! Ranking the feasible providers for a deployment: tiers first, then a
+//! strategy.
 //!
 //! Decisions run against an index built from the cached capacity view, so a
 //! decision costs O(log n + k) for most strategies instead of a scan of every
@@ -6,14 +7,15 @@
 //! from the smallest that fits, round-robin from a cursor, random and
 //! weighted probe a few random entries before falling back to a scan.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use crate::resource::{labels, Capacity, ProviderKind, Resources, Tier};
+use super::feasible::Need;
+use crate::resource::{labels, Candidate, Tier};
 
 /// How to order the feasible providers of one tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,50 +69,6 @@ impl Strategy {
 impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// A provider placement may choose, as seen from this node.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
-    pub id: String,
-    pub name: String,
-    pub kind: ProviderKind,
-    pub tier: Tier,
-    pub owner_id: String,
-    /// Where the owner is dialled; empty for this node's own providers.
-    pub owner_addr: String,
-    pub healthy: bool,
-    pub capacity: Capacity,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// What a deployment needs from a provider.
-#[derive(Debug, Clone, Default)]
-pub struct Need<'a> {
-    pub resources: Resources,
-    pub gpu_model: Option<&'a str>,
-    pub required_labels: Option<&'a BTreeMap<String, String>>,
-    /// Preferred region (geographic strategy).
-    pub region: Option<&'a str>,
-    /// Only this provider.
-    pub provider_id: Option<&'a str>,
-}
-
-impl Need<'_> {
-    /// Can `c` take this deployment, as far as the cached view says?
-    pub fn feasible(&self, c: &Candidate) -> bool {
-        c.healthy
-            && c.capacity.available().fits(&self.resources)
-            && self.provider_id.is_none_or(|p| p == c.id)
-            && self.gpu_model.is_none_or(|m| {
-                c.labels
-                    .get(labels::GPU_MODEL)
-                    .is_some_and(|have| have.to_lowercase().contains(&m.to_lowercase()))
-            })
-            && self
-                .required_labels
-                .is_none_or(|req| req.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
     }
 }
 

@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use super::manager::{Discovery, PlaceOptions};
-use super::rank::{Candidate, Index, Need, Strategy};
+use super::rank::{Index, Strategy};
+use super::{Candidate, Discovery, Need, PlaceOptions};
 use super::{Manager, ProviderCaller};
 use crate::proto::peer::ProviderInfo;
 use crate::resource::memory::MemoryProvider;

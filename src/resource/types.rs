@@ -142,6 +142,39 @@ pub struct ProviderDescriptor {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A provider placement may choose, as seen from this node: what its
+/// owner advertises, its tier, and where the owner is reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub id: String,
+    pub name: String,
+    pub kind: ProviderKind,
+    pub tier: Tier,
+    pub owner_id: String,
+    /// Where the owner is dialled; empty for this node's own providers.
+    pub owner_addr: String,
+    pub healthy: bool,
+    pub capacity: Capacity,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Candidate {
+    /// One of `owner_id`'s own providers, as described now.
+    pub fn local(d: &ProviderDescriptor, tier: Tier, owner_id: &str) -> Candidate {
+        Candidate {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            kind: d.kind,
+            tier,
+            owner_id: owner_id.to_string(),
+            owner_addr: String::new(),
+            healthy: d.healthy,
+            capacity: d.capacity,
+            labels: d.labels.clone(),
+        }
+    }
+}
+
 /// A port to publish: `container` inside, `host` outside (0 = any).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortSpec {

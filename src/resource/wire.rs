@@ -1,11 +1,14 @@
-//! Conversions between the resource plane's types and `iarnet.resource.v1`.
+//! Conversions between the resource plane's types and the wire: the
+//! `iarnet.resource.v1` messages, and provider records in gossip.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::proto::peer::ProviderInfo;
 use crate::proto::resource as pb;
 use crate::resource::Quantity;
 
 use super::error::ResourceError;
+use super::target::ProviderTarget;
 use super::types::*;
 
 impl From<Resources> for pb::Resources {
@@ -211,5 +214,74 @@ pub fn deployment_from_proto(d: pb::Deployment) -> Deployment {
                 at: from_unix(c.at_unix),
             })
             .collect(),
+    }
+}
+
+/// Status codes carried in `ProviderInfo.status`.
+pub const PROVIDER_HEALTHY: i32 = 1;
+pub const PROVIDER_UNHEALTHY: i32 = 2;
+
+/// How a provider is advertised in gossip: identity, kind, health,
+/// capacity and labels; never credentials.
+pub fn provider_info(d: &ProviderDescriptor) -> ProviderInfo {
+    ProviderInfo {
+        id: d.id.clone(),
+        name: d.name.clone(),
+        r#type: d.kind.as_str().to_string(),
+        status: if d.healthy {
+            PROVIDER_HEALTHY
+        } else {
+            PROVIDER_UNHEALTHY
+        },
+        labels: d.labels.clone().into_iter().collect(),
+        capacity: Some(d.capacity.into()),
+        ..Default::default()
+    }
+}
+
+/// A provider another node advertises, as a placement candidate.
+pub fn candidate_from_gossip(p: &ProviderInfo, owner_addr: &str) -> Candidate {
+    Candidate {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        kind: ProviderKind::parse(&p.r#type).unwrap_or(ProviderKind::Memory),
+        tier: Tier::Discovered,
+        owner_id: p.owner_id.clone(),
+        owner_addr: owner_addr.to_string(),
+        healthy: p.status == PROVIDER_HEALTHY,
+        capacity: p.capacity.unwrap_or_default().into(),
+        labels: p.labels.clone().into_iter().collect(),
+    }
+}
+
+/// A provider as `ListProviders` and the `capacity` call answer it; the
+/// endpoint is left out (it may name internal hosts).
+pub fn provider_entry(c: &Candidate) -> pb::ProviderEntry {
+    pb::ProviderEntry {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        r#type: c.kind.as_str().to_string(),
+        tier: c.tier.as_str().to_string(),
+        owner_id: c.owner_id.clone(),
+        healthy: c.healthy,
+        capacity: Some(c.capacity.into()),
+        labels: c.labels.clone().into_iter().collect(),
+        endpoint: String::new(),
+    }
+}
+
+impl From<pb::RegisterProviderRequest> for ProviderTarget {
+    fn from(r: pb::RegisterProviderRequest) -> ProviderTarget {
+        ProviderTarget {
+            kind: r.r#type,
+            name: r.name,
+            endpoint: r.endpoint,
+            tls_ca: r.tls_ca,
+            tls_cert: r.tls_cert,
+            tls_key: r.tls_key,
+            token: r.token,
+            kubeconfig_path: r.kubeconfig_path,
+            labels: r.labels.into_iter().collect(),
+        }
     }
 }

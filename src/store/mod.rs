@@ -199,6 +199,23 @@ fn millis(t: SystemTime) -> u64 {
 }
 
 impl DeploymentRecord {
+    /// A record with no resources and no history yet.
+    pub fn new(id: &str, request_id: &str, image: &str, placed_on: PlacedOn) -> DeploymentRecord {
+        DeploymentRecord {
+            id: id.to_string(),
+            request_id: request_id.to_string(),
+            image: image.to_string(),
+            cpu_millis: 0,
+            memory_bytes: 0,
+            gpus_wanted: 0,
+            storage_bytes: 0,
+            placed_on,
+            gpus: Vec::new(),
+            history: Vec::new(),
+            adopted: false,
+        }
+    }
+
     pub fn resources(&self) -> Resources {
         Resources {
             cpu_millis: self.cpu_millis,

@@ -16,13 +16,12 @@
 //! and the reservations agree.
 
 use std::collections::HashMap;
-use std::sync::PoisonError;
 
 use tracing::{info, warn};
 
-use super::{lock, placed_on, Manager};
-use crate::placement::rank::Candidate;
-use crate::resource::{Deployment, Provider};
+use super::Manager;
+use crate::placement::book::placed_on;
+use crate::resource::Deployment;
 use crate::store::{DeploymentRecord, Stored};
 
 /// What reconcile changed, for logs and tests.
@@ -43,13 +42,7 @@ impl Manager {
     /// Brings the records in line with this node's own providers. Run once
     /// at start, after the providers are added and before serving.
     pub async fn reconcile(&self) -> Reconciled {
-        let locals: Vec<(std::sync::Arc<dyn Provider>, Candidate)> = {
-            let locals = self.locals.read().unwrap_or_else(PoisonError::into_inner);
-            locals
-                .values()
-                .map(|l| (l.provider.clone(), self.local_candidate(l)))
-                .collect()
-        };
+        let locals = self.registry.local_candidates();
         let mut out = Reconciled::default();
         for (p, c) in locals {
             let listed = match p.list().await {
@@ -61,36 +54,23 @@ impl Manager {
             };
             let running: HashMap<String, Deployment> =
                 listed.into_iter().map(|d| (d.id.clone(), d)).collect();
-            let mine: Vec<DeploymentRecord> = lock(&self.records)
-                .values()
-                .filter(|r| r.placed_on.provider_id == c.id && r.placed_on.owner_id == self.node_id)
-                .cloned()
-                .collect();
+            let mine: Vec<DeploymentRecord> = self.book.select(|r| {
+                r.placed_on.provider_id == c.id && r.placed_on.owner_id == self.node_id
+            });
             for rec in mine {
                 let seen = running.get(&rec.id);
                 self.settle(rec, seen, &mut out).await;
             }
             for (id, d) in &running {
-                if lock(&self.records).contains_key(id) {
+                if self.book.contains(id) {
                     continue;
                 }
                 let _held = self.inflight.lock(&d.request_id).await;
-                let mut rec = DeploymentRecord {
-                    id: id.clone(),
-                    request_id: d.request_id.clone(),
-                    image: d.image.clone(),
-                    cpu_millis: 0,
-                    memory_bytes: 0,
-                    gpus_wanted: 0,
-                    storage_bytes: 0,
-                    placed_on: placed_on(&c),
-                    gpus: Vec::new(),
-                    history: Vec::new(),
-                    adopted: true,
-                };
+                let mut rec = DeploymentRecord::new(id, &d.request_id, &d.image, placed_on(&c));
+                rec.adopted = true;
                 rec.set_resources(d.resources);
                 rec.observe(d);
-                match self.persist(&rec).await {
+                match self.book.persist(&rec).await {
                     Ok(()) => {
                         info!(deployment = %id, request = %d.request_id, provider = %c.id, state = %d.state(), "adopted a container the store did not know");
                         out.adopted.push(id.clone());
@@ -130,7 +110,7 @@ impl Manager {
         if rec == before {
             return;
         }
-        match self.persist(&rec).await {
+        match self.book.persist(&rec).await {
             Ok(()) => {
                 info!(deployment = %rec.id, from = ?before.state(), to = ?rec.state(), "record reconciled with its provider");
                 if missing {

@@ -1,4 +1,5 @@
-//! Counters a node keeps about its own gossip (read by benches and operators).
+//! Counters a node keeps about its own gossip (read by benches, operators
+//! and `/metrics`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,14 +1,19 @@
 //! Bounds on everything a peer sends, checked before the gossip core sees
-//! it: requests a node serves and replies it receives. The 4 MiB message
-//! cap bounds the total; these bound each part, so no single field can make
-//! a node keep (and re-gossip) something huge. Errors name the field.
+//! it: requests a node serves and replies it receives, on the server and
+//! the client side alike. [`MAX_MESSAGE`] bounds the total; the rest bound
+//! each part, so no single field can make a node keep (and re-gossip)
+//! something huge. Errors name the field.
 
-use tonic::Status;
+use std::fmt;
 
 use crate::proto::peer::{
-    ExchangeRequest, ExchangeResponse, Member, MemberDigest, ProviderExchangeRequest,
-    ProviderExchangeResponse, ProviderInfo, ProviderSet,
+    ExchangeRequest, ExchangeResponse, Member, MemberDigest, ProviderCallRequest,
+    ProviderExchangeRequest, ProviderExchangeResponse, ProviderInfo, ProviderSet,
 };
+
+/// Largest peer message a node accepts or sends (the core's soft cap on
+/// gossip is far below; CallProvider payloads are specs and log pages).
+pub const MAX_MESSAGE: usize = 4 << 20;
 
 /// Ids, names and addresses.
 pub const MAX_NAME: usize = 256;
@@ -26,10 +31,35 @@ pub const MAX_PROVIDERS: usize = 256;
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL: usize = 253;
 
-type Checked = Result<(), Status>;
+/// A part of a peer message over its bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitError {
+    pub field: String,
+    pub what: String,
+}
 
-fn too(field: &str, what: String) -> Status {
-    Status::invalid_argument(format!("{field}: {what}"))
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.what)
+    }
+}
+
+impl std::error::Error for LimitError {}
+
+/// A peer sent something out of bounds: its request, not this node, is wrong.
+impl From<LimitError> for tonic::Status {
+    fn from(e: LimitError) -> tonic::Status {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+type Checked = Result<(), LimitError>;
+
+fn too(field: &str, what: String) -> LimitError {
+    LimitError {
+        field: field.to_string(),
+        what,
+    }
 }
 
 fn text(field: &str, value: &str) -> Checked {
@@ -182,6 +212,14 @@ pub fn provider_response(r: &ProviderExchangeResponse) -> Checked {
     sets(&r.sets)
 }
 
+/// The envelope of a CallProvider request (its payload is decoded and
+/// validated by the provider operation it names).
+pub fn provider_call(r: &ProviderCallRequest) -> Checked {
+    text("caller_id", &r.caller_id)?;
+    text("provider_id", &r.provider_id)?;
+    text("method", &r.method)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,7 +232,7 @@ mod tests {
             addr: "x".repeat(MAX_NAME + 1),
             ..Default::default()
         });
-        let e = exchange_request(&r).unwrap_err();
+        let e = tonic::Status::from(exchange_request(&r).unwrap_err());
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().starts_with("members[0].addr:"), "{e:?}");
 
@@ -211,7 +249,7 @@ mod tests {
         };
         let e = provider_request(&r).unwrap_err();
         assert!(
-            e.message().starts_with("sets[0].providers[0].labels:"),
+            e.to_string().starts_with("sets[0].providers[0].labels:"),
             "{e:?}"
         );
     }

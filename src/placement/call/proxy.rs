@@ -1,4 +1,5 @@
-//! A provider owned by another node, operated over `CallProvider`.
+//! The calling side of `CallProvider`: a provider owned by another node,
+//! operated through that node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,26 +7,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use prost::Message;
 
-use crate::proto::peer::{ProviderCallRequest, ProviderCallResponse};
+use crate::proto::peer::ProviderCallRequest;
 use crate::proto::resource as pb;
 use crate::resource::wire::{deployment_from_proto, spec_to_proto};
 use crate::resource::{
-    DeploySpec, Deployment, LogLine, LogOptions, LogStream, ProgressSink, Provider,
+    Candidate, DeploySpec, Deployment, LogLine, LogOptions, LogStream, ProgressSink, Provider,
     ProviderDescriptor, ResourceError,
 };
 
-use super::rank::Candidate;
-
-/// Sends one `CallProvider` request to a node, with a deadline.
-#[async_trait::async_trait]
-pub trait ProviderCaller: Send + Sync + 'static {
-    async fn call(
-        &self,
-        owner_addr: &str,
-        request: ProviderCallRequest,
-        timeout: Duration,
-    ) -> Result<ProviderCallResponse, tonic::Status>;
-}
+use super::{ProviderCaller, ProviderMethod};
 
 /// Deadlines: a deploy may pull an image; everything else is quick.
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -44,7 +34,7 @@ impl RemoteProvider {
 
     async fn call<Req: Message, Resp: Message + Default>(
         &self,
-        method: &str,
+        method: ProviderMethod,
         payload: Req,
         timeout: Duration,
     ) -> Result<Resp, ResourceError> {
@@ -55,13 +45,13 @@ impl RemoteProvider {
 async fn call<Req: Message, Resp: Message + Default>(
     caller: &dyn ProviderCaller,
     c: &Candidate,
-    method: &str,
+    method: ProviderMethod,
     payload: Req,
     timeout: Duration,
 ) -> Result<Resp, ResourceError> {
     let req = ProviderCallRequest {
         provider_id: c.id.clone(),
-        method: method.to_string(),
+        method: method.as_str().to_string(),
         payload: payload.encode_to_vec(),
         // The node's caller fills in its own id.
         caller_id: String::new(),
@@ -92,7 +82,7 @@ impl Provider for RemoteProvider {
 
     async fn describe(&self) -> Result<ProviderDescriptor, ResourceError> {
         let e: pb::ProviderEntry = self
-            .call("capacity", pb::CapacityCall {}, CALL_TIMEOUT)
+            .call(ProviderMethod::Capacity, pb::CapacityCall {}, CALL_TIMEOUT)
             .await?;
         Ok(ProviderDescriptor {
             id: e.id,
@@ -112,7 +102,7 @@ impl Provider for RemoteProvider {
     ) -> Result<Deployment, ResourceError> {
         let d: pb::Deployment = self
             .call(
-                "deploy",
+                ProviderMethod::Deploy,
                 pb::DeployCall {
                     spec: Some(spec_to_proto(spec)),
                 },
@@ -125,7 +115,7 @@ impl Provider for RemoteProvider {
     async fn status(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {
         let d: pb::Deployment = self
             .call(
-                "status",
+                ProviderMethod::Status,
                 pb::StatusCall {
                     deployment_id: deployment_id.to_string(),
                 },
@@ -152,7 +142,7 @@ impl Provider for RemoteProvider {
         let id = deployment_id.to_string();
         let first: pb::LogsReply = self
             .call(
-                "logs",
+                ProviderMethod::Logs,
                 pb::LogsCall {
                     deployment_id: id.clone(),
                     tail: opts.tail.unwrap_or(0),
@@ -195,7 +185,14 @@ impl Provider for RemoteProvider {
                         tail: 0,
                         skip: st.seen,
                     };
-                    match call::<_, pb::LogsReply>(&*caller, &cand, "logs", req, CALL_TIMEOUT).await
+                    match call::<_, pb::LogsReply>(
+                        &*caller,
+                        &cand,
+                        ProviderMethod::Logs,
+                        req,
+                        CALL_TIMEOUT,
+                    )
+                    .await
                     {
                         Ok(r) => {
                             st.seen = r.next;
@@ -216,7 +213,7 @@ impl Provider for RemoteProvider {
     async fn stop(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {
         let d: pb::Deployment = self
             .call(
-                "stop",
+                ProviderMethod::Stop,
                 pb::StopCall {
                     deployment_id: deployment_id.to_string(),
                 },

@@ -1,5 +1,13 @@
 //! Prometheus metrics of a node: latency histograms recorded as calls
 //! happen, and gauges read from the node's state at each scrape.
+//!
+//! - [`gossip`]: the counters the gossip loop keeps;
+//! - [`calls`]: CallProvider latency, as caller and as owner;
+//! - [`process`]: the standard `process_*` metrics.
+
+pub mod calls;
+pub mod gossip;
+pub mod process;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -9,7 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::node::stats::StatsSnapshot;
+use gossip::StatsSnapshot;
+use process::ProcessStats;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -99,13 +108,19 @@ pub struct Snapshot {
     pub deployments: Vec<(String, u64)>,
     /// (outcome, reason, count) since start.
     pub placements: Vec<(String, String, u64)>,
+    /// This process (None where it cannot be read).
+    pub process: Option<ProcessStats>,
 }
 
 impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self, s: &Snapshot) -> String {
         self.scrapes.inc();
-        let mut r = Registry::with_prefix("iarnet");
+        let mut root = Registry::default();
+        if let Some(p) = &s.process {
+            register_process(&mut root, p);
+        }
+        let r = root.sub_registry_with_prefix("iarnet");
         r.register(
             "gossip_call_seconds",
             "Latency of one gossip call, by kind (peers or providers)",
@@ -176,9 +191,50 @@ impl Metrics {
         );
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &r);
+        let _ = encode(&mut out, &root);
         out
     }
+}
+
+/// The names every exporter uses, unprefixed, so standard dashboards work.
+fn register_process(r: &mut Registry, p: &ProcessStats) {
+    let gauge = |v: f64| {
+        let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        g.set(v);
+        g
+    };
+    r.register(
+        "process_cpu_seconds",
+        "Total user and system CPU time spent in seconds",
+        ConstCounter::new(p.cpu_seconds),
+    );
+    r.register(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes",
+        gauge(p.resident_memory_bytes as f64),
+    );
+    r.register(
+        "process_virtual_memory_bytes",
+        "Virtual memory size in bytes",
+        gauge(p.virtual_memory_bytes as f64),
+    );
+    r.register(
+        "process_open_fds",
+        "Number of open file descriptors",
+        gauge(p.open_fds as f64),
+    );
+    if let Some(max) = p.max_fds {
+        r.register(
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            gauge(max as f64),
+        );
+    }
+    r.register(
+        "process_start_time_seconds",
+        "Start time of the process since the Unix epoch in seconds",
+        gauge(p.start_time_seconds),
+    );
 }
 
 fn gauges<L>(values: &[(String, u64)], label: impl Fn(String) -> L) -> Family<L, Gauge>
@@ -225,6 +281,11 @@ mod tests {
             providers: vec![("discovered".into(), 2)],
             deployments: vec![("running".into(), 1)],
             placements: vec![("refused".into(), "exhausted".into(), 4)],
+            process: Some(ProcessStats {
+                resident_memory_bytes: 1 << 20,
+                open_fds: 9,
+                ..ProcessStats::default()
+            }),
             ..Snapshot::default()
         });
         for needle in [
@@ -235,6 +296,10 @@ mod tests {
             "iarnet_placements_total{outcome=\"refused\",reason=\"exhausted\"} 4",
             "iarnet_gossip_call_seconds_count{kind=\"peers\"} 1",
             "iarnet_gossip_rounds_total 0",
+            "process_resident_memory_bytes 1048576",
+            "process_open_fds 9",
+            "process_cpu_seconds_total 0",
+            "process_start_time_seconds",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }

@@ -1,5 +1,6 @@
-//! The node's resource plane: its internal provider, the manager, the
-//! mesh view the manager places on, and CallProvider to other nodes.
+//! The providers a node attaches: its internal one (found by `mode`), the
+//! external ones an operator names, and the loop that keeps their
+//! advertised capacity fresh.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,16 +9,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, Mode};
-use crate::placement::manager::candidate_from_gossip;
-use crate::placement::{Candidate, Discovery, Manager, ProviderCaller};
-use crate::proto::peer::{ProviderCallRequest, ProviderCallResponse, ProviderInfo};
+use crate::config::{Config, ExternalProvider, Mode};
+use crate::placement::Manager;
 use crate::resource::docker::{DockerProvider, DockerSettings, DockerTls};
 use crate::resource::gpu::{GpuProbe, NvmlProbe};
 use crate::resource::kubernetes::{KubeSettings, KubernetesProvider};
-use crate::resource::{labels, Provider, ProviderKind, ResourceError, Resources};
-
-use super::gossip::Shared;
+use crate::resource::{labels, Provider, ProviderKind, ProviderTarget, ResourceError, Resources};
 
 /// Which providers a node starts with.
 #[derive(Clone, Default)]
@@ -28,113 +25,6 @@ pub enum ProviderSetup {
     Detect,
     /// Exactly these, as internal providers (tests, embedding).
     Given(Vec<Arc<dyn Provider>>),
-}
-
-/// The mesh as the manager sees it.
-pub struct NodeDiscovery {
-    pub shared: Arc<Shared>,
-}
-
-impl Discovery for NodeDiscovery {
-    fn discovered(&self) -> Vec<Candidate> {
-        let mesh = self.shared.mesh();
-        let me = mesh.id().to_string();
-        mesh.view()
-            .iter()
-            .filter(|e| !e.status.is_tombstone() && *e.info.id != *me)
-            .filter_map(|e| e.providers.as_ref().map(|set| (e, set)))
-            .flat_map(|(e, set)| {
-                set.providers
-                    .iter()
-                    .map(|p| candidate_from_gossip(p, &e.info.addr))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    }
-
-    fn publish(&self, providers: Vec<ProviderInfo>) {
-        self.shared.mesh().set_providers(providers);
-    }
-
-    fn caller(&self) -> Arc<dyn ProviderCaller> {
-        Arc::new(NodeCaller {
-            shared: self.shared.clone(),
-        })
-    }
-
-    fn version(&self) -> u64 {
-        self.shared.mesh().view().hash()
-    }
-}
-
-/// CallProvider over the node's pooled channels.
-pub struct NodeCaller {
-    shared: Arc<Shared>,
-}
-
-#[async_trait::async_trait]
-impl ProviderCaller for NodeCaller {
-    async fn call(
-        &self,
-        owner_addr: &str,
-        mut request: ProviderCallRequest,
-        timeout: Duration,
-    ) -> Result<ProviderCallResponse, tonic::Status> {
-        let started = std::time::Instant::now();
-        request.caller_id = self.shared.mesh().id().to_string();
-        let method = request.method.clone();
-        let result = self.send(owner_addr, request, timeout).await;
-        observe_call(&self.shared, "client", method, &result, started);
-        result
-    }
-}
-
-impl NodeCaller {
-    async fn send(
-        &self,
-        owner_addr: &str,
-        request: ProviderCallRequest,
-        timeout: Duration,
-    ) -> Result<ProviderCallResponse, tonic::Status> {
-        let mut client = self.shared.pool.client(owner_addr)?;
-        let mut req = tonic::Request::new(request);
-        req.set_timeout(timeout);
-        match tokio::time::timeout(timeout, client.call_provider(req)).await {
-            Ok(r) => r.map(tonic::Response::into_inner),
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "CallProvider to {owner_addr} took longer than {timeout:?}"
-            ))),
-        }
-    }
-}
-
-/// Records one CallProvider's latency. Methods are the provider operations
-/// ("deploy", "logs", ...); anything else is folded into "other" so a
-/// hostile caller cannot grow the label set.
-pub fn observe_call<T>(
-    shared: &Shared,
-    side: &str,
-    method: String,
-    result: &Result<T, tonic::Status>,
-    started: std::time::Instant,
-) {
-    let method = if crate::placement::manager::PROVIDER_METHODS.contains(&method.as_str()) {
-        method
-    } else {
-        "other".to_string()
-    };
-    let code = result
-        .as_ref()
-        .map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-    shared
-        .metrics
-        .provider_call_seconds
-        .get_or_create(&crate::metrics::CallLabels {
-            side: side.to_string(),
-            method,
-            code: crate::metrics::code_label(code),
-        })
-        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Labels every provider of this node carries.
@@ -244,7 +134,7 @@ pub async fn refresh_loop(manager: Arc<Manager>, every: Duration, cancel: Cancel
 /// gossiped, logged or returned.
 pub async fn connect_external(
     node_id: &str,
-    req: &crate::proto::resource::RegisterProviderRequest,
+    req: &ProviderTarget,
 ) -> Result<Arc<dyn Provider>, ResourceError> {
     let name = req.name.trim();
     if name.is_empty()
@@ -258,10 +148,10 @@ pub async fn connect_external(
             "must be 1-63 letters, digits, '-', '_' or '.' (it becomes part of the provider id)",
         ));
     }
-    let mut labels: BTreeMap<String, String> = req.labels.clone().into_iter().collect();
+    let mut labels = req.labels.clone();
     labels.insert(labels::EXTERNAL.into(), "true".into());
     let id = format!("{node_id}/{name}");
-    match ProviderKind::parse(&req.r#type) {
+    match req.kind() {
         Some(ProviderKind::Docker) => {
             if req.endpoint.is_empty() {
                 return Err(ResourceError::invalid(
@@ -319,24 +209,24 @@ pub async fn connect_external(
         }
         _ => Err(ResourceError::invalid(
             "type",
-            format!("{:?} is not a provider type: use docker or k8s", req.r#type),
+            format!("{:?} is not a provider type: use docker or k8s", req.kind),
         )),
     }
 }
 
-impl crate::config::ExternalProvider {
-    /// The registration this config entry stands for.
-    pub fn as_request(&self) -> crate::proto::resource::RegisterProviderRequest {
-        let mut req = crate::proto::resource::RegisterProviderRequest {
-            r#type: self.kind.clone(),
+impl ExternalProvider {
+    /// The target this configured `external_providers` entry stands for.
+    pub fn as_request(&self) -> ProviderTarget {
+        let mut t = ProviderTarget {
+            kind: self.kind.clone(),
             name: self.name.clone(),
-            ..Default::default()
+            ..ProviderTarget::default()
         };
         if self.kind == "k8s" {
-            req.kubeconfig_path = self.target.clone();
+            t.kubeconfig_path = self.target.clone();
         } else {
-            req.endpoint = self.target.clone();
+            t.endpoint = self.target.clone();
         }
-        req
+        t
     }
 }

@@ -1,0 +1,89 @@
+//! The mesh as placement sees it: the providers live members advertise,
+//! publishing this node's own, and CallProvider over the node's channels.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::shared::Shared;
+use crate::metrics::calls::{observe_call, Side};
+use crate::placement::{Discovery, ProviderCaller, ProviderMethod};
+use crate::proto::peer::{ProviderCallRequest, ProviderCallResponse, ProviderInfo};
+use crate::resource::wire::candidate_from_gossip;
+use crate::resource::Candidate;
+
+pub struct NodeDiscovery {
+    pub shared: Arc<Shared>,
+}
+
+impl Discovery for NodeDiscovery {
+    fn discovered(&self) -> Vec<Candidate> {
+        let mesh = self.shared.mesh();
+        let me = mesh.id().to_string();
+        mesh.view()
+            .iter()
+            .filter(|e| !e.status.is_tombstone() && *e.info.id != *me)
+            .filter_map(|e| e.providers.as_ref().map(|set| (e, set)))
+            .flat_map(|(e, set)| {
+                set.providers
+                    .iter()
+                    .map(|p| candidate_from_gossip(p, &e.info.addr))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn publish(&self, providers: Vec<ProviderInfo>) {
+        self.shared.mesh().set_providers(providers);
+    }
+
+    fn caller(&self) -> Arc<dyn ProviderCaller> {
+        Arc::new(NodeCaller {
+            shared: self.shared.clone(),
+        })
+    }
+
+    fn version(&self) -> u64 {
+        self.shared.mesh().view().hash()
+    }
+}
+
+/// CallProvider over the node's pooled channels.
+pub struct NodeCaller {
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl ProviderCaller for NodeCaller {
+    async fn call(
+        &self,
+        owner_addr: &str,
+        mut request: ProviderCallRequest,
+        timeout: Duration,
+    ) -> Result<ProviderCallResponse, tonic::Status> {
+        let started = Instant::now();
+        request.caller_id = self.shared.mesh().id().to_string();
+        let method = ProviderMethod::label(&request.method);
+        let result = self.send(owner_addr, request, timeout).await;
+        observe_call(&self.shared.metrics, Side::Client, method, &result, started);
+        result
+    }
+}
+
+impl NodeCaller {
+    async fn send(
+        &self,
+        owner_addr: &str,
+        request: ProviderCallRequest,
+        timeout: Duration,
+    ) -> Result<ProviderCallResponse, tonic::Status> {
+        let mut client = self.shared.pool.client(owner_addr)?;
+        let mut req = tonic::Request::new(request);
+        req.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.call_provider(req)).await {
+            Ok(r) => r.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "CallProvider to {owner_addr} took longer than {timeout:?}"
+            ))),
+        }
+    }
+}

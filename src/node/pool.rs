@@ -1,0 +1,59 @@
+//! One lazily connected channel per peer address, reused across gossip
+//! rounds and CallProvider calls.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::Status;
+
+use crate::mesh::limits::MAX_MESSAGE;
+use crate::proto::peer::peer_service_client::PeerServiceClient;
+use crate::security::tls::Tls;
+
+/// One lazily connected channel per peer address, reused across rounds.
+pub struct Pool {
+    clients: Mutex<HashMap<String, PeerServiceClient<Channel>>>,
+    timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Pool {
+    pub fn new(timeout: Duration, tls: Option<Tls>) -> Pool {
+        Pool {
+            clients: Mutex::default(),
+            timeout,
+            tls: tls.map(|t| t.client()),
+        }
+    }
+
+    pub fn client(&self, addr: &str) -> Result<PeerServiceClient<Channel>, Status> {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let bad = |e: tonic::transport::Error| {
+            Status::invalid_argument(format!("bad peer address {addr:?}: {e}"))
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(bad)?
+            .connect_timeout(self.timeout)
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+        }
+        let client = PeerServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Drops channels to addresses no longer in `keep`.
+    pub fn retain(&self, keep: &HashSet<String>) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.retain(|addr, _| keep.contains(addr));
+    }
+}

@@ -1,0 +1,229 @@
+//! Start-up, phase three: serve gRPC (PeerService, Admin, ResourceService,
+//! health, reflection, all behind the guard) and the HTTP API, and start
+//! the node's loops. Every task goes into one `JoinSet` under one token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tracing::{info, warn, Instrument};
+
+use super::prepare::Prepared;
+use super::{gossip, peers, providers, NodeError};
+use crate::api::admin::AdminApi;
+use crate::api::http::HttpApi;
+use crate::api::peer::PeerApi;
+use crate::api::resources::ResourceApi;
+use crate::mesh::limits::MAX_MESSAGE;
+use crate::placement::Manager;
+use crate::proto::admin::admin_server::AdminServer;
+use crate::proto::peer::peer_service_server::PeerServiceServer;
+use crate::proto::resource::resource_service_server::ResourceServiceServer;
+use crate::security::guard::GuardLayer;
+use crate::security::http_tls::TlsListener;
+use crate::store::Store;
+
+/// The names gRPC health reports on, besides the whole server ("").
+pub const HEALTH_SERVICES: &[&str] = &[
+    "",
+    "peer.PeerService",
+    "iarnet.admin.v1.Admin",
+    "iarnet.resource.v1.ResourceService",
+];
+
+/// Known peers are saved every this many gossip rounds, and at least this rarely.
+const SAVE_PEERS_ROUNDS: u32 = 25;
+const SAVE_PEERS_MIN: Duration = Duration::from_secs(5);
+/// Local providers are re-read every this many rounds, at most once a second.
+const REFRESH_ROUNDS: u32 = 5;
+const REFRESH_MIN: Duration = Duration::from_secs(1);
+
+/// What serving hands to the node's handle.
+pub struct Served {
+    pub tasks: JoinSet<()>,
+    pub health: HealthReporter,
+    pub http_api: Arc<HttpApi>,
+    /// Deploys still streaming to their callers; they outlive no node.
+    pub deploys: TaskTracker,
+}
+
+/// The HTTP API's listener: plain, or HTTPS with the node's certificate.
+enum HttpListener {
+    Plain(TcpListener),
+    Tls(TlsListener),
+}
+
+pub async fn serve(
+    p: Prepared,
+    manager: Arc<Manager>,
+    store: Arc<dyn Store>,
+    cancel: &CancellationToken,
+    draining: &CancellationToken,
+) -> Result<Served, NodeError> {
+    let Prepared {
+        listener,
+        http_listener,
+        http_addr,
+        tls,
+        shared,
+        span,
+        ..
+    } = p;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in HEALTH_SERVICES {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let deploys = TaskTracker::new();
+    let resources = || {
+        ResourceApi::new(
+            manager.clone(),
+            shared.audit.clone(),
+            deploys.clone(),
+            cancel.clone(),
+        )
+    };
+
+    let mut server = Server::builder();
+    if let Some(t) = &tls {
+        server = server
+            .tls_config(t.server())
+            .map_err(|e| NodeError::Tls(e.to_string()))?;
+    }
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let router = server
+        .layer(GuardLayer(shared.security.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            PeerServiceServer::new(PeerApi::new(shared.clone(), manager.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(AdminServer::new(AdminApi::new(shared.clone())))
+        .add_service(ResourceServiceServer::new(resources()));
+
+    let http_api = Arc::new(HttpApi::new(
+        shared.clone(),
+        manager.clone(),
+        resources(),
+        draining.clone(),
+    ));
+    let http_listener = match &tls {
+        Some(t) => {
+            let acceptor = t.http_acceptor().map_err(NodeError::Tls)?;
+            HttpListener::Tls(TlsListener::new(http_listener, acceptor).map_err(|e| {
+                NodeError::Bind {
+                    addr: http_addr,
+                    key: "listen_addr",
+                    error: e.to_string(),
+                }
+            })?)
+        }
+        None => HttpListener::Plain(http_listener),
+    };
+
+    let mut tasks = JoinSet::new();
+    let stop = cancel.child_token();
+    tasks.spawn(
+        async move {
+            let incoming = TcpListenerStream::new(listener);
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+            {
+                warn!(error = %e, "grpc server stopped with an error");
+            }
+        }
+        .instrument(span.clone()),
+    );
+    tasks.spawn(
+        serve_http(http_listener, http_api.clone(), cancel.child_token()).instrument(span.clone()),
+    );
+    info!(parent: &span, %http_addr, tls = tls.is_some(), "http api listening");
+    let interval = shared.config.gossip.interval;
+    tasks.spawn(
+        gossip::gossip_loop(shared.clone(), cancel.child_token())
+            .instrument(tracing::info_span!(parent: &span, "gossip")),
+    );
+    tasks.spawn(
+        gossip::seed_loop(shared.clone(), cancel.child_token())
+            .instrument(tracing::info_span!(parent: &span, "seeds")),
+    );
+    tasks.spawn(
+        peers::save_loop(
+            shared.clone(),
+            store,
+            (interval * SAVE_PEERS_ROUNDS).max(SAVE_PEERS_MIN),
+            cancel.child_token(),
+        )
+        .instrument(tracing::info_span!(parent: &span, "peers")),
+    );
+    tasks.spawn(
+        providers::refresh_loop(
+            manager,
+            (interval * REFRESH_ROUNDS).max(REFRESH_MIN),
+            cancel.child_token(),
+        )
+        .instrument(tracing::info_span!(parent: &span, "resources")),
+    );
+    Ok(Served {
+        tasks,
+        health,
+        http_api,
+        deploys,
+    })
+}
+
+/// Reflection v1, and v1alpha for older grpcurl releases.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    NodeError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let bad = |e: tonic_reflection::server::Error| NodeError::Reflection(e.to_string());
+    Ok((
+        builder().build_v1().map_err(bad)?,
+        builder().build_v1alpha().map_err(bad)?,
+    ))
+}
+
+async fn serve_http(listener: HttpListener, api: Arc<HttpApi>, stop: CancellationToken) {
+    let app = api
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let stop = stop.cancelled_owned();
+    let served = match listener {
+        HttpListener::Tls(l) => {
+            axum::serve(l.tap_io(|_| {}), app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        HttpListener::Plain(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+    };
+    if let Err(e) = served {
+        warn!(error = %e, "http server stopped with an error");
+    }
+}

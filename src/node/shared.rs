@@ -1,0 +1,79 @@
+//! The state a node's tasks and its gRPC and HTTP services share: the
+//! gossip core behind one mutex, the node's clock, counters, metrics,
+//! configuration, the peer channel pool, security and the audit log.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tonic::Status;
+
+use super::pool::Pool;
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::mesh::{Mesh, Millis};
+use crate::metrics::gossip::Stats;
+use crate::metrics::Metrics;
+use crate::security::tls::Tls;
+use crate::security::Security;
+
+/// State shared by the node's tasks and its gRPC services.
+pub struct Shared {
+    mesh: Mutex<Mesh>,
+    start: tokio::time::Instant,
+    pub stats: Stats,
+    pub metrics: Metrics,
+    stopped: AtomicBool,
+    pub config: Config,
+    pub pool: Pool,
+    pub security: Arc<Security>,
+    pub audit: Arc<Audit>,
+}
+
+impl Shared {
+    pub fn new(mesh: Mesh, config: Config, tls: Option<Tls>, audit: Arc<Audit>) -> Shared {
+        let metrics = Metrics::default();
+        let security = Arc::new(Security::new(
+            &config.security,
+            tls.clone(),
+            metrics.clone(),
+            audit.clone(),
+        ));
+        Shared {
+            mesh: Mutex::new(mesh),
+            start: tokio::time::Instant::now(),
+            stats: Stats::default(),
+            metrics,
+            stopped: AtomicBool::new(false),
+            pool: Pool::new(config.gossip.call_timeout, tls),
+            security,
+            audit,
+            config,
+        }
+    }
+
+    /// The core, for one short synchronous step (never held across an await).
+    pub fn mesh(&self) -> MutexGuard<'_, Mesh> {
+        // The core has no invariants a panicking reader could break mid-way.
+        self.mesh.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Milliseconds on tokio's clock since the node started.
+    pub fn now(&self) -> Millis {
+        self.start.elapsed().as_millis() as Millis
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Refuses work once the node is stopped (a crashed node must look crashed).
+    pub fn check_running(&self) -> Result<(), Status> {
+        if self.stopped.load(Ordering::SeqCst) {
+            Err(Status::unavailable(
+                "this iarnet node is shutting down; try another peer",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! `CallProvider`, both sides: [`proxy`] operates another node's provider,
+//! [`serve`] answers such calls for this node's own providers. Both speak
+//! the typed `iarnet.resource.v1` payloads named by [`ProviderMethod`].
+
+pub mod proxy;
+pub mod serve;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::proto::peer::{ProviderCallRequest, ProviderCallResponse};
+
+/// Sends one `CallProvider` request to a node, with a deadline.
+#[async_trait::async_trait]
+pub trait ProviderCaller: Send + Sync + 'static {
+    async fn call(
+        &self,
+        owner_addr: &str,
+        request: ProviderCallRequest,
+        timeout: Duration,
+    ) -> Result<ProviderCallResponse, tonic::Status>;
+}
+
+/// The provider operations `CallProvider` carries (its `method` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderMethod {
+    /// `CapacityCall` → `ProviderEntry`.
+    Capacity,
+    /// `DeployCall` → `Deployment`.
+    Deploy,
+    /// `StatusCall` → `Deployment`.
+    Status,
+    /// `LogsCall` → `LogsReply`.
+    Logs,
+    /// `StopCall` → `Deployment`.
+    Stop,
+}
+
+impl ProviderMethod {
+    pub const ALL: [ProviderMethod; 5] = [
+        ProviderMethod::Capacity,
+        ProviderMethod::Deploy,
+        ProviderMethod::Status,
+        ProviderMethod::Logs,
+        ProviderMethod::Stop,
+    ];
+
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderMethod::Capacity => "capacity",
+            ProviderMethod::Deploy => "deploy",
+            ProviderMethod::Status => "status",
+            ProviderMethod::Logs => "logs",
+            ProviderMethod::Stop => "stop",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ProviderMethod> {
+        ProviderMethod::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
+    /// The metric label of a method name: the operation, or "other".
+    pub fn label(name: &str) -> &'static str {
+        ProviderMethod::parse(name).map_or("other", ProviderMethod::as_str)
+    }
+
+    /// Whether the call changes what runs (deploy, stop): audited on the owner.
+    pub fn changes_workloads(self) -> bool {
+        matches!(self, ProviderMethod::Deploy | ProviderMethod::Stop)
+    }
+}
+
+impl fmt::Display for ProviderMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_round_trip() {
+        for m in ProviderMethod::ALL {
+            assert_eq!(ProviderMethod::parse(m.as_str()), Some(m));
+        }
+        assert_eq!(ProviderMethod::parse("Deploy"), None);
+    }
+}

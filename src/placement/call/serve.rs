@@ -1,0 +1,97 @@
+//! The serving side of `CallProvider`: another node operates one of this
+//! node's own providers. Only own providers are served, so a call never
+//! hops further; the owner admits under the provider's own lock.
+
+use futures::StreamExt;
+use prost::Message;
+use tonic::Status;
+
+use super::ProviderMethod;
+use crate::placement::registry::Registry;
+use crate::proto::resource as pb;
+use crate::resource::validate::validate;
+use crate::resource::wire::{deployment_to_proto, provider_entry, spec_from_proto};
+use crate::resource::{Candidate, LogOptions, ProgressSink};
+
+fn decode<M: Message + Default>(method: ProviderMethod, payload: &[u8]) -> Result<M, Status> {
+    M::decode(payload).map_err(|e| {
+        Status::invalid_argument(format!(
+            "payload of {:?} is not a valid iarnet.resource.v1 message: {e}",
+            method.as_str()
+        ))
+    })
+}
+
+/// Runs `method` on one of this node's own providers for another node.
+pub async fn serve_call(
+    registry: &Registry,
+    provider_id: &str,
+    method: &str,
+    payload: &[u8],
+) -> Result<Vec<u8>, Status> {
+    let me = registry.node_id();
+    if !registry.allow_remote_access() {
+        return Err(Status::permission_denied(format!(
+            "node {me} has allow_remote_access off: its providers serve only local requests"
+        )));
+    }
+    let Some((p, tier)) = registry.local(provider_id) else {
+        return Err(Status::not_found(format!(
+            "provider {provider_id:?} is not owned by node {me}; call the node that owns it (see ListProviders)"
+        )));
+    };
+    let Some(method) = ProviderMethod::parse(method) else {
+        return Err(Status::unimplemented(format!(
+            "method {method:?} is not a provider operation: use capacity, deploy, status, logs or stop"
+        )));
+    };
+    let bytes = match method {
+        ProviderMethod::Capacity => {
+            let _: pb::CapacityCall = decode(method, payload)?;
+            let d = p.describe().await?;
+            provider_entry(&Candidate::local(&d, tier, me)).encode_to_vec()
+        }
+        ProviderMethod::Deploy => {
+            let call: pb::DeployCall = decode(method, payload)?;
+            let spec = spec_from_proto(
+                call.spec
+                    .ok_or_else(|| Status::invalid_argument("DeployCall.spec is missing"))?,
+            )?;
+            validate(&spec)?;
+            let d = p.deploy(&spec, ProgressSink::none()).await?;
+            registry.changed(&*p).await;
+            deployment_to_proto(&d, me).encode_to_vec()
+        }
+        ProviderMethod::Status => {
+            let call: pb::StatusCall = decode(method, payload)?;
+            deployment_to_proto(&p.status(&call.deployment_id).await?, me).encode_to_vec()
+        }
+        ProviderMethod::Stop => {
+            let call: pb::StopCall = decode(method, payload)?;
+            let d = p.stop(&call.deployment_id).await?;
+            registry.changed(&*p).await;
+            deployment_to_proto(&d, me).encode_to_vec()
+        }
+        ProviderMethod::Logs => {
+            let call: pb::LogsCall = decode(method, payload)?;
+            let ended = p.status(&call.deployment_id).await?.state().is_final();
+            let all: Vec<pb::LogEntry> = p
+                .logs(&call.deployment_id, LogOptions::default())
+                .await?
+                .filter_map(|l| async move { l.ok() })
+                .map(|l| pb::LogEntry {
+                    stderr: l.stderr,
+                    text: l.text,
+                })
+                .collect()
+                .await;
+            let next = all.len() as u64;
+            let mut lines: Vec<pb::LogEntry> = all.into_iter().skip(call.skip as usize).collect();
+            if call.tail > 0 && lines.len() > call.tail as usize {
+                lines.drain(..lines.len() - call.tail as usize);
+            }
+            pb::LogsReply { lines, ended, next }.encode_to_vec()
+        }
+    };
+    Ok(bytes)
+}

@@ -1,0 +1,275 @@
+//! The providers placement can choose from: this node's own (internal and
+//! external), what it advertises of them, and the ranking index over them
+//! and the ones other nodes advertise, rebuilt only when something changed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tracing::{info, warn};
+
+use super::call::proxy::RemoteProvider;
+use super::call::ProviderCaller;
+use super::rank::Index;
+use crate::proto::peer::ProviderInfo;
+use crate::resource::wire::provider_info;
+use crate::resource::{Candidate, Provider, ProviderDescriptor, ResourceError, Tier};
+
+/// What placement needs from the mesh.
+pub trait Discovery: Send + Sync + 'static {
+    /// Providers that other live nodes advertise.
+    fn discovered(&self) -> Vec<Candidate>;
+    /// Advertises this node's providers to the mesh.
+    fn publish(&self, providers: Vec<ProviderInfo>);
+    /// Reaches other nodes' `CallProvider`.
+    fn caller(&self) -> Arc<dyn ProviderCaller>;
+    /// Changes whenever `discovered` may answer differently (the view hash).
+    fn version(&self) -> u64;
+}
+
+/// One of this node's providers and what it last said of itself.
+struct Local {
+    provider: Arc<dyn Provider>,
+    tier: Tier,
+    desc: ProviderDescriptor,
+}
+
+/// An index and the (discovery, local) versions it was built at.
+type CachedIndex = ((u64, u64), Arc<Index>);
+
+pub struct Registry {
+    node_id: String,
+    discovery: Arc<dyn Discovery>,
+    allow_remote_access: bool,
+    locals: RwLock<BTreeMap<String, Local>>,
+    /// What was last advertised, so an unchanged set is not re-published.
+    published: Mutex<Option<Vec<ProviderInfo>>>,
+    /// Bumped on every change to a local provider's descriptor.
+    local_version: AtomicU64,
+    index: Mutex<Option<CachedIndex>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Registry {
+    pub fn new(node_id: &str, discovery: Arc<dyn Discovery>, allow_remote_access: bool) -> Self {
+        Registry {
+            node_id: node_id.to_string(),
+            discovery,
+            allow_remote_access,
+            locals: RwLock::default(),
+            // A node starts advertising nothing.
+            published: Mutex::new(Some(Vec::new())),
+            local_version: AtomicU64::new(0),
+            index: Mutex::default(),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn allow_remote_access(&self) -> bool {
+        self.allow_remote_access
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Local>> {
+        self.locals.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Local>> {
+        self.locals.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds one of this node's providers and advertises it.
+    pub async fn add(
+        &self,
+        provider: Arc<dyn Provider>,
+        tier: Tier,
+    ) -> Result<ProviderDescriptor, ResourceError> {
+        let desc = provider.describe().await?;
+        {
+            let mut locals = self.write();
+            if locals.contains_key(&desc.id) {
+                return Err(ResourceError::invalid(
+                    "name",
+                    format!(
+                        "a provider with id {:?} is already registered on this node",
+                        desc.id
+                    ),
+                ));
+            }
+            locals.insert(
+                desc.id.clone(),
+                Local {
+                    provider,
+                    tier,
+                    desc: desc.clone(),
+                },
+            );
+        }
+        self.bump();
+        info!(provider = %desc.id, kind = desc.kind.as_str(), tier = tier.as_str(), capacity = %desc.capacity.total, "provider added");
+        self.publish();
+        Ok(desc)
+    }
+
+    /// Removes an external provider; internal ones stay.
+    pub fn remove(&self, id: &str) -> Result<(), ResourceError> {
+        {
+            let mut locals = self.write();
+            match locals.get(id).map(|l| l.tier) {
+                None => {
+                    return Err(ResourceError::NotFound(format!(
+                        "provider {id:?} is not registered on node {}; see ListProviders",
+                        self.node_id
+                    )))
+                }
+                Some(Tier::Internal) => {
+                    return Err(ResourceError::invalid(
+                        "id",
+                        format!("{id:?} is this node's internal provider; only external providers can be unregistered"),
+                    ))
+                }
+                Some(_) => {
+                    locals.remove(id);
+                }
+            }
+        }
+        self.bump();
+        info!(provider = %id, "provider removed");
+        self.publish();
+        Ok(())
+    }
+
+    /// One of this node's providers, by id.
+    pub fn local(&self, id: &str) -> Option<(Arc<dyn Provider>, Tier)> {
+        self.read().get(id).map(|l| (l.provider.clone(), l.tier))
+    }
+
+    /// This node's providers.
+    pub fn providers(&self) -> Vec<Arc<dyn Provider>> {
+        self.read().values().map(|l| l.provider.clone()).collect()
+    }
+
+    /// This node's providers, each with the candidate ranking would see.
+    pub fn local_candidates(&self) -> Vec<(Arc<dyn Provider>, Candidate)> {
+        self.read()
+            .values()
+            .map(|l| {
+                (
+                    l.provider.clone(),
+                    Candidate::local(&l.desc, l.tier, &self.node_id),
+                )
+            })
+            .collect()
+    }
+
+    /// Re-reads every local provider's capacity and health; advertises changes.
+    pub async fn refresh(&self) {
+        for p in self.providers() {
+            self.refresh_one(&*p).await;
+        }
+        self.publish();
+    }
+
+    /// After a local provider admitted or released something: its new
+    /// capacity reaches the index and the mesh at once.
+    pub async fn changed(&self, p: &dyn Provider) {
+        self.refresh_one(p).await;
+        self.publish();
+    }
+
+    async fn refresh_one(&self, p: &dyn Provider) {
+        let desc = p.describe().await;
+        let mut locals = self.write();
+        if let Some(l) = locals.get_mut(p.id()) {
+            match desc {
+                Ok(d) if d == l.desc => {}
+                Ok(d) => {
+                    l.desc = d;
+                    self.bump();
+                }
+                Err(e) => {
+                    if l.desc.healthy {
+                        warn!(provider = %p.id(), error = %e, "provider is unhealthy");
+                        self.bump();
+                    }
+                    l.desc.healthy = false;
+                }
+            }
+        }
+    }
+
+    fn bump(&self) {
+        self.local_version.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Advertises the local providers, unless remote access is off (then
+    /// nothing is offered to other nodes) or nothing changed.
+    fn publish(&self) {
+        let infos: Vec<ProviderInfo> = if self.allow_remote_access {
+            self.read()
+                .values()
+                .map(|l| provider_info(&l.desc))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut last = lock(&self.published);
+        if last.as_ref() != Some(&infos) {
+            *last = Some(infos.clone());
+            self.discovery.publish(infos);
+        }
+    }
+
+    /// The ranking index over `candidates()`, rebuilt only when the mesh
+    /// view or a local provider changed since the last decision.
+    pub fn index(&self) -> Arc<Index> {
+        let key = (
+            self.discovery.version(),
+            self.local_version.load(Ordering::Relaxed),
+        );
+        if let Some((k, index)) = lock(&self.index).as_ref() {
+            if *k == key {
+                return index.clone();
+            }
+        }
+        let index = Arc::new(Index::build(self.candidates()));
+        *lock(&self.index) = Some((key, index.clone()));
+        index
+    }
+
+    /// Every provider this node can place on, best tier first.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let mut out: Vec<Candidate> = self
+            .local_candidates()
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        let mine: HashSet<String> = out.iter().map(|c| c.id.clone()).collect();
+        out.extend(
+            self.discovery
+                .discovered()
+                .into_iter()
+                .filter(|c| c.owner_id != self.node_id && !mine.contains(&c.id)),
+        );
+        out.sort_by(|a, b| (a.tier, &a.id).cmp(&(b.tier, &b.id)));
+        out
+    }
+
+    /// The provider behind `c`: this node's own, or a proxy to its owner.
+    pub fn provider_for(&self, c: &Candidate) -> Result<Arc<dyn Provider>, ResourceError> {
+        if c.owner_id == self.node_id {
+            return self.local(&c.id).map(|(p, _)| p).ok_or_else(|| {
+                ResourceError::NotFound(format!("provider {:?} is no longer registered", c.id))
+            });
+        }
+        Ok(Arc::new(RemoteProvider::new(
+            c.clone(),
+            self.discovery.caller(),
+        )))
+    }
+}
