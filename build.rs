@@ -30,6 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".",
             "#[derive(serde::Serialize)]\n#[serde(rename_all = \"snake_case\")]",
         )
+        // Unaccounted storage is the largest uint64 on the wire; JSON says null.
+        .field_attribute(
+            "iarnet.resource.v1.Resources.storage_bytes",
+            "#[serde(serialize_with = \"crate::proto::unlimited_as_null\")]",
+        )
         // A request that does not decode is answered INVALID_ARGUMENT.
         .codec_path("crate::api::codec::StrictCodec")
         .build_client(true)

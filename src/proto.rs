@@ -30,9 +30,31 @@ pub use iarnet::resource::v1 as resource;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/iarnet_descriptor.bin"));
 
+/// Serializes [`UNLIMITED`](crate::resource::UNLIMITED) as `null`, so JSON
+/// output shows unaccounted storage as absent rather than 18446744073709551615.
+pub fn unlimited_as_null<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    if *v == crate::resource::UNLIMITED {
+        s.serialize_none()
+    } else {
+        s.serialize_u64(*v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
+
+    #[test]
+    fn unaccounted_storage_is_null_in_json() {
+        let r = super::resource::Resources {
+            cpu_millis: 1000,
+            storage_bytes: u64::MAX,
+            ..Default::default()
+        };
+        let json = serde_json::to_value(r).unwrap();
+        assert!(json["storage_bytes"].is_null(), "{json}");
+        assert_eq!(json["cpu_millis"], 1000);
+    }
 
     #[test]
     fn descriptor_set_decodes_and_keeps_the_original_wire_names() {

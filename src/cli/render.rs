@@ -59,6 +59,15 @@ fn bytes(b: u64) -> String {
     }
 }
 
+/// Storage that is not accounted reads "unlimited".
+fn storage(b: u64) -> String {
+    if b == crate::resource::UNLIMITED {
+        "unlimited".into()
+    } else {
+        bytes(b)
+    }
+}
+
 fn avail_of(c: Option<&pb::Capacity>) -> (pb::Resources, pb::Resources) {
     let c = c.cloned().unwrap_or_default();
     (c.available.unwrap_or_default(), c.total.unwrap_or_default())
@@ -164,10 +173,22 @@ pub fn capacity(c: &pb::GetCapacityResponse) -> String {
                 bytes(a.memory_bytes)
             ),
             format!("{} / {} / {}", t.gpus, r.gpus, a.gpus),
+            format!(
+                "{} / {} / {}",
+                storage(t.storage_bytes),
+                bytes(r.storage_bytes),
+                storage(a.storage_bytes)
+            ),
         ]
     };
     let mut out = table(
-        &["SCOPE", "CPU TOTAL/RESERVED/FREE", "MEMORY", "GPU"],
+        &[
+            "SCOPE",
+            "CPU TOTAL/RESERVED/FREE",
+            "MEMORY",
+            "GPU",
+            "STORAGE",
+        ],
         vec![row("node", c.node.as_ref()), row("mesh", c.mesh.as_ref())],
     );
     out.push_str(&format!("{} providers\n", c.providers));
@@ -314,5 +335,7 @@ mod tests {
         assert_eq!(bytes(256 << 20), "256Mi");
         assert_eq!(bytes(1536 << 20), "1.5Gi");
         assert_eq!(bytes(u64::MAX), "-");
+        assert_eq!(storage(u64::MAX), "unlimited");
+        assert_eq!(storage(10 << 30), "10.0Gi");
     }
 }

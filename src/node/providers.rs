@@ -50,7 +50,7 @@ pub fn limits(config: &Config) -> Option<Resources> {
         cpu_millis: l.cpu.map_or(u64::MAX, |q| q.milli() as u64),
         memory_bytes: l.memory.map_or(u64::MAX, |q| q.units_ceil() as u64),
         gpus: l.gpu.unwrap_or(u32::MAX),
-        storage_bytes: u64::MAX,
+        storage_bytes: crate::resource::UNLIMITED,
     })
 }
 

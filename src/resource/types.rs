@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
+/// A storage amount that is not accounted: on the wire as the largest
+/// `uint64`, shown as absent (`null`, "unlimited") to people.
+pub const UNLIMITED: u64 = u64::MAX;
+
 /// An amount of compute. CPU in millicores, memory and storage in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Resources {
@@ -23,12 +27,12 @@ impl Resources {
     };
 
     /// True when every dimension of `need` fits in `self`. A storage total
-    /// of `u64::MAX` means "not accounted" and fits anything.
+    /// of [`UNLIMITED`] means "not accounted" and fits anything.
     pub fn fits(&self, need: &Resources) -> bool {
         need.cpu_millis <= self.cpu_millis
             && need.memory_bytes <= self.memory_bytes
             && need.gpus <= self.gpus
-            && (need.storage_bytes <= self.storage_bytes || self.storage_bytes == u64::MAX)
+            && (need.storage_bytes <= self.storage_bytes || self.storage_bytes == UNLIMITED)
     }
 
     pub fn saturating_add(&self, o: &Resources) -> Resources {
@@ -40,12 +44,17 @@ impl Resources {
         }
     }
 
+    /// `self - o`; storage that is not accounted stays so.
     pub fn saturating_sub(&self, o: &Resources) -> Resources {
         Resources {
             cpu_millis: self.cpu_millis.saturating_sub(o.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_sub(o.memory_bytes),
             gpus: self.gpus.saturating_sub(o.gpus),
-            storage_bytes: self.storage_bytes.saturating_sub(o.storage_bytes),
+            storage_bytes: if self.storage_bytes == UNLIMITED {
+                UNLIMITED
+            } else {
+                self.storage_bytes.saturating_sub(o.storage_bytes)
+            },
         }
     }
 }
@@ -59,7 +68,7 @@ impl fmt::Display for Resources {
             self.memory_bytes >> 20,
             self.gpus
         )?;
-        if self.storage_bytes != 0 && self.storage_bytes != u64::MAX {
+        if self.storage_bytes != 0 && self.storage_bytes != UNLIMITED {
             write!(f, " storage={}Mi", self.storage_bytes >> 20)?;
         }
         Ok(())

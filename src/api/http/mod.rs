@@ -3,9 +3,11 @@
 //! `/healthz` and `/readyz` probes. Every route calls the same code as its
 //! gRPC twin, so the two surfaces cannot disagree.
 
+mod registration;
+pub mod views;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -14,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request};
 
@@ -28,6 +29,10 @@ use crate::proto::admin::{AddPeerRequest, ListPeersRequest};
 use crate::proto::resource as pb;
 use crate::proto::resource::resource_service_server::ResourceService;
 use crate::security::{Caller, Surface};
+use registration::Registration;
+use views::{
+    CapacityReport, ErrorBody, NodesReport, PeerAdded, ProviderView, ProvidersReport, Readiness,
+};
 
 /// Largest request body accepted (provider registrations are a few hundred bytes).
 const MAX_BODY: usize = 64 << 10;
@@ -143,10 +148,10 @@ impl IntoResponse for ApiError {
             Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         });
-        let body = json!({
-            "error": self.0.message(),
-            "code": crate::metrics::code_label(self.0.code()),
-        });
+        let body = ErrorBody {
+            error: self.0.message().to_string(),
+            code: crate::metrics::code_label(self.0.code()),
+        };
         (status, Json(body)).into_response()
     }
 }
@@ -257,14 +262,16 @@ async fn readyz(State(api): Api) -> Response {
             None
         }
     };
-    match why_not {
-        None => (StatusCode::OK, Json(json!({"ready": true}))).into_response(),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": reason})),
-        )
-            .into_response(),
-    }
+    let status = if why_not.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Readiness {
+        ready: why_not.is_none(),
+        reason: why_not,
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(api): Api) -> Response {
@@ -279,171 +286,31 @@ async fn metrics(State(api): Api) -> Response {
         .into_response()
 }
 
-const GIB: f64 = (1u64 << 30) as f64;
-
-/// Amounts in the seed's units (cores, GiB) plus the exact integers.
-fn amounts(r: Option<&pb::Resources>) -> Value {
-    let r = r.cloned().unwrap_or_default();
-    let storage = (r.storage_bytes != u64::MAX).then_some(r.storage_bytes);
-    json!({
-        "cpu": r.cpu_millis as f64 / 1000.0,
-        "memory": r.memory_bytes as f64 / GIB,
-        "gpu": r.gpus,
-        "storage": storage.map(|b| b as f64 / GIB),
-        "cpu_millis": r.cpu_millis,
-        "memory_bytes": r.memory_bytes,
-        "storage_bytes": storage,
-    })
-}
-
-fn capacity_json(c: Option<&pb::Capacity>) -> Value {
-    let c = c.cloned().unwrap_or_default();
-    json!({
-        "total": amounts(c.total.as_ref()),
-        "reserved": amounts(c.reserved.as_ref()),
-        "available": amounts(c.available.as_ref()),
-    })
-}
-
-async fn capacity(State(api): Api) -> Result<Json<Value>, ApiError> {
+async fn capacity(State(api): Api) -> Result<Json<CapacityReport>, ApiError> {
     let c = api
         .resources
         .get_capacity(Request::new(pb::GetCapacityRequest {}))
         .await?
         .into_inner();
-    let node_total = c.node.as_ref().and_then(|n| n.total.as_ref());
-    let mut out = amounts(node_total);
-    let obj = out.as_object_mut().expect("amounts is an object");
-    obj.insert(
-        "units".into(),
-        json!({"cpu": "cores", "memory": "GiB", "storage": "GiB (null: not accounted)"}),
-    );
-    obj.insert("node".into(), capacity_json(c.node.as_ref()));
-    obj.insert("mesh".into(), capacity_json(c.mesh.as_ref()));
-    obj.insert("providers".into(), json!(c.providers));
-    Ok(Json(out))
+    Ok(Json(CapacityReport::from(&c)))
 }
 
-fn provider_json(p: &pb::ProviderEntry) -> Value {
-    let labels: BTreeMap<_, _> = p.labels.iter().collect();
-    json!({
-        "id": p.id,
-        "name": p.name,
-        "type": p.r#type,
-        "tier": p.tier,
-        "owner_id": p.owner_id,
-        "endpoint": p.endpoint,
-        "status": if p.healthy { "active" } else { "unhealthy" },
-        "capacity": capacity_json(p.capacity.as_ref()),
-        "labels": labels,
-    })
-}
-
-async fn providers(State(api): Api) -> Result<Json<Value>, ApiError> {
+async fn providers(State(api): Api) -> Result<Json<ProvidersReport>, ApiError> {
     let list = api
         .resources
         .list_providers(Request::new(pb::ListProvidersRequest {}))
         .await?
         .into_inner();
-    let providers: Vec<Value> = list.providers.iter().map(provider_json).collect();
-    Ok(Json(json!({ "providers": providers })))
-}
-
-/// `POST /resource/providers`: `endpoint`, or `host` and `port` as in the
-/// original API; a kubeconfig is named by its path on the node.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Registration {
-    #[serde(rename = "type")]
-    kind: String,
-    name: String,
-    #[serde(default)]
-    endpoint: String,
-    #[serde(default)]
-    host: String,
-    #[serde(default)]
-    port: Option<u16>,
-    #[serde(default)]
-    token: String,
-    #[serde(default)]
-    kubeconfig_path: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    tls_ca: String,
-    #[serde(default)]
-    tls_cert: String,
-    #[serde(default)]
-    tls_key: String,
-    #[serde(default)]
-    config: Option<RegistrationConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegistrationConfig {
-    #[serde(default)]
-    kubeconfig: Option<String>,
-    #[serde(default)]
-    kubeconfig_path: Option<String>,
-    #[serde(default)]
-    namespace: Option<String>,
-}
-
-impl Registration {
-    fn into_request(self) -> Result<pb::RegisterProviderRequest, ApiError> {
-        let mut endpoint = self.endpoint;
-        if !self.host.is_empty() {
-            if !endpoint.is_empty() {
-                return Err(bad_request(
-                    "give either endpoint or host and port, not both".into(),
-                ));
-            }
-            let port = self
-                .port
-                .ok_or_else(|| bad_request("port is missing: host needs a port".into()))?;
-            let scheme = if self.kind == "docker" {
-                "tcp"
-            } else {
-                "https"
-            };
-            endpoint = format!("{scheme}://{}:{port}", self.host);
-        }
-        let mut kubeconfig_path = self.kubeconfig_path;
-        if let Some(cfg) = self.config {
-            if cfg.kubeconfig.is_some() {
-                return Err(bad_request(
-                    "config.kubeconfig: inline kubeconfigs are not accepted (they would carry credentials through logs and proxies); put the file on the node and give config.kubeconfig_path".into(),
-                ));
-            }
-            if cfg.namespace.is_some() {
-                return Err(bad_request(
-                    "config.namespace: an external cluster uses its kubeconfig's namespace; set kubernetes.namespace for the internal one".into(),
-                ));
-            }
-            if let Some(p) = cfg.kubeconfig_path {
-                kubeconfig_path = p;
-            }
-        }
-        Ok(pb::RegisterProviderRequest {
-            r#type: self.kind,
-            name: self.name,
-            endpoint,
-            token: self.token,
-            kubeconfig_path,
-            labels: self.labels.into_iter().collect(),
-            tls_ca: self.tls_ca,
-            tls_cert: self.tls_cert,
-            tls_key: self.tls_key,
-        })
-    }
+    Ok(Json(ProvidersReport {
+        providers: list.providers.iter().map(ProviderView::from).collect(),
+    }))
 }
 
 async fn register(
     State(api): Api,
     caller: Option<Extension<Caller>>,
     parsed: Result<Json<Registration>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ProviderView>), ApiError> {
     let req = body(parsed)?.into_request()?;
     let entry = api
         .resources
@@ -451,18 +318,10 @@ async fn register(
         .await
         .map_err(ApiError::upstream)?
         .into_inner();
-    Ok((StatusCode::CREATED, Json(provider_json(&entry))))
+    Ok((StatusCode::CREATED, Json(ProviderView::from(&entry))))
 }
 
-fn rfc3339_ago(secs: f64) -> Option<String> {
-    if secs < 0.0 {
-        return None;
-    }
-    let at = SystemTime::now().checked_sub(Duration::from_secs_f64(secs))?;
-    Some(humantime::format_rfc3339_seconds(at).to_string())
-}
-
-async fn nodes(State(api): Api) -> Result<Json<Value>, ApiError> {
+async fn nodes(State(api): Api) -> Result<Json<NodesReport>, ApiError> {
     let peers = api
         .admin
         .list_peers(Request::new(ListPeersRequest {
@@ -476,49 +335,7 @@ async fn nodes(State(api): Api) -> Result<Json<Value>, ApiError> {
         .into_iter()
         .map(|c| (c.id.clone(), (c.kind.as_str(), c.healthy)))
         .collect();
-    let nodes: Vec<Value> = peers
-        .peers
-        .iter()
-        .map(|p| {
-            let status = if p.state == "alive" {
-                "active"
-            } else {
-                &p.state
-            };
-            let providers: Vec<Value> = p
-                .providers
-                .iter()
-                .map(|id| {
-                    // Providers of dead members are not placeable: no entry.
-                    let (kind, healthy) = known.get(id).copied().unwrap_or(("unknown", false));
-                    json!({
-                        "id": id,
-                        "type": kind,
-                        "status": if healthy { "active" } else { "unhealthy" },
-                    })
-                })
-                .collect();
-            json!({
-                "id": p.id,
-                "name": p.name,
-                "address": p.addr,
-                "status": status,
-                "state": p.state,
-                "generation": p.generation,
-                "incarnation": p.incarnation,
-                "last_seen": rfc3339_ago(p.last_heard_secs),
-                "is_self": p.is_self,
-                "providers": providers,
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "nodes": nodes,
-        "alive": peers.alive,
-        "suspect": peers.suspect,
-        "dead": peers.dead,
-        "left": peers.left,
-    })))
+    Ok(Json(NodesReport::new(&peers, &known)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -531,7 +348,7 @@ async fn add_node(
     State(api): Api,
     caller: Option<Extension<Caller>>,
     parsed: Result<Json<AddNode>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PeerAdded>, ApiError> {
     let req = body(parsed)?;
     let added = api
         .admin
@@ -544,7 +361,8 @@ async fn add_node(
         .await
         .map_err(ApiError::upstream)?
         .into_inner();
-    Ok(Json(
-        json!({"id": added.id, "generation": added.generation}),
-    ))
+    Ok(Json(PeerAdded {
+        id: added.id,
+        generation: added.generation,
+    }))
 }

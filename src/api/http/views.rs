@@ -1,0 +1,242 @@
+//! The JSON bodies of the HTTP API, as types: the routes build them from
+//! the gRPC answers, and the dashboard renders the same ones.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::proto::admin::ListPeersResponse;
+use crate::proto::resource as pb;
+use crate::resource::UNLIMITED;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Amounts in the seed's units (cores, GiB) plus the exact integers.
+/// Storage is `null` where it is not accounted (unlimited).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Amounts {
+    pub cpu: f64,
+    pub memory: f64,
+    pub gpu: u32,
+    pub storage: Option<f64>,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub storage_bytes: Option<u64>,
+}
+
+impl From<Option<&pb::Resources>> for Amounts {
+    fn from(r: Option<&pb::Resources>) -> Amounts {
+        let r = r.cloned().unwrap_or_default();
+        let storage = (r.storage_bytes != UNLIMITED).then_some(r.storage_bytes);
+        Amounts {
+            cpu: r.cpu_millis as f64 / 1000.0,
+            memory: r.memory_bytes as f64 / GIB,
+            gpu: r.gpus,
+            storage: storage.map(|b| b as f64 / GIB),
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+            storage_bytes: storage,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CapacityView {
+    pub total: Amounts,
+    pub reserved: Amounts,
+    pub available: Amounts,
+}
+
+impl From<Option<&pb::Capacity>> for CapacityView {
+    fn from(c: Option<&pb::Capacity>) -> CapacityView {
+        let c = c.cloned().unwrap_or_default();
+        CapacityView {
+            total: c.total.as_ref().into(),
+            reserved: c.reserved.as_ref().into(),
+            available: c.available.as_ref().into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Units {
+    pub cpu: &'static str,
+    pub memory: &'static str,
+    pub storage: &'static str,
+}
+
+/// `GET /resource/capacity`: the node's total at the top, then exact
+/// figures for the node and the whole mesh.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CapacityReport {
+    #[serde(flatten)]
+    pub total: Amounts,
+    pub units: Units,
+    pub node: CapacityView,
+    pub mesh: CapacityView,
+    pub providers: u32,
+}
+
+impl From<&pb::GetCapacityResponse> for CapacityReport {
+    fn from(c: &pb::GetCapacityResponse) -> CapacityReport {
+        CapacityReport {
+            total: c.node.as_ref().and_then(|n| n.total.as_ref()).into(),
+            units: Units {
+                cpu: "cores",
+                memory: "GiB",
+                storage: "GiB (null: not accounted)",
+            },
+            node: c.node.as_ref().into(),
+            mesh: c.mesh.as_ref().into(),
+            providers: c.providers,
+        }
+    }
+}
+
+/// One provider, as `GET /resource/providers` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProviderView {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub tier: String,
+    pub owner_id: String,
+    pub endpoint: String,
+    /// `active` or `unhealthy`.
+    pub status: &'static str,
+    pub capacity: CapacityView,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<&pb::ProviderEntry> for ProviderView {
+    fn from(p: &pb::ProviderEntry) -> ProviderView {
+        ProviderView {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            kind: p.r#type.clone(),
+            tier: p.tier.clone(),
+            owner_id: p.owner_id.clone(),
+            endpoint: p.endpoint.clone(),
+            status: if p.healthy { "active" } else { "unhealthy" },
+            capacity: p.capacity.as_ref().into(),
+            labels: p.labels.clone().into_iter().collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProvidersReport {
+    pub providers: Vec<ProviderView>,
+}
+
+/// A member's provider in `GET /peer/nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeProvider {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub status: &'static str,
+}
+
+/// One member in `GET /peer/nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeView {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    /// `active` for alive members, else the state.
+    pub status: String,
+    pub state: String,
+    pub generation: u64,
+    pub incarnation: u64,
+    /// RFC 3339; null when never heard from directly.
+    pub last_seen: Option<String>,
+    pub is_self: bool,
+    pub providers: Vec<NodeProvider>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodesReport {
+    pub nodes: Vec<NodeView>,
+    pub alive: u32,
+    pub suspect: u32,
+    pub dead: u32,
+    pub left: u32,
+}
+
+impl NodesReport {
+    /// `known` gives each provider id its type and health; providers of
+    /// dead members are not placeable and show as unknown.
+    pub fn new(peers: &ListPeersResponse, known: &BTreeMap<String, (&'static str, bool)>) -> Self {
+        let nodes = peers
+            .peers
+            .iter()
+            .map(|p| NodeView {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                address: p.addr.clone(),
+                status: if p.state == "alive" {
+                    "active".to_string()
+                } else {
+                    p.state.clone()
+                },
+                state: p.state.clone(),
+                generation: p.generation,
+                incarnation: p.incarnation,
+                last_seen: rfc3339_ago(p.last_heard_secs),
+                is_self: p.is_self,
+                providers: p
+                    .providers
+                    .iter()
+                    .map(|id| {
+                        let (kind, healthy) = known.get(id).copied().unwrap_or(("unknown", false));
+                        NodeProvider {
+                            id: id.clone(),
+                            kind,
+                            status: if healthy { "active" } else { "unhealthy" },
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        NodesReport {
+            nodes,
+            alive: peers.alive,
+            suspect: peers.suspect,
+            dead: peers.dead,
+            left: peers.left,
+        }
+    }
+}
+
+fn rfc3339_ago(secs: f64) -> Option<String> {
+    if secs < 0.0 {
+        return None;
+    }
+    let at = SystemTime::now().checked_sub(Duration::from_secs_f64(secs))?;
+    Some(humantime::format_rfc3339_seconds(at).to_string())
+}
+
+/// `POST /peer/nodes`: who answered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerAdded {
+    pub id: String,
+    pub generation: u64,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Every error: `{"error": "...", "code": "invalid_argument"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub code: String,
+}
