@@ -71,14 +71,6 @@ impl Audit {
     }
 }
 
-/// The caller of a gRPC request, as the audit log names it.
-pub fn who<T>(request: &tonic::Request<T>) -> String {
-    request
-        .extensions()
-        .get::<crate::security::Caller>()
-        .map_or_else(|| "local".to_string(), ToString::to_string)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,10 +30,10 @@ pub use iarnet::resource::v1 as resource;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/iarnet_descriptor.bin"));
 
-/// Serializes [`UNLIMITED`](crate::resource::UNLIMITED) as `null`, so JSON
+/// Serializes the largest `uint64` (storage that is not accounted) as `null`, so JSON
 /// output shows unaccounted storage as absent rather than 18446744073709551615.
 pub fn unlimited_as_null<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-    if *v == crate::resource::UNLIMITED {
+    if *v == u64::MAX {
         s.serialize_none()
     } else {
         s.serialize_u64(*v)
@@ -46,7 +46,7 @@ mod tests {
 
     #[test]
     fn unaccounted_storage_is_null_in_json() {
-        let r = super::resource::Resources {
+        let r = super::iarnet::resource::v1::Resources {
             cpu_millis: 1000,
             storage_bytes: u64::MAX,
             ..Default::default()

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use crate::config::valid_host_port;
 use crate::mesh::{Status as MemberState, Target};
 use crate::node::gossip::run_exchange;
-use crate::node::Shared;
+use crate::node::shared::Shared;
 use crate::proto::admin::admin_server::Admin;
 use crate::proto::admin::{
     AddPeerRequest, AddPeerResponse, GetNodeRequest, ListPeersRequest, ListPeersResponse,
@@ -90,7 +90,7 @@ impl Admin for AdminApi {
         &self,
         request: Request<AddPeerRequest>,
     ) -> Result<Response<AddPeerResponse>, Status> {
-        let who = crate::audit::who(&request);
+        let who = crate::security::who(&request);
         let address = request.into_inner().address.trim().to_string();
         if !valid_host_port(&address) {
             return Err(Status::invalid_argument(format!(

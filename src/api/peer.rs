@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use crate::mesh::limits;
 use crate::metrics::calls::{observe_call, Side};
 use crate::metrics::gossip::Stats;
-use crate::node::Shared;
+use crate::node::shared::Shared;
 use crate::placement::{Manager, ProviderMethod};
 use crate::proto::peer::peer_service_server::PeerService;
 use crate::proto::peer::{

@@ -13,12 +13,13 @@ use tonic::{Request, Response, Status};
 
 use serde_json::{json, Value};
 
-use crate::audit::{who, Audit};
+use crate::audit::Audit;
 use crate::placement::{Manager, PlaceOptions, Strategy};
 use crate::proto::resource as pb;
 use crate::proto::resource::resource_service_server::ResourceService;
 use crate::resource::wire::{deployment_to_proto, provider_entry, spec_from_proto};
 use crate::resource::{Capacity, LogOptions, Progress, ProgressSink, Tier};
+use crate::security::who;
 use crate::sync::TokenBucket;
 
 pub struct ResourceApi {

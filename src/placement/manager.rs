@@ -5,7 +5,7 @@
 //! It also answers for deployments: status, logs, stop and listing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::book::{candidate_of, Book, Found};
 use super::call::serve::serve_call;
-use super::place::Outcomes;
+use super::place::{Outcomes, Placer};
 use super::rank::{Index, Strategy};
 use super::registry::{Discovery, Registry};
 use crate::resource::{
@@ -26,24 +26,21 @@ use crate::sync::KeyLocks;
 
 mod reconcile;
 pub use super::place::{PlaceOptions, Placed};
+use crate::resource::{DeploySpec, ProgressSink};
 pub use reconcile::Reconciled;
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 pub struct Manager {
-    pub(super) node_id: String,
-    pub(super) strategy: Strategy,
-    pub(super) registry: Registry,
+    node_id: String,
+    strategy: Strategy,
+    registry: Registry,
     /// Deployments placed through this node; the provider is recorded
     /// (durably) before the deploy is sent so that a retry, also after a
     /// restart, finds it.
-    pub(super) book: Book,
+    book: Book,
     /// One deploy or stop per request id at a time.
-    pub(super) inflight: KeyLocks,
-    pub(super) rng: Mutex<SmallRng>,
-    pub(super) outcomes: Outcomes,
+    inflight: KeyLocks,
+    rng: Mutex<SmallRng>,
+    outcomes: Outcomes,
 }
 
 impl Manager {
@@ -151,6 +148,34 @@ impl Manager {
             warn!(provider = %id, error = %e, "cannot forget the provider in the store");
         }
         Ok(())
+    }
+
+    /// Places and starts a deployment: ranks the feasible providers from the
+    /// cached view and tries them in order until one admits it.
+    pub async fn deploy(
+        &self,
+        spec: DeploySpec,
+        opts: PlaceOptions,
+        progress: ProgressSink,
+    ) -> Result<Placed, ResourceError> {
+        Placer {
+            node_id: &self.node_id,
+            strategy: self.strategy,
+            registry: &self.registry,
+            book: &self.book,
+            inflight: &self.inflight,
+            rng: &self.rng,
+            outcomes: &self.outcomes,
+        }
+        .deploy(spec, opts, progress)
+        .await
+    }
+
+    /// Placement outcomes since start: "placed" by tier (a retry answered by
+    /// the earlier provider is not a new placement), "refused" (one candidate
+    /// said no) and "failed" (the whole request) by error kind.
+    pub fn placement_counts(&self) -> Vec<(String, String, u64)> {
+        self.outcomes.snapshot()
     }
 
     /// Re-reads every local provider's capacity and health; advertises changes.

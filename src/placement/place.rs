@@ -5,16 +5,18 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
+use rand::rngs::SmallRng;
 use tracing::{debug, info, warn};
 
-use super::book::{candidate_of, intent};
+use super::book::{candidate_of, intent, Book};
 use super::feasible::Need;
-use super::manager::{lock, Manager};
 use super::rank::Strategy;
+use super::registry::Registry;
 use crate::proto::resource as pb;
 use crate::resource::validate::{deployment_id, validate};
 use crate::resource::{Candidate, DeploySpec, Deployment, ProgressSink, ResourceError};
 use crate::store::Stored;
+use crate::sync::{lock, KeyLocks};
 
 /// How many providers one deploy tries before giving up.
 const MAX_ATTEMPTS: usize = 8;
@@ -53,9 +55,19 @@ impl Outcomes {
     }
 }
 
-impl Manager {
-    /// Places and starts a deployment: ranks the feasible providers from the
-    /// cached view and tries them in order until one admits it.
+/// The parts of the manager one placement works with.
+pub struct Placer<'a> {
+    pub node_id: &'a str,
+    /// The default; a request may name its own.
+    pub strategy: Strategy,
+    pub registry: &'a Registry,
+    pub book: &'a Book,
+    pub inflight: &'a KeyLocks,
+    pub rng: &'a Mutex<SmallRng>,
+    pub outcomes: &'a Outcomes,
+}
+
+impl Placer<'_> {
     pub async fn deploy(
         &self,
         spec: DeploySpec,
@@ -95,7 +107,7 @@ impl Manager {
         let mut refused = Vec::new();
         while skip.len() < MAX_ATTEMPTS {
             let ranked: Vec<Candidate> = {
-                let mut rng = lock(&self.rng);
+                let mut rng = lock(self.rng);
                 index
                     .rank(&need, strategy, RANKED_PER_ROUND, &skip, &mut rng)
                     .into_iter()
@@ -198,13 +210,6 @@ impl Manager {
                 Err(e)
             }
         }
-    }
-
-    /// Placement outcomes since start: "placed" by tier (a retry answered by
-    /// the earlier provider is not a new placement), "refused" (one candidate
-    /// said no) and "failed" (the whole request) by error kind.
-    pub fn placement_counts(&self) -> Vec<(String, String, u64)> {
-        self.outcomes.snapshot()
     }
 }
 

@@ -14,6 +14,7 @@ use super::rank::Index;
 use crate::proto::peer::ProviderInfo;
 use crate::resource::wire::provider_info;
 use crate::resource::{Candidate, Provider, ProviderDescriptor, ResourceError, Tier};
+use crate::sync::lock;
 
 /// What placement needs from the mesh.
 pub trait Discovery: Send + Sync + 'static {
@@ -47,10 +48,6 @@ pub struct Registry {
     /// Bumped on every change to a local provider's descriptor.
     local_version: AtomicU64,
     index: Mutex<Option<CachedIndex>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Registry {

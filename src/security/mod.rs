@@ -114,6 +114,15 @@ impl fmt::Display for Caller {
     }
 }
 
+/// The caller of a gRPC request, as the guard named it and the audit log
+/// records it; "local" for a request that did not pass the guard.
+pub fn who<T>(request: &tonic::Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| "local".to_string(), ToString::to_string)
+}
+
 /// A node's security settings, built once at start.
 pub struct Security {
     pub tls: Option<Tls>,

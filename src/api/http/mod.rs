@@ -22,7 +22,7 @@ use tonic::{Code, Request};
 use crate::api::admin::AdminApi;
 use crate::api::resources::ResourceApi;
 use crate::metrics::Snapshot;
-use crate::node::Shared;
+use crate::node::shared::Shared;
 use crate::placement::Manager;
 use crate::proto::admin::admin_server::Admin;
 use crate::proto::admin::{AddPeerRequest, ListPeersRequest};
