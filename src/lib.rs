@@ -5,22 +5,28 @@
 //! anywhere in the mesh; any node places containers on any of them.
 //!
 //! # Layout
+//! Dependencies run one way, from the surfaces down to the vocabulary:
+//! `api` and `cli` on top; `node` (which composes everything and serves
+//! the surfaces); `security`; `config`; `placement`; `store`; `resource`;
+//! `mesh`; `proto`; and `metrics`, `sync`, `audit` at the ground.
+//!
 //! - [`mesh`]: the sans-IO gossip core (membership, failure detection,
-//!   provider records) and its deterministic simulator.
-//! - [`node`]: a running node: the async loop that drives the core over
-//!   tonic, connection pooling, startup and graceful shutdown.
+//!   provider records), the bounds of peer messages, and the simulator.
+//! - [`node`]: a running node: start-up in phases, its handle, the async
+//!   loop that drives the core over tonic, the providers it attaches.
 //! - [`resource`]: providers (Docker, Kubernetes, the in-memory twin), their
 //!   capacity ledgers, GPU inventory and assignment, Kubernetes-style
-//!   quantities and the label keys iarnet gives meaning to.
-//! - [`placement`]: ranking, the resource manager, and proxies that operate
-//!   other nodes' providers over `CallProvider`.
+//!   quantities, label keys, provider targets and wire conversions.
+//! - [`placement`]: split by stage: feasibility, ranking, the registry of
+//!   providers and its index, the placement loop, the book of records, and
+//!   `CallProvider` (the proxy to other nodes' providers and serving).
 //! - [`api`]: the gRPC services: `peer.PeerService` for nodes,
 //!   `iarnet.admin.v1.Admin` for operators, `iarnet.resource.v1.ResourceService`
-//!   for deployments.
+//!   for deployments; and the HTTP API with its JSON views.
 //! - [`security`]: mutual TLS, tokens, access lists, rate limits;
 //!   [`audit`]: who asked for what, in its own file.
-//! - [`sync`]: one async lock per key, and a token bucket, shared by the
-//!   layers above.
+//! - [`metrics`]: Prometheus metrics, the gossip counters, process metrics.
+//! - [`sync`]: one async lock per key, a token bucket, a poison-tolerant lock.
 //! - [`store`]: what a node must not forget across a crash (identity,
 //!   deployments, registered providers, peers): redb on disk, or in memory.
 //! - [`config`]: layered configuration (file, env, flags) and its validation;
