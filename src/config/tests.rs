@@ -231,3 +231,12 @@ fn security_defaults_are_open_and_tokens_load_from_a_file() {
     assert_eq!(cfg.security.audit_path, None);
     assert!(!format!("{:?}", cfg.security.tokens).contains("abcdef"));
 }
+
+#[test]
+fn the_nearest_name_is_suggested_not_the_first_close_one() {
+    assert_eq!(
+        hint::closest("rando", ["radio", "random"], |n: &&str| *n),
+        Some("random")
+    );
+    assert_eq!(hint::closest("cloud", ["k8s"], |n: &&str| *n), None);
+}
