@@ -176,4 +176,6 @@ impl Parser<'_> {
 }
 
 #[cfg(test)]
+mod reference_tests;
+#[cfg(test)]
 mod tests;

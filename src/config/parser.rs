@@ -2,6 +2,7 @@
 //! falls back to the table's default; a bad value becomes a [`Problem`]
 //! naming the key, and reading goes on so that all problems are reported.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -11,6 +12,9 @@ use super::{ConfigError, Key, Layers, Problem, Quantity, Source};
 pub(super) struct Parser<'a> {
     layers: &'a Layers,
     problems: Vec<Problem>,
+    /// Keys a builder asked for: a key in the table that no builder reads
+    /// would be accepted and silently ignored.
+    read: BTreeSet<&'static str>,
 }
 
 impl<'a> Parser<'a> {
@@ -18,6 +22,7 @@ impl<'a> Parser<'a> {
         Parser {
             layers,
             problems: layers.problems().to_vec(),
+            read: BTreeSet::new(),
         }
     }
 
@@ -32,7 +37,17 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Table keys no builder has read so far.
+    #[cfg(test)]
+    pub(super) fn unread(&self) -> Vec<&'static str> {
+        super::keys::keys()
+            .map(|k| k.name)
+            .filter(|name| !self.read.contains(name))
+            .collect()
+    }
+
     fn raw(&mut self, key: &Key) -> Option<&'a Raw> {
+        self.read.insert(key.name);
         let layers: &'a Layers = self.layers;
         layers.get(key.name).map(|(raw, _)| raw)
     }

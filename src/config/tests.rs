@@ -240,3 +240,24 @@ fn the_nearest_name_is_suggested_not_the_first_close_one() {
     );
     assert_eq!(hint::closest("cloud", ["k8s"], |n: &&str| *n), None);
 }
+
+#[test]
+fn every_key_in_the_table_is_read_by_a_builder_and_named_once() {
+    let layers = Layers::default();
+    let mut p = parser::Parser::new(&layers);
+    let _ = p.config();
+    assert!(p.unread().is_empty(), "no builder reads {:?}", p.unread());
+    let mut names = std::collections::BTreeSet::new();
+    let mut envs = std::collections::BTreeSet::new();
+    for key in keys() {
+        assert!(names.insert(key.name), "{} is in the table twice", key.name);
+        if let Some(env) = key.env {
+            assert!(env.starts_with("IARNET_") && envs.insert(env), "{env}");
+        }
+        assert!(
+            !key.doc.is_empty() && !key.doc.contains('\n'),
+            "{}: the doc is one line",
+            key.name
+        );
+    }
+}
