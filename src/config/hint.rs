@@ -17,6 +17,13 @@ pub(super) fn closest<'a, T>(
         .map(|(_, c)| c)
 }
 
+/// `; did you mean "x"?` for a bad value, or nothing when no name is close.
+pub(super) fn did_you_mean<'a>(word: &str, names: impl IntoIterator<Item = &'a str>) -> String {
+    closest(word, names, |n: &&str| *n)
+        .map(|n| format!("; did you mean {n:?}?"))
+        .unwrap_or_default()
+}
+
 /// Levenshtein distance over characters.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();

@@ -12,7 +12,7 @@
 //! - `parser`: typed readers (durations, quantities, addresses…) over a key.
 //! - `node`, `gossip`, `resources`, `security`: each section's keys, types
 //!   and builder.
-//! - `hint`: "did you mean" for keys.
+//! - `hint`: "did you mean" for keys and values.
 
 mod gossip;
 mod hint;

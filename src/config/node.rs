@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::hint;
 use super::parser::Parser;
 use super::{Key, Quantity};
 
@@ -133,10 +134,11 @@ impl Parser<'_> {
             "k8s" | "kubernetes" => Mode::K8s,
             other => {
                 let other = other.to_string();
+                let hint = hint::did_you_mean(&other, ["auto", "standalone", "k8s", "kubernetes"]);
                 self.fail(
                     MODE.name,
                     &other,
-                    "expected \"\" (auto-detect), \"standalone\" or \"k8s\"",
+                    format!("expected \"\" (auto-detect), \"standalone\" or \"k8s\"{hint}"),
                 );
                 Mode::Auto
             }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use super::layers::{problem, split_list, Raw};
-use super::{ConfigError, Key, Layers, Problem, Quantity, Source};
+use super::{hint, ConfigError, Key, Layers, Problem, Quantity, Source};
 
 pub(super) struct Parser<'a> {
     layers: &'a Layers,
@@ -82,11 +82,13 @@ impl<'a> Parser<'a> {
 
     pub(super) fn boolean(&mut self, key: &Key) -> bool {
         let text = self.scalar(key);
-        match text.to_ascii_lowercase().as_str() {
+        let lower = text.to_ascii_lowercase();
+        match lower.as_str() {
             "true" | "yes" | "on" | "1" => true,
             "false" | "no" | "off" | "0" => false,
             _ => {
-                self.fail(key.name, &text, "expected true or false");
+                let hint = hint::did_you_mean(&lower, ["true", "false"]);
+                self.fail(key.name, &text, format!("expected true or false{hint}"));
                 false
             }
         }

@@ -1,8 +1,10 @@
 //! The resource plane's keys: allow_remote_access, `placement.*`,
 //! `docker.*`, `kubernetes.*` and external_providers.
 
+use super::hint;
 use super::parser::Parser;
 use super::Key;
+use crate::placement::rank::STRATEGIES;
 use crate::placement::Strategy;
 
 pub(super) const ALLOW_REMOTE_ACCESS: Key = Key::new(
@@ -102,7 +104,11 @@ impl Parser<'_> {
     fn strategy(&mut self) -> Strategy {
         let text = self.scalar(&STRATEGY);
         Strategy::parse(&text).unwrap_or_else(|why| {
-            self.fail(STRATEGY.name, &text, &why);
+            // The hint is built from the names placement lists, so a new
+            // strategy needs no change here.
+            let names = STRATEGIES.split(',').map(str::trim);
+            let hint = hint::did_you_mean(&text.trim().to_ascii_lowercase(), names);
+            self.fail(STRATEGY.name, &text, format!("{why}{hint}"));
             Strategy::default()
         })
     }

@@ -233,6 +233,25 @@ fn security_defaults_are_open_and_tokens_load_from_a_file() {
 }
 
 #[test]
+fn misspelled_values_get_a_suggestion() {
+    let file = "mode: standalon\nallow_remote_access: ture\nplacement:\n  strategy: binpak\n";
+    let text = load(file, &[], &[]).expect_err("bad values").to_string();
+    for expected in [
+        r#"expected "" (auto-detect), "standalone" or "k8s"; did you mean "standalone"?"#,
+        r#"expected true or false; did you mean "true"?"#,
+        r#"did you mean "binpack"?"#,
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+    let far = "mode: cloud\nauth:\n  protect_health: maybe\n";
+    let text = load(far, &[], &[]).expect_err("bad values").to_string();
+    assert!(
+        !text.contains("did you mean"),
+        "no guess when nothing is close: {text}"
+    );
+}
+
+#[test]
 fn the_nearest_name_is_suggested_not_the_first_close_one() {
     assert_eq!(
         hint::closest("rando", ["radio", "random"], |n: &&str| *n),
