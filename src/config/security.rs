@@ -58,9 +58,23 @@ pub(super) const DENY_NETWORKS: Key = Key::new(
     "source networks that may not (deny wins)",
 )
 .list();
-pub(super) const PEER_RATE: Key =
-    Key::new("rate_limit.peer_rate", "200", "calls per second per peer");
-pub(super) const PEER_BURST: Key = Key::new("rate_limit.peer_burst", "400", "burst per peer");
+pub(super) const PEER_RATE: Key = Key::new(
+    "rate_limit.peer_rate",
+    "200",
+    "gossip calls per second per peer",
+);
+pub(super) const PEER_BURST: Key =
+    Key::new("rate_limit.peer_burst", "400", "gossip burst per peer");
+pub(super) const CALL_RATE: Key = Key::new(
+    "rate_limit.call_rate",
+    "10000",
+    "CallProvider calls per second per peer, apart from gossip",
+);
+pub(super) const CALL_BURST: Key = Key::new(
+    "rate_limit.call_burst",
+    "20000",
+    "CallProvider burst per peer",
+);
 pub(super) const TOKEN_RATE: Key = Key::new(
     "rate_limit.token_rate",
     "50",
@@ -93,6 +107,8 @@ pub(super) const KEYS: &[Key] = &[
     DENY_NETWORKS,
     PEER_RATE,
     PEER_BURST,
+    CALL_RATE,
+    CALL_BURST,
     TOKEN_RATE,
     TOKEN_BURST,
     AUDIT_PATH,
@@ -139,12 +155,22 @@ impl AccessConfig {
     }
 }
 
-/// Token buckets: calls per second and burst, per peer and per token.
+/// Token buckets: calls per second and burst. Each peer has one budget for
+/// gossip and another for CallProvider, so a busy home is not throttled by
+/// gossip; each management token has its own.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimitConfig {
+    /// `rate_limit.peer_rate`: gossip calls per second per peer.
     pub peer_rate: f64,
+    /// `rate_limit.peer_burst`: gossip calls a peer may make at once.
     pub peer_burst: f64,
+    /// `rate_limit.call_rate`: CallProvider calls per second per peer.
+    pub call_rate: f64,
+    /// `rate_limit.call_burst`: CallProvider calls a peer may make at once.
+    pub call_burst: f64,
+    /// `rate_limit.token_rate`: management calls per second per token.
     pub token_rate: f64,
+    /// `rate_limit.token_burst`: management calls a token may make at once.
     pub token_burst: f64,
 }
 
@@ -184,6 +210,8 @@ impl Parser<'_> {
             rate_limit: RateLimitConfig {
                 peer_rate: self.float(&PEER_RATE, 0.1, 1e6),
                 peer_burst: self.float(&PEER_BURST, 1.0, 1e6),
+                call_rate: self.float(&CALL_RATE, 0.1, 1e6),
+                call_burst: self.float(&CALL_BURST, 1.0, 1e6),
                 token_rate: self.float(&TOKEN_RATE, 0.1, 1e6),
                 token_burst: self.float(&TOKEN_BURST, 1.0, 1e6),
             },

@@ -261,6 +261,33 @@ fn the_nearest_name_is_suggested_not_the_first_close_one() {
 }
 
 #[test]
+fn call_provider_has_its_own_rate_limit_keys() {
+    let r = Config::shipped().security.rate_limit;
+    assert_eq!((r.call_rate, r.call_burst), (10_000.0, 20_000.0));
+    assert_eq!((r.peer_rate, r.peer_burst), (200.0, 400.0));
+    let cfg = load(
+        "rate_limit:\n  call_rate: 500\n  call_burst: 1000\n",
+        &[],
+        &[],
+    )
+    .expect("valid");
+    let r = cfg.security.rate_limit;
+    assert_eq!((r.call_rate, r.call_burst), (500.0, 1000.0));
+    let err = load(
+        "rate_limit:\n  call_rate: 0\n  call_burst: lots\n",
+        &[],
+        &[],
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["rate_limit.call_rate", "rate_limit.call_burst"],
+        "{err}"
+    );
+}
+
+#[test]
 fn every_key_in_the_table_is_read_by_a_builder_and_named_once() {
     let layers = Layers::default();
     let mut p = parser::Parser::new(&layers);
