@@ -4,9 +4,23 @@
 //! Loading never stops at the first problem: every unknown key and every bad
 //! value is reported at once, each with its key and value, before any port is
 //! bound. The shipped `config.yaml` is embedded and used when no file is given.
+//!
+//! # Layout
+//! - `keys`: the [`Key`] type and the table of every key (name, env, shape,
+//!   default, doc) that the layers, the builders and the drift tests share.
+//! - `layers`: raw values from file, environment and flags, unknown keys.
+//! - `parser`: typed readers (durations, quantities, addresses…) over a key.
+//! - `node`, `gossip`, `resources`, `security`: each section's keys, types
+//!   and builder.
+//! - `hint`: "did you mean" for keys and values.
 
+mod gossip;
+mod hint;
+mod keys;
 mod layers;
-
+mod node;
+mod parser;
+mod resources;
 mod security;
 
 use std::fmt;
@@ -15,107 +29,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::resource::Quantity;
-pub use layers::{hostname, valid_host_port, Layers, Source};
+pub use gossip::GossipConfig;
+pub use keys::{keys, Key, SECTIONS};
+pub use layers::{Layers, Source};
+pub use node::{hostname, Mode, ResourceLimits};
+pub use parser::valid_host_port;
+pub use resources::{ExternalProvider, ResourceConfig};
 pub use security::{AccessConfig, RateLimitConfig, SecurityConfig, TlsFiles, Token};
+
+use parser::Parser;
 
 /// The shipped configuration, used when no file is given.
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../config.yaml");
 
-/// How this node finds its internal provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Kubernetes when running in a cluster, else Docker when it answers.
-    Auto,
-    Standalone,
-    K8s,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Auto => "auto",
-            Mode::Standalone => "standalone",
-            Mode::K8s => "k8s",
-        })
-    }
-}
-
-/// Upper bounds on what this node offers to the mesh; unset means "detect".
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ResourceLimits {
-    /// CPU cores (`"8"`, `"500m"`).
-    pub cpu: Option<Quantity>,
-    /// Memory (`"16Gi"`).
-    pub memory: Option<Quantity>,
-    /// Whole GPUs.
-    pub gpu: Option<u32>,
-}
-
-impl fmt::Display for ResourceLimits {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let show = |q: &Option<Quantity>| q.map_or("auto".to_string(), |q| q.to_string());
-        write!(
-            f,
-            "cpu={} memory={} gpu={}",
-            show(&self.cpu),
-            self.memory
-                .map_or("auto".to_string(), |m| format!("{}B", m.units_ceil())),
-            self.gpu.map_or("auto".to_string(), |g| g.to_string())
-        )
-    }
-}
-
-/// Gossip and failure-detection tunables.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GossipConfig {
-    /// Round length (`gossip.interval`, default `1s`).
-    pub interval: Duration,
-    /// Random live peers per round (`gossip.fanout`, default 3).
-    pub fanout: usize,
-    /// Deadline of one gossip call (`gossip.call_timeout`, default `500ms`).
-    pub call_timeout: Duration,
-    /// Shortest suspicion in rounds per log10(members) (`gossip.suspicion_mult`, default 1.5).
-    pub suspicion_mult: f64,
-    /// Longest suspicion as a multiple of the shortest (`gossip.suspicion_max_mult`, default 4).
-    pub suspicion_max_mult: f64,
-    /// How long dead or departed members are kept (`gossip.tombstone_grace`, default `60s`).
-    pub tombstone_grace: Duration,
-    /// Soft cap of one gossip message (`gossip.max_message_size`, default `512Ki`).
-    pub max_message_bytes: usize,
-    /// How often seed names are re-resolved in DNS (`gossip.seed_resolve_interval`, default `30s`).
-    pub seed_resolve_interval: Duration,
-}
-
-/// The resource plane's settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResourceConfig {
-    /// `allow_remote_access`: offer this node's providers to other nodes
-    /// (default true). Off: nothing is advertised and CallProvider is refused.
-    pub allow_remote_access: bool,
-    /// `placement.strategy`: the default ranking (default `spread`).
-    pub strategy: crate::placement::Strategy,
-    /// `placement.region` / `placement.zone`: labels of this node's providers.
-    pub region: Option<String>,
-    pub zone: Option<String>,
-    /// `docker.host`: the engine to use (default: `DOCKER_HOST`, else the local socket).
-    pub docker_host: Option<String>,
-    /// `kubernetes.namespace`: where pods are created (default `default`).
-    pub k8s_namespace: String,
-    /// `external_providers`: hosts and clusters registered at start.
-    pub external: Vec<ExternalProvider>,
-}
-
-/// One `external_providers` entry: `docker NAME tcp://HOST:PORT` or
-/// `k8s NAME /path/to/kubeconfig`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExternalProvider {
-    pub kind: String,
-    pub name: String,
-    /// The engine URL (docker) or kubeconfig path (k8s).
-    pub target: String,
-}
-
-/// A validated node configuration.
+/// A validated node configuration. Each field names its key; the key's
+/// default and doc are in the key table ([`keys`]), next to its builder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// `mode`: `""` (auto), `standalone` or `k8s`.
@@ -128,7 +56,7 @@ pub struct Config {
     pub advertise_addr: Option<String>,
     /// `node_id`: stable identity; read from or written to `data_dir/node-id` when unset.
     pub node_id: Option<String>,
-    /// `node_name`: a human label (default: the host name).
+    /// `node_name`: a human label (unset: the host name).
     pub node_name: String,
     /// `initial_peers`: seed addresses (`host:port`; DNS names are re-resolved).
     pub initial_peers: Vec<String>,
@@ -138,7 +66,7 @@ pub struct Config {
     /// `data_dir`: node identity and durable state.
     pub data_dir: PathBuf,
     pub gossip: GossipConfig,
-    /// `shutdown_grace`: the bound on a graceful shutdown (default `10s`).
+    /// `shutdown_grace`: the bound on a graceful shutdown.
     pub shutdown_grace: Duration,
     pub resources: ResourceConfig,
     /// TLS, tokens, access lists, rate limits and the audit log.
@@ -183,7 +111,12 @@ impl fmt::Display for ConfigError {
 impl Config {
     /// Loads the embedded default overlaid with `env` and `flags` (for tests and tools).
     pub fn from_layers(layers: &Layers) -> Result<Config, ConfigError> {
-        layers::build(layers)
+        let mut p = Parser::new(layers);
+        let config = Config {
+            sources: layers.sources(),
+            ..p.config()
+        };
+        p.finish(config)
     }
 
     /// The default configuration exactly as shipped.
@@ -212,5 +145,37 @@ impl Config {
     }
 }
 
+impl Parser<'_> {
+    /// Reads every section; problems collect in the parser, in this order.
+    fn config(&mut self) -> Config {
+        let gossip = self.gossip();
+        let data_dir = PathBuf::from(self.scalar(&node::DATA_DIR));
+        Config {
+            mode: self.mode(),
+            listen_addr: self.listen(&node::LISTEN_ADDR),
+            peer_listen_addr: self.listen(&node::PEER_LISTEN_ADDR),
+            advertise_addr: self.host_port(&node::ADVERTISE_ADDR),
+            node_id: self.node_id(),
+            node_name: self.node_name(),
+            initial_peers: self.initial_peers(),
+            resource_limits: self.resource_limits(),
+            workspace_dir: PathBuf::from(self.scalar(&node::WORKSPACE_DIR)),
+            security: self.security(&data_dir),
+            data_dir,
+            gossip,
+            shutdown_grace: self.duration(
+                &node::SHUTDOWN_GRACE,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            ),
+            resources: self.resources(),
+            // Filled from the layers by the caller.
+            sources: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod reference_tests;
 #[cfg(test)]
 mod tests;

@@ -231,3 +231,79 @@ fn security_defaults_are_open_and_tokens_load_from_a_file() {
     assert_eq!(cfg.security.audit_path, None);
     assert!(!format!("{:?}", cfg.security.tokens).contains("abcdef"));
 }
+
+#[test]
+fn misspelled_values_get_a_suggestion() {
+    let file = "mode: standalon\nallow_remote_access: ture\nplacement:\n  strategy: binpak\n";
+    let text = load(file, &[], &[]).expect_err("bad values").to_string();
+    for expected in [
+        r#"expected "" (auto-detect), "standalone" or "k8s"; did you mean "standalone"?"#,
+        r#"expected true or false; did you mean "true"?"#,
+        r#"did you mean "binpack"?"#,
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+    let far = "mode: cloud\nauth:\n  protect_health: maybe\n";
+    let text = load(far, &[], &[]).expect_err("bad values").to_string();
+    assert!(
+        !text.contains("did you mean"),
+        "no guess when nothing is close: {text}"
+    );
+}
+
+#[test]
+fn the_nearest_name_is_suggested_not_the_first_close_one() {
+    assert_eq!(
+        hint::closest("rando", ["radio", "random"], |n: &&str| *n),
+        Some("random")
+    );
+    assert_eq!(hint::closest("cloud", ["k8s"], |n: &&str| *n), None);
+}
+
+#[test]
+fn call_provider_has_its_own_rate_limit_keys() {
+    let r = Config::shipped().security.rate_limit;
+    assert_eq!((r.call_rate, r.call_burst), (10_000.0, 20_000.0));
+    assert_eq!((r.peer_rate, r.peer_burst), (200.0, 400.0));
+    let cfg = load(
+        "rate_limit:\n  call_rate: 500\n  call_burst: 1000\n",
+        &[],
+        &[],
+    )
+    .expect("valid");
+    let r = cfg.security.rate_limit;
+    assert_eq!((r.call_rate, r.call_burst), (500.0, 1000.0));
+    let err = load(
+        "rate_limit:\n  call_rate: 0\n  call_burst: lots\n",
+        &[],
+        &[],
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["rate_limit.call_rate", "rate_limit.call_burst"],
+        "{err}"
+    );
+}
+
+#[test]
+fn every_key_in_the_table_is_read_by_a_builder_and_named_once() {
+    let layers = Layers::default();
+    let mut p = parser::Parser::new(&layers);
+    let _ = p.config();
+    assert!(p.unread().is_empty(), "no builder reads {:?}", p.unread());
+    let mut names = std::collections::BTreeSet::new();
+    let mut envs = std::collections::BTreeSet::new();
+    for key in keys() {
+        assert!(names.insert(key.name), "{} is in the table twice", key.name);
+        if let Some(env) = key.env {
+            assert!(env.starts_with("IARNET_") && envs.insert(env), "{env}");
+        }
+        assert!(
+            !key.doc.is_empty() && !key.doc.contains('\n'),
+            "{}: the doc is one line",
+            key.name
+        );
+    }
+}
