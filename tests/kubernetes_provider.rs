@@ -2,6 +2,9 @@
 //! makes is checked (method, path, query, body) and answered in order.
 //! One test at the end runs against a real cluster when KUBECONFIG is set.
 
+#[path = "support/fake_kube.rs"]
+mod fake_kube;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -18,6 +21,8 @@ use kube::client::Body;
 use serde_json::{json, Value};
 use tonic::Code;
 use tower_test::mock;
+
+use fake_kube::{decode, list, status};
 
 type Handle = mock::Handle<Request<Body>, Response<Body>>;
 type Reply = mock::SendResponse<Response<Body>>;
@@ -51,30 +56,6 @@ fn provider() -> (KubernetesProvider, Handle) {
 }
 
 // ---- requests and answers -------------------------------------------------
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("ascii");
-                out.push(u8::from_str_radix(hex, 16).expect("percent escape"));
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).expect("utf-8 query")
-}
 
 fn query_of(uri: &http::Uri) -> BTreeMap<String, String> {
     uri.query()
@@ -138,15 +119,6 @@ fn answer_text(reply: Reply, text: &str) {
             .body(Body::from(text.as_bytes().to_vec()))
             .expect("response"),
     );
-}
-
-fn status(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": message, "reason": reason, "code": code})
-}
-
-fn list(items: Vec<Value>) -> Value {
-    json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items})
 }
 
 /// Answers the census: nodes, then the live pods of all namespaces.

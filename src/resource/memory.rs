@@ -14,7 +14,7 @@ use super::types::{
     DeploySpec, DeployState, Deployment, LogLine, Progress, ProviderDescriptor, ProviderKind,
     Resources,
 };
-use super::validate::deployment_id;
+use super::validate::{deployment_id, validate};
 
 struct Books {
     ledger: Ledger,
@@ -96,6 +96,7 @@ impl Provider for MemoryProvider {
         spec: &DeploySpec,
         progress: ProgressSink,
     ) -> Result<Deployment, ResourceError> {
+        validate(spec)?;
         let key = deployment_id(&spec.request_id);
         let mut books = self.books();
         if let Some(d) = books.deployments.get(&key) {
@@ -159,14 +160,15 @@ impl Provider for MemoryProvider {
 
     async fn stop(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {
         let mut books = self.books();
-        let Some(d) = books.deployments.get_mut(deployment_id) else {
+        // Stopped is removed, as Docker removes the container and
+        // Kubernetes deletes the pod.
+        let Some(mut d) = books.deployments.remove(deployment_id) else {
             return Err(ResourceError::NotFound(format!(
                 "deployment {deployment_id:?} not found on provider {}",
                 self.id
             )));
         };
         d.push_state(DeployState::Stopped);
-        let d = d.clone();
         books.ledger.release(deployment_id);
         books.gpus.release(deployment_id);
         Ok(d)

@@ -1,0 +1,336 @@
+//! Making, finding and removing this provider's containers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use bollard::errors::Error as EngineError;
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures::stream::StreamExt;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::connect::{chain, engine_status, is_connection_error};
+use super::facts::{is_container_name, Facts};
+use super::{DockerProvider, NAME_RACE_WAIT};
+use crate::resource::error::ResourceError;
+use crate::resource::labels;
+use crate::resource::provider::ProgressSink;
+use crate::resource::types::{DeploySpec, DeployState, Progress, StateChange};
+
+impl DockerProvider {
+    /// The container named `key` if it is one of this provider's (None when
+    /// there is no such container).
+    pub(super) async fn inspect(&self, key: &str) -> Result<Option<Facts>, ResourceError> {
+        if !is_container_name(key) {
+            // Never put arbitrary text into an engine URL.
+            return Ok(None);
+        }
+        match self
+            .docker
+            .inspect_container(key, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => Ok(Facts::from_inspect(&self.id, &c)),
+            Err(e) if engine_status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.engine_error(&format!("inspect {key}"), e)),
+        }
+    }
+
+    /// Like `inspect`, but a container that exists under another owner is an error.
+    pub(super) async fn inspect_owned_or_free(
+        &self,
+        key: &str,
+    ) -> Result<Option<Facts>, ResourceError> {
+        match self
+            .docker
+            .inspect_container(key, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => match Facts::from_inspect(&self.id, &c) {
+                Some(f) => Ok(Some(f)),
+                None => Err(ResourceError::Backend(format!(
+                    "a container named {key} exists on {} but is not provider {}'s \
+                     (another provider on the same engine took this request id?)",
+                    self.endpoint, self.id
+                ))),
+            },
+            Err(e) if engine_status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.engine_error(&format!("inspect {key}"), e)),
+        }
+    }
+
+    /// This provider's containers, as the engine lists them.
+    pub(super) async fn list_facts(&self) -> Result<Vec<Facts>, ResourceError> {
+        let filters: HashMap<&str, Vec<String>> = HashMap::from([(
+            "label",
+            vec![
+                format!("{}=true", labels::MANAGED),
+                format!("{}={}", labels::PROVIDER, self.id),
+            ],
+        )]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| self.engine_error("list containers", e))?;
+        Ok(found
+            .iter()
+            .filter_map(|c| Facts::from_summary(&self.id, c))
+            .collect())
+    }
+
+    /// Pulls `image` unless the engine has it, reporting progress.
+    async fn ensure_image(
+        &self,
+        image: &str,
+        progress: &ProgressSink,
+        history: &mut Vec<StateChange>,
+    ) -> Result<(), ResourceError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if engine_status(&e) == Some(404) => {}
+            Err(e) => return Err(self.engine_error(&format!("inspect image {image}"), e)),
+        }
+        push(history, progress, DeployState::Pulling);
+        info!(provider = %self.id, image, "pulling image");
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let mut opts = CreateImageOptionsBuilder::default().from_image(image);
+        if !image.contains('@') && !last.contains(':') {
+            // Without a tag the engine would pull every tag.
+            opts = opts.tag("latest");
+        }
+        let mut pull = self.docker.create_image(Some(opts.build()), None, None);
+        let pull_failed = |reason: String| ResourceError::PullFailed {
+            image: image.to_string(),
+            reason,
+        };
+        while let Some(step) = pull.next().await {
+            match step {
+                Ok(info) => {
+                    let detail = info.progress_detail.unwrap_or_default();
+                    progress.emit(Progress::Pull {
+                        layer: info.id.unwrap_or_default(),
+                        status: info.status.unwrap_or_default(),
+                        current: detail
+                            .current
+                            .and_then(|n| u64::try_from(n).ok())
+                            .unwrap_or(0),
+                        total: detail
+                            .total
+                            .and_then(|n| u64::try_from(n).ok())
+                            .unwrap_or(0),
+                    });
+                }
+                Err(EngineError::DockerResponseServerError { message, .. }) => {
+                    return Err(pull_failed(message))
+                }
+                Err(EngineError::DockerStreamError { error }) => return Err(pull_failed(error)),
+                Err(e) if is_connection_error(&e) => {
+                    return Err(self.engine_error(&format!("pull {image}"), e))
+                }
+                Err(e) => return Err(pull_failed(chain(&e))),
+            }
+        }
+        Ok(())
+    }
+
+    fn container_body(&self, spec: &DeploySpec, gpus: &[String]) -> ContainerCreateBody {
+        let r = &spec.resources;
+        let mut labels: HashMap<String, String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.insert(labels::MANAGED.into(), "true".into());
+        labels.insert(labels::PROVIDER.into(), self.id.clone());
+        labels.insert(labels::NODE.into(), self.node_id.clone());
+        labels.insert(labels::REQUEST.into(), spec.request_id.clone());
+        labels.insert(labels::CPU_MILLIS.into(), r.cpu_millis.to_string());
+        labels.insert(labels::MEMORY_BYTES.into(), r.memory_bytes.to_string());
+        if r.storage_bytes != 0 {
+            labels.insert(labels::STORAGE_BYTES.into(), r.storage_bytes.to_string());
+        }
+        labels.insert(labels::GPUS.into(), gpus.join(","));
+        labels.insert(labels::GPU_SHARED.into(), spec.gpu_shared.to_string());
+
+        let mut bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
+        for p in &spec.ports {
+            let port = format!("{}/{}", p.container, if p.udp { "udp" } else { "tcp" });
+            bindings.entry(port).or_default().push(PortBinding {
+                host_ip: None,
+                // Empty = any free port.
+                host_port: Some(if p.host == 0 {
+                    String::new()
+                } else {
+                    p.host.to_string()
+                }),
+            });
+        }
+        let exposed: Vec<String> = bindings.keys().cloned().collect();
+
+        let host_config = HostConfig {
+            nano_cpus: Some(
+                i64::try_from(r.cpu_millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+            ),
+            memory: Some(i64::try_from(r.memory_bytes).unwrap_or(i64::MAX)),
+            device_requests: (!gpus.is_empty()).then(|| {
+                vec![DeviceRequest {
+                    driver: Some("nvidia".into()),
+                    count: None,
+                    device_ids: Some(gpus.to_vec()),
+                    capabilities: Some(vec![vec!["gpu".into()]]),
+                    options: None,
+                }]
+            }),
+            port_bindings: (!bindings.is_empty()).then(|| {
+                bindings
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v)))
+                    .collect::<HashMap<_, _>>()
+            }),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            env: (!spec.env.is_empty())
+                .then(|| spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Pulls, creates and starts the container of a reserved deployment.
+    /// `Ok(None)` means the name was taken meanwhile (a twin deploy elsewhere).
+    pub(super) async fn create_and_start(
+        &self,
+        key: &str,
+        spec: &DeploySpec,
+        gpus: &[String],
+        progress: &ProgressSink,
+        history: &mut Vec<StateChange>,
+        created: &mut bool,
+    ) -> Result<Option<Facts>, ResourceError> {
+        self.ensure_image(&spec.image, progress, history).await?;
+        push(history, progress, DeployState::Starting);
+        if !self
+            .create_named(key, self.container_body(spec, gpus))
+            .await?
+        {
+            return Ok(None);
+        }
+        *created = true;
+        self.docker
+            .start_container(key, None)
+            .await
+            .map_err(|e| self.engine_error(&format!("start {key}"), e))?;
+        match self.inspect(key).await? {
+            Some(f) => Ok(Some(f)),
+            None => Err(ResourceError::Backend(format!(
+                "container {key} vanished right after it started"
+            ))),
+        }
+    }
+
+    /// Creates the container named `key`; `Ok(false)` when a container of
+    /// that name exists already (a twin deploy made it). The engine holds a
+    /// name a moment before the container can be inspected, so a conflict
+    /// waits for the winner to show up, or for its create to fail and free
+    /// the name, and then tries again.
+    async fn create_named(
+        &self,
+        key: &str,
+        body: ContainerCreateBody,
+    ) -> Result<bool, ResourceError> {
+        let deadline = Instant::now() + NAME_RACE_WAIT;
+        loop {
+            let opts = CreateContainerOptionsBuilder::default().name(key).build();
+            match self.docker.create_container(Some(opts), body.clone()).await {
+                Ok(resp) => {
+                    for w in resp.warnings.iter().filter(|w| !w.is_empty()) {
+                        warn!(deployment = key, warning = %w, "engine warning on create");
+                    }
+                    return Ok(true);
+                }
+                Err(e) if engine_status(&e) == Some(409) => {
+                    let retry_at = Instant::now() + Duration::from_secs(1);
+                    while Instant::now() < retry_at {
+                        match self
+                            .docker
+                            .inspect_container(key, None::<InspectContainerOptions>)
+                            .await
+                        {
+                            Ok(_) => return Ok(false),
+                            Err(e) if engine_status(&e) == Some(404) => {}
+                            Err(e) => return Err(self.engine_error(&format!("inspect {key}"), e)),
+                        }
+                        if Instant::now() >= deadline {
+                            return Err(ResourceError::Backend(format!(
+                                "the engine reports the name {key} in use, yet no such container appears"
+                            )));
+                        }
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                }
+                Err(EngineError::DockerResponseServerError {
+                    status_code: 400,
+                    message,
+                }) => {
+                    // The engine's own checks (memory below its minimum, more
+                    // CPUs than the host has, …): the spec is at fault.
+                    let lower = message.to_lowercase();
+                    let field = if lower.contains("memory") {
+                        "memory"
+                    } else if lower.contains("cpu") {
+                        "cpu"
+                    } else if lower.contains("port") {
+                        "ports"
+                    } else {
+                        "spec"
+                    };
+                    return Err(ResourceError::invalid(
+                        field,
+                        format!("the Docker engine refused it: {message}"),
+                    ));
+                }
+                Err(e) => return Err(self.engine_error(&format!("create {key}"), e)),
+            }
+        }
+    }
+
+    /// Removes a container, ignoring "already gone".
+    pub(super) async fn remove(&self, key: &str) -> Result<(), ResourceError> {
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(key, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if engine_status(&e) == Some(404) => Ok(()),
+            // 409: removal already in progress.
+            Err(e) if engine_status(&e) == Some(409) => Ok(()),
+            Err(e) => Err(self.engine_error(&format!("remove {key}"), e)),
+        }
+    }
+}
+
+pub(super) fn push(history: &mut Vec<StateChange>, progress: &ProgressSink, state: DeployState) {
+    progress.emit(Progress::State(state.clone()));
+    if history.last().map(|c| &c.state) != Some(&state) {
+        history.push(StateChange {
+            state,
+            at: SystemTime::now(),
+        });
+    }
+}
