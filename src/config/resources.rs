@@ -6,6 +6,7 @@ use super::parser::Parser;
 use super::Key;
 use crate::placement::rank::STRATEGIES;
 use crate::placement::Strategy;
+use crate::resource::ProviderTarget;
 
 pub(super) const ALLOW_REMOTE_ACCESS: Key = Key::new(
     "allow_remote_access",
@@ -86,6 +87,23 @@ pub struct ExternalProvider {
     pub name: String,
     /// The engine URL (docker) or kubeconfig path (k8s).
     pub target: String,
+}
+
+impl ExternalProvider {
+    /// The provider target this entry stands for.
+    pub fn target(&self) -> ProviderTarget {
+        let mut t = ProviderTarget {
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            ..ProviderTarget::default()
+        };
+        if self.kind == "k8s" {
+            t.kubeconfig_path = self.target.clone();
+        } else {
+            t.endpoint = self.target.clone();
+        }
+        t
+    }
 }
 
 impl Parser<'_> {

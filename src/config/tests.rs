@@ -124,7 +124,7 @@ fn resource_keys_parse_and_report_every_problem() {
     assert_eq!(cfg.resources.region.as_deref(), Some("eu-west"));
     assert_eq!(cfg.resources.external.len(), 2);
     assert_eq!(
-        cfg.resources.external[1].as_request().kubeconfig_path,
+        cfg.resources.external[1].target().kubeconfig_path,
         "/etc/iarnet/lab.kubeconfig"
     );
     let cfg = load("", &[("IARNET_PLACEMENT_STRATEGY", "round-robin")], &[]).expect("valid");

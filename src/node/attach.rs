@@ -49,7 +49,7 @@ pub async fn attach(
         }
     }
     for ext in &config.resources.external {
-        let added = match connect_external(&id, &ext.as_request()).await {
+        let added = match connect_external(&id, &ext.target()).await {
             Ok(provider) => manager
                 .add_provider(provider, Tier::External)
                 .await

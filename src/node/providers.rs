@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, ExternalProvider, Mode};
+use crate::config::{Config, Mode};
 use crate::placement::Manager;
 use crate::resource::docker::{DockerProvider, DockerSettings, DockerTls};
 use crate::resource::gpu::{GpuProbe, NvmlProbe};
@@ -211,22 +211,5 @@ pub async fn connect_external(
             "type",
             format!("{:?} is not a provider type: use docker or k8s", req.kind),
         )),
-    }
-}
-
-impl ExternalProvider {
-    /// The target this configured `external_providers` entry stands for.
-    pub fn as_request(&self) -> ProviderTarget {
-        let mut t = ProviderTarget {
-            kind: self.kind.clone(),
-            name: self.name.clone(),
-            ..ProviderTarget::default()
-        };
-        if self.kind == "k8s" {
-            t.kubeconfig_path = self.target.clone();
-        } else {
-            t.endpoint = self.target.clone();
-        }
-        t
     }
 }

@@ -33,6 +33,9 @@ use limiter::Limiter;
 use tls::Tls;
 use tokens::Tokens;
 
+/// The one peer method with its own budget (`rate_limit.call_*`).
+const CALL_PROVIDER_PATH: &str = "/peer.PeerService/CallProvider";
+
 /// A refused caller is logged at most once per this interval.
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -129,7 +132,10 @@ pub struct Security {
     tokens: Tokens,
     protect_health: bool,
     pub access: AccessConfig,
-    peers: Limiter,
+    /// Gossip (ExchangePeers, ExchangeProviders) per peer.
+    gossip_calls: Limiter,
+    /// CallProvider per peer: a busy home sends an owner far more of these.
+    provider_calls: Limiter,
     token_calls: Limiter,
     logged: Mutex<HashMap<(String, &'static str), Instant>>,
     metrics: Metrics,
@@ -149,7 +155,8 @@ impl Security {
             tokens: Tokens::new(cfg.tokens.clone()),
             protect_health: cfg.protect_health,
             access: cfg.access.clone(),
-            peers: Limiter::new(r.peer_rate, r.peer_burst),
+            gossip_calls: Limiter::new(r.peer_rate, r.peer_burst),
+            provider_calls: Limiter::new(r.call_rate, r.call_burst),
             token_calls: Limiter::new(r.token_rate, r.token_burst),
             logged: Mutex::default(),
             metrics,
@@ -165,13 +172,31 @@ impl Security {
         cert_id: Option<String>,
         authorization: Option<&[u8]>,
     ) -> Result<Caller, Status> {
-        self.admit_surface(Surface::of(path), remote, cert_id, authorization)
+        let surface = Surface::of(path);
+        let budget = if path == CALL_PROVIDER_PATH {
+            &self.provider_calls
+        } else {
+            &self.gossip_calls
+        };
+        self.admit_with(surface, budget, remote, cert_id, authorization)
     }
 
     /// Decides one call to `surface` (the HTTP API sorts its own routes).
     pub fn admit_surface(
         &self,
         surface: Surface,
+        remote: Option<SocketAddr>,
+        cert_id: Option<String>,
+        authorization: Option<&[u8]>,
+    ) -> Result<Caller, Status> {
+        self.admit_with(surface, &self.gossip_calls, remote, cert_id, authorization)
+    }
+
+    /// `peer_budget` is the bucket a peer call takes from.
+    fn admit_with(
+        &self,
+        surface: Surface,
+        peer_budget: &Limiter,
         remote: Option<SocketAddr>,
         cert_id: Option<String>,
         authorization: Option<&[u8]>,
@@ -192,7 +217,7 @@ impl Security {
                     ));
                 }
                 self.check_access(surface, remote, cert_id.as_deref())?;
-                self.limit(&self.peers, surface, &key_of(&cert_id))?;
+                self.limit(peer_budget, surface, &key_of(&cert_id))?;
                 Ok(Caller::Peer {
                     verified: cert_id.is_some(),
                     id: cert_id,
@@ -320,6 +345,36 @@ impl Security {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gossip_and_call_provider_have_their_own_budgets() {
+        let mut cfg = crate::config::Config::shipped().security;
+        cfg.rate_limit.peer_burst = 2.0;
+        cfg.rate_limit.peer_rate = 0.1;
+        cfg.rate_limit.call_burst = 3.0;
+        cfg.rate_limit.call_rate = 0.1;
+        let s = Security::new(&cfg, None, Metrics::default(), Arc::new(Audit::off()));
+        let peer = Some("10.0.0.9:4000".parse().unwrap());
+        let call = |path: &str| s.admit(path, peer, None, None).map(|_| ());
+        for _ in 0..2 {
+            call("/peer.PeerService/ExchangePeers").unwrap();
+        }
+        let gossip = call("/peer.PeerService/ExchangeProviders").unwrap_err();
+        assert_eq!(gossip.code(), Code::ResourceExhausted);
+        // A peer that spent its gossip budget still operates providers.
+        for _ in 0..3 {
+            call("/peer.PeerService/CallProvider").unwrap();
+        }
+        let calls = call("/peer.PeerService/CallProvider").unwrap_err();
+        assert_eq!(calls.code(), Code::ResourceExhausted);
+        assert!(calls.metadata().get("retry-after-ms").is_some());
+    }
+
+    #[test]
+    fn the_default_call_budget_is_far_above_the_gossip_one() {
+        let r = crate::config::Config::shipped().security.rate_limit;
+        assert!(r.call_rate >= 10.0 * r.peer_rate && r.call_burst >= r.call_rate);
+    }
 
     #[test]
     fn refusals_are_all_counted_but_logged_once_per_caller() {
