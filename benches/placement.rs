@@ -189,6 +189,10 @@ fn manager_decisions(n: usize, iters: usize) {
 async fn start(id: &str, seeds: &[String], providers: Vec<Arc<dyn Provider>>) -> NodeHandle {
     let mut cfg = Config::loopback(id);
     cfg.initial_peers = seeds.to_vec();
+    start_cfg(cfg, providers).await
+}
+
+async fn start_cfg(cfg: Config, providers: Vec<Arc<dyn Provider>>) -> NodeHandle {
     node::start_with(cfg, ProviderSetup::Given(providers))
         .await
         .expect("node starts")
@@ -304,6 +308,7 @@ async fn remote_placement(iters: usize) {
             .unwrap();
         seed_alg.push(t.elapsed());
     }
+    busiest_owner(&requester, 32, 20 * iters).await;
     ours.sort();
     seed_alg.sort();
     let (o50, s50) = (percentile(&ours, 0.5), percentile(&seed_alg, 0.5));
@@ -328,12 +333,70 @@ async fn remote_placement(iters: usize) {
     drop(owners);
 }
 
+/// The CallProvider rate a busy home sends its busiest owner: `total`
+/// placements with `in_flight` at once, all under the default budget (a
+/// refusal would end the run here), against that budget.
+async fn busiest_owner(requester: &NodeHandle, in_flight: usize, total: usize) {
+    let budget = Config::loopback("budget").security.rate_limit;
+    let start = Instant::now();
+    let per = total / in_flight;
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..in_flight {
+        let manager = requester.manager().clone();
+        tasks.spawn(async move {
+            let mut owners = Vec::new();
+            for i in 0..per {
+                let placed = manager
+                    .deploy(
+                        spec(format!("busy-{t}-{i}")),
+                        PlaceOptions::default(),
+                        ProgressSink::none(),
+                    )
+                    .await
+                    .expect("placed under the default CallProvider budget");
+                // Provider ids are o<owner>-p<n>.
+                owners.push(
+                    placed
+                        .deployment
+                        .provider_id
+                        .split('-')
+                        .next()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+            owners
+        });
+    }
+    let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
+    while let Some(owners) = tasks.join_next().await {
+        for o in owners.unwrap() {
+            *per_owner.entry(o).or_default() += 1;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let busiest = per_owner.values().copied().max().unwrap_or(0) as f64 / secs;
+    println!(
+        "busy home: {} placements, {in_flight} in flight, {:.0}/s; the busiest owner took {busiest:.0} CallProvider deploys/s \
+         (default budget rate_limit.call_rate {:.0}/s, burst {:.0}: {:.0}x headroom; the old shared gossip budget was 200/s)",
+        per * in_flight,
+        (per * in_flight) as f64 / secs,
+        budget.call_rate,
+        budget.call_burst,
+        budget.call_rate / busiest.max(1.0)
+    );
+}
+
 // ----- 3. CallProvider overhead ----------------------------------------------
 
 async fn call_overhead(iters: usize) {
-    let owner = start(
-        "co-owner",
-        &[],
+    // This section measures the proxy itself at tens of thousands of calls
+    // per second from one peer: past any flood budget, so lift it here.
+    let mut cfg = Config::loopback("co-owner");
+    cfg.security.rate_limit.call_rate = 1e6;
+    cfg.security.rate_limit.call_burst = 1e6;
+    let owner = start_cfg(
+        cfg,
         vec![Arc::new(MemoryProvider::new(
             "co-p",
             res(8000, 8192),
