@@ -67,12 +67,12 @@ pub(super) const PEER_BURST: Key =
     Key::new("rate_limit.peer_burst", "400", "gossip burst per peer");
 pub(super) const CALL_RATE: Key = Key::new(
     "rate_limit.call_rate",
-    "10000",
+    "50000",
     "CallProvider calls per second per peer, apart from gossip",
 );
 pub(super) const CALL_BURST: Key = Key::new(
     "rate_limit.call_burst",
-    "20000",
+    "100000",
     "CallProvider burst per peer",
 );
 pub(super) const TOKEN_RATE: Key = Key::new(

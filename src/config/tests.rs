@@ -263,7 +263,7 @@ fn the_nearest_name_is_suggested_not_the_first_close_one() {
 #[test]
 fn call_provider_has_its_own_rate_limit_keys() {
     let r = Config::shipped().security.rate_limit;
-    assert_eq!((r.call_rate, r.call_burst), (10_000.0, 20_000.0));
+    assert_eq!((r.call_rate, r.call_burst), (50_000.0, 100_000.0));
     assert_eq!((r.peer_rate, r.peer_burst), (200.0, 400.0));
     let cfg = load(
         "rate_limit:\n  call_rate: 500\n  call_burst: 1000\n",
