@@ -7,8 +7,8 @@
 //! # Layout
 //! Dependencies run one way, from the surfaces down to the vocabulary:
 //! `api` and `cli` on top; `node` (which composes everything and serves
-//! the surfaces); `security`; `config`; `placement`; `store`; `resource`;
-//! `mesh`; `proto`; and `metrics`, `sync`, `audit` at the ground.
+//! the surfaces); `security`; `config`; `placement`; `store`; `lifecycle`;
+//! `resource`; `mesh`; `proto`; and `metrics`, `sync`, `audit` at the ground.
 //!
 //! - [`mesh`]: the sans-IO gossip core (membership, failure detection,
 //!   provider records), the bounds of peer messages, and the simulator.
@@ -19,7 +19,10 @@
 //!   quantities, label keys, provider targets and wire conversions.
 //! - [`placement`]: split by stage: feasibility, ranking, the registry of
 //!   providers and its index, the placement loop, the book of records, and
-//!   `CallProvider` (the proxy to other nodes' providers and serving).
+//!   `CallProvider` (the proxy to other nodes' providers and serving), and
+//!   the pending queue's worker.
+//! - [`lifecycle`]: the workload lifecycle, sans-IO: priorities, the order
+//!   of a home's pending queue and what to try when capacity grows, leases.
 //! - [`api`]: the gRPC services: `peer.PeerService` for nodes,
 //!   `iarnet.admin.v1.Admin` for operators, `iarnet.resource.v1.ResourceService`
 //!   for deployments; and the HTTP API with its JSON views.
@@ -28,7 +31,8 @@
 //! - [`metrics`]: Prometheus metrics, the gossip counters, process metrics.
 //! - [`sync`]: one async lock per key, a token bucket, a poison-tolerant lock.
 //! - [`store`]: what a node must not forget across a crash (identity,
-//!   deployments, registered providers, peers): redb on disk, or in memory.
+//!   deployments, queued deploys, registered providers, peers): redb on
+//!   disk, or in memory.
 //! - [`config`]: layered configuration (file, env, flags) and its validation;
 //!   it speaks the resource and placement vocabulary (quantities, strategies).
 //! - [`cli`]: the binary's flags; [`signal`]: SIGTERM/SIGINT handling.
@@ -42,6 +46,7 @@ pub mod cli;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod lifecycle;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

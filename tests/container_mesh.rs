@@ -623,12 +623,14 @@ fn five_node_container_mesh_converges_detects_partitions_heals_restarts_and_depl
     let refused = call(
         &mesh.addr(A),
         "iarnet.resource.v1.ResourceService/Deploy",
-        Some(&deploy_body(
-            &mesh.run,
-            &format!("{}-nowhere", mesh.run.prefix),
-        )),
+        Some(&{
+            // Fail fast: queued (the default), it would wait for the heal.
+            let mut body = deploy_body(&mesh.run, &format!("{}-nowhere", mesh.run.prefix));
+            body["queue_timeout"] = json!("0");
+            body
+        }),
     )
-    .expect_err("a deploy through a must fail while a cannot see any provider");
+    .expect_err("a fail-fast deploy through a must fail while a cannot see any provider");
     assert!(
         refused.contains("ResourceExhausted"),
         "a refused with: {refused}"

@@ -113,7 +113,14 @@ async fn deploy(
     client: &mut ResourceServiceClient<Channel>,
     request_id: &str,
 ) -> Result<pb::Deployment, String> {
-    let mut req = tonic::Request::new(spec(request_id));
+    deploy_spec(client, spec(request_id)).await
+}
+
+async fn deploy_spec(
+    client: &mut ResourceServiceClient<Channel>,
+    spec: pb::DeploySpec,
+) -> Result<pb::Deployment, String> {
+    let mut req = tonic::Request::new(spec);
     req.set_timeout(Duration::from_secs(60));
     let mut stream = client
         .deploy(req)
@@ -447,4 +454,111 @@ async fn acknowledged_deploys_and_stops_survive_sigkill() {
         }
         no_orphans(&docker, &node_id, data.path(), round).await;
     }
+}
+
+/// A deploy that waits for a provider nobody has yet: it queues at once.
+fn waiting_spec(request_id: &str, priority: &str) -> pb::DeploySpec {
+    pb::DeploySpec {
+        required_labels: [("zone".to_string(), "not-built-yet".to_string())].into(),
+        wait_for_capacity: true,
+        queue_timeout: "1h".into(),
+        priority: priority.into(),
+        ..spec(request_id)
+    }
+}
+
+async fn queue(client: &mut ResourceServiceClient<Channel>) -> Vec<pb::QueueEntry> {
+    client
+        .list_queue(pb::ListQueueRequest {})
+        .await
+        .expect("ListQueue")
+        .into_inner()
+        .entries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_work_survives_sigkill_in_order() {
+    ensure_test_image();
+    let seed = std::env::var("IARNET_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    let node_id = format!("crash-queue-{}", suffix());
+    let data = tempfile::tempdir().expect("data dir");
+    let logs: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&node_id);
+    std::fs::create_dir_all(&logs).expect("log dir");
+    println!("crash_recovery queue: seed {seed}, node {node_id}");
+    let mut rng = SmallRng::seed_from_u64(seed);
+
+    let node = spawn(data.path(), &node_id, &logs.join("node-0.log"));
+    let mut client = ready(&node).await;
+    // Acknowledged one by one: their order is known.
+    let mut acked = Vec::new();
+    for i in 0..12 {
+        let priority = if rng.random_bool(0.5) {
+            "interactive"
+        } else {
+            "batch"
+        };
+        let req = format!("{node_id}-q{i:02}");
+        let d = deploy_spec(&mut client, waiting_spec(&req, priority))
+            .await
+            .unwrap();
+        assert_eq!(d.state, "queued", "{d:?}");
+        acked.push((priority == "batch", i, req));
+    }
+    // More arrive concurrently while the node is killed.
+    let mut tasks = Vec::new();
+    for i in 12..18 {
+        let mut c = client.clone();
+        let req = format!("{node_id}-q{i:02}");
+        tasks.push(tokio::spawn(async move {
+            deploy_spec(&mut c, waiting_spec(&req, "batch")).await
+        }));
+    }
+    let after = Duration::from_millis(rng.random_range(0..200));
+    tokio::time::sleep(after).await; // the random kill moment, not a wait on a condition
+    let mut node = node;
+    node.child.kill().expect("SIGKILL the node");
+    node.child.wait().expect("the killed node is reaped");
+    let mut late = Vec::new();
+    for t in tasks {
+        if let Ok(d) = t.await.unwrap() {
+            late.push(d.request_id);
+        }
+    }
+    acked.sort();
+    let expected: Vec<String> = acked.into_iter().map(|(_, _, r)| r).collect();
+
+    let node = spawn(data.path(), &node_id, &logs.join("node-1.log"));
+    let mut client = ready(&node).await;
+    let entries = queue(&mut client).await;
+    let positions: Vec<u32> = entries.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=entries.len() as u32).collect::<Vec<_>>());
+    let order: Vec<String> = entries.iter().map(|e| e.request_id.clone()).collect();
+    assert_eq!(
+        order[..expected.len()],
+        expected[..],
+        "killed after {after:?}: the acknowledged entries are back, in order"
+    );
+    // Those acknowledged during the kill are back too, behind the others
+    // (batch, and younger).
+    for r in &late {
+        assert!(order[expected.len()..].contains(r), "{r} lost: {order:?}");
+    }
+    println!(
+        "crash_recovery queue: killed after {after:?}; {} + {} acknowledged, {} queued after restart",
+        expected.len(),
+        late.len(),
+        order.len()
+    );
+    for e in &entries {
+        assert!(
+            e.reason.contains("label zone=not-built-yet missing"),
+            "{e:?}"
+        );
+        let d = stop(&mut client, &e.request_id).await.unwrap();
+        assert_eq!(d.state, "stopped");
+    }
+    assert!(queue(&mut client).await.is_empty());
 }

@@ -203,11 +203,12 @@ async fn a_deploy_through_a_lands_in_bs_docker_and_is_operated_through_a() {
     );
 
     // C's provider cannot be used from A: it is not advertised, so a deploy
-    // pinned to it fails clearly and nothing starts on C.
+    // pinned to it could never run; it is refused clearly and nothing starts on C.
     let err = deploy(&mut api, spec(&format!("e2e-c-{run}"), &c_provider))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("not the pinned provider"), "{err:?}");
     assert!(containers_labelled(&docker, "iarnet.provider", &c_provider)
         .await
         .is_empty());

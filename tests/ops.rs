@@ -141,6 +141,15 @@ fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     http(addr, "GET", path, None)
 }
 
+/// A command's stdout and stderr together.
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -353,13 +362,6 @@ fn cli_drives_a_deploy_end_to_end() {
     ensure_test_image();
     let node = Node::start();
     let _cleanup = Cleanup(node.provider_id());
-    let text = |o: &Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
 
     let peers = node.cli(&["peers"]);
     assert!(peers.status.success(), "{}", text(&peers));
@@ -473,4 +475,122 @@ fn a_node_whose_only_seed_is_itself_is_ready() {
         http_get(&node.http, "/readyz").ok().filter(|r| r.0 == 200)
     });
     assert!(ready.1.contains("true"), "{}", ready.1);
+}
+
+#[test]
+fn the_queue_shows_in_the_cli_the_http_api_grpcurl_and_metrics() {
+    ensure_test_image();
+    let node = Node::start();
+    let _cleanup = Cleanup(node.provider_id());
+    // No engine here has 512 cores: never, unless it waits for capacity.
+    let huge = |extra: &[&str]| {
+        let mut args = vec![
+            "deploy",
+            "--image",
+            TEST_IMAGE,
+            "--cpu",
+            "512",
+            "--memory",
+            "16Mi",
+            "--request-id",
+            "cli-huge",
+            "--priority",
+            "batch",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sleep", "60"]);
+        node.cli(&args)
+    };
+    let refused = huge(&[]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("FAILED_PRECONDITION") || text(&refused).contains("could ever run"),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        text(&refused).contains("too small for cpu"),
+        "{}",
+        text(&refused)
+    );
+    let bad = huge(&["--queue-timeout", "soon"]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("queue_timeout"), "{}", text(&bad));
+
+    let queued = huge(&["--wait-for-capacity", "--queue-timeout", "1h"]);
+    assert!(queued.status.success(), "{}", text(&queued));
+    assert!(
+        text(&queued).contains("queued") && text(&queued).contains("position 1 of 1"),
+        "{}",
+        text(&queued)
+    );
+
+    let table = node.cli(&["queue"]);
+    assert!(table.status.success(), "{}", text(&table));
+    assert!(
+        text(&table).contains("cli-huge") && text(&table).contains("batch"),
+        "{}",
+        text(&table)
+    );
+    let listed = json(&String::from_utf8_lossy(
+        &node.cli(&["queue", "--output", "json"]).stdout,
+    ));
+    let entry = &listed["entries"][0];
+    assert_eq!(
+        (entry["state"].as_str(), entry["position"].as_u64()),
+        (Some("queued"), Some(1))
+    );
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .contains("too small for cpu"),
+        "{listed}"
+    );
+    let status = json(&String::from_utf8_lossy(
+        &node.cli(&["status", "cli-huge", "--output", "json"]).stdout,
+    ));
+    assert_eq!(status["state"], "queued", "{status}");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("position 1 of 1"),
+        "{status}"
+    );
+
+    let (code, body) = http_get(&node.http, "/resource/queue").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let body = json(&body);
+    assert_eq!(body["entries"][0]["request_id"], "cli-huge", "{body}");
+    assert_eq!(body["entries"][0]["state"], "queued", "{body}");
+    let (code, body) = http_get(&node.http, "/resource/deployments/cli-huge").unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["state"], "queued", "{body}");
+    let (_, metrics) = http_get(&node.http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("iarnet_queued_deployments{priority=\"batch\"} 1"),
+        "{metrics}"
+    );
+
+    let listed = Command::new(grpcurl())
+        .args([
+            "-plaintext",
+            &node.grpc,
+            "iarnet.resource.v1.ResourceService/ListQueue",
+        ])
+        .output()
+        .expect("grpcurl runs");
+    let listed = text(&listed);
+    assert!(
+        listed.contains("\"cli-huge\"") && listed.contains("\"queued\""),
+        "{listed}"
+    );
+
+    let stop = node.cli(&["stop", "cli-huge"]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    let (_, body) = http_get(&node.http, "/resource/queue").unwrap();
+    assert_eq!(json(&body)["entries"], serde_json::json!([]), "{body}");
+    let (_, body) = http_get(&node.http, "/resource/deployments/cli-huge").unwrap();
+    assert_eq!(json(&body)["state"], "stopped", "{body}");
 }

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use serde_json::{json, Value};
 
 use crate::audit::Audit;
-use crate::placement::{Manager, PlaceOptions, Strategy};
+use crate::placement::{Manager, PlaceOptions, QueueEntry};
 use crate::proto::resource as pb;
 use crate::proto::resource::resource_service_server::ResourceService;
 use crate::resource::wire::{deployment_to_proto, provider_entry, spec_from_proto};
@@ -106,6 +106,28 @@ fn progress_event(p: Progress) -> pb::DeployEvent {
                 total,
             }),
         }),
+    }
+}
+
+/// A queued deploy on the wire.
+pub fn queue_entry(e: &QueueEntry, reason: &str) -> pb::QueueEntry {
+    let q = &e.record;
+    let now = crate::store::now_ms();
+    pb::QueueEntry {
+        id: q.id.clone(),
+        request_id: q.spec.request_id.clone(),
+        position: e.position as u32,
+        priority: q.priority.class.as_str().to_string(),
+        priority_value: q.priority.value,
+        age_secs: now.saturating_sub(q.enqueued_ms) as f64 / 1000.0,
+        expires_in_secs: q
+            .deadline_ms
+            .map_or(0.0, |d| d.saturating_sub(now) as f64 / 1000.0),
+        reason: reason.to_string(),
+        image: q.spec.image.clone(),
+        resources: Some(q.spec.resources.into()),
+        wait_for_capacity: q.wait_for_capacity,
+        state: "queued".to_string(),
     }
 }
 
@@ -207,17 +229,7 @@ impl ResourceService for ResourceApi {
             );
             s
         };
-        let strategy = match raw.strategy.as_str() {
-            "" => None,
-            s => Some(Strategy::parse(s).map_err(|why| {
-                refused(Status::invalid_argument(format!("invalid strategy: {why}")))
-            })?),
-        };
-        let opts = PlaceOptions {
-            strategy,
-            region: Some(raw.region.clone()).filter(|r| !r.is_empty()),
-            provider_id: Some(raw.provider_id.clone()).filter(|p| !p.is_empty()),
-        };
+        let opts = PlaceOptions::from_proto(&raw).map_err(|e| refused(e.into()))?;
         let spec = spec_from_proto(raw).map_err(|e| refused(e.into()))?;
         crate::resource::validate::validate(&spec).map_err(|e| refused(e.into()))?;
         let audit = self.audit.clone();
@@ -248,10 +260,11 @@ impl ResourceService for ResourceApi {
             match &result {
                 Ok(placed) => {
                     let p = &placed.placement;
+                    let queued = p.provider_id.is_empty();
                     audit.record(
                         "placement",
                         &who,
-                        "placed",
+                        if queued { "queued" } else { "placed" },
                         json!({
                             "request": asked, "provider": p.provider_id, "owner": p.owner_id,
                             "tier": p.tier, "strategy": p.strategy, "reason": p.reason,
@@ -311,6 +324,20 @@ impl ResourceService for ResourceApi {
             deployments: all
                 .iter()
                 .map(|(d, owner)| deployment_to_proto(d, owner))
+                .collect(),
+        }))
+    }
+
+    async fn list_queue(
+        &self,
+        _: Request<pb::ListQueueRequest>,
+    ) -> Result<Response<pb::ListQueueResponse>, Status> {
+        Ok(Response::new(pb::ListQueueResponse {
+            entries: self
+                .manager
+                .queue()
+                .iter()
+                .map(|(e, reason)| queue_entry(e, reason))
                 .collect(),
         }))
     }

@@ -47,6 +47,11 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Deploys waiting in the node's queue: position, priority, age, reason.
+    Queue {
+        #[command(flatten)]
+        target: Target,
+    },
     /// One deployment, with its state history.
     Status {
         #[command(flatten)]
@@ -179,6 +184,18 @@ pub struct DeployArgs {
     /// Place on this provider only.
     #[arg(long, default_value = "")]
     pub provider: String,
+    /// Queue order when it must wait: interactive (default) or batch.
+    #[arg(long, default_value = "")]
+    pub priority: String,
+    /// Finer order within the priority, higher first (-1000000000 to 1000000000).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority_value: i64,
+    /// How long it may wait for capacity, e.g. 5m; 0 fails at once. Default: 10m.
+    #[arg(long, default_value = "")]
+    pub queue_timeout: String,
+    /// Wait even when no provider in the mesh could ever hold it.
+    #[arg(long)]
+    pub wait_for_capacity: bool,
     /// Idempotency key: the same id never starts a second container. Default: random.
     #[arg(long)]
     pub request_id: Option<String>,
@@ -372,6 +389,18 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
                 }
             }
         }
+        Command::Queue { target } => {
+            let mut api = ResourceServiceClient::new(target.connect().await?);
+            let list = api
+                .list_queue(target.request(pb::ListQueueRequest {}))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner();
+            match target.output {
+                Output::Json => json_line(&mut out, &list)?,
+                Output::Table => out.write_all(render::queue(&list.entries).as_bytes())?,
+            }
+        }
         Command::Status { target, id } => {
             let mut api = ResourceServiceClient::new(target.connect().await?);
             let d = api
@@ -529,6 +558,10 @@ impl DeployArgs {
             strategy: self.strategy.clone(),
             region: self.region.clone(),
             provider_id: self.provider.clone(),
+            priority: self.priority.clone(),
+            priority_value: self.priority_value,
+            queue_timeout: self.queue_timeout.clone(),
+            wait_for_capacity: self.wait_for_capacity,
         })
     }
 }
@@ -557,6 +590,15 @@ async fn deploy(args: DeployArgs, out: &mut impl Write) -> Result<(), ClientErro
         match event.event {
             Some(Event::Pull(p)) => progress.pull(&p),
             Some(Event::State(s)) => progress.state(&s),
+            Some(Event::Placement(p)) if p.provider_id.is_empty() => {
+                progress.finish();
+                writeln!(out, "{}", p.reason)?;
+            }
+            Some(Event::Placement(p)) if p.provider_id.is_empty() => {
+                // Nothing admits it now: the reason says why it waits.
+                progress.finish();
+                writeln!(out, "{}", p.reason)?;
+            }
             Some(Event::Placement(p)) => {
                 progress.finish();
                 writeln!(
@@ -567,6 +609,13 @@ async fn deploy(args: DeployArgs, out: &mut impl Write) -> Result<(), ClientErro
                 for r in &p.refused {
                     writeln!(out, "  refused first: {r}")?;
                 }
+            }
+            Some(Event::Deployment(d)) if d.state == "queued" => {
+                writeln!(
+                    out,
+                    "deployment {} is queued at node {} (see `iarnet queue`)",
+                    d.id, d.owner_id
+                )?;
             }
             Some(Event::Deployment(d)) => {
                 writeln!(out, "deployment {} is {}", d.id, d.state)?;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::time::Duration;
 
 use crate::proto::admin::{ListPeersResponse, NodeInfo};
 use crate::proto::resource as pb;
@@ -211,6 +212,41 @@ pub fn deployments(list: &[pb::Deployment]) -> String {
     table(&["ID", "IMAGE", "STATE", "PROVIDER", "OWNER"], rows)
 }
 
+pub fn queue(entries: &[pb::QueueEntry]) -> String {
+    let rows = entries
+        .iter()
+        .map(|e| {
+            let priority = if e.priority_value == 0 {
+                e.priority.clone()
+            } else {
+                format!("{}{:+}", e.priority, e.priority_value)
+            };
+            vec![
+                e.position.to_string(),
+                e.id.clone(),
+                e.request_id.clone(),
+                priority,
+                humantime::format_duration(Duration::from_secs(e.age_secs as u64)).to_string(),
+                humantime::format_duration(Duration::from_secs(e.expires_in_secs as u64))
+                    .to_string(),
+                e.reason.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "POS",
+            "ID",
+            "REQUEST",
+            "PRIORITY",
+            "AGE",
+            "EXPIRES IN",
+            "REASON",
+        ],
+        rows,
+    )
+}
+
 pub fn deployment(d: &pb::Deployment) -> String {
     let r = d.resources.unwrap_or_default();
     let mut out = format!(
@@ -227,6 +263,9 @@ pub fn deployment(d: &pb::Deployment) -> String {
     );
     if !d.gpus.is_empty() {
         out.push_str(&format!("gpus:      {}\n", d.gpus.join(", ")));
+    }
+    if !d.reason.is_empty() {
+        out.push_str(&format!("reason:    {}\n", d.reason));
     }
     out.push_str("history:\n");
     for h in &d.history {

@@ -40,6 +40,11 @@ pub struct StateLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriorityLabel {
+    pub priority: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabel {
     pub tier: String,
 }
@@ -96,6 +101,33 @@ impl Default for Metrics {
     }
 }
 
+fn queue_wait() -> Histogram {
+    // 50 ms .. ~14 h: a queued deploy waits for capacity, up to its timeout.
+    Histogram::new(exponential_buckets(0.05, 3.0, 14))
+}
+
+/// What a home's queue did since start; shared by the queue worker and the
+/// scrape (every field is an atomic handle).
+#[derive(Debug, Clone)]
+pub struct QueueMetrics {
+    /// Queued deploys that a capacity change let run.
+    pub unblocked: Counter,
+    /// Queued deploys whose queue_timeout passed.
+    pub timeouts: Counter,
+    /// Time spent queued by those that left the queue (ran, expired, failed).
+    pub wait_seconds: Histogram,
+}
+
+impl Default for QueueMetrics {
+    fn default() -> QueueMetrics {
+        QueueMetrics {
+            unblocked: Counter::default(),
+            timeouts: Counter::default(),
+            wait_seconds: queue_wait(),
+        }
+    }
+}
+
 /// The node's state at one scrape.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
@@ -110,6 +142,9 @@ pub struct Snapshot {
     pub placements: Vec<(String, String, u64)>,
     /// This process (None where it cannot be read).
     pub process: Option<ProcessStats>,
+    /// Deploys queued at this node, by priority class.
+    pub queued: Vec<(String, u64)>,
+    pub queue: QueueMetrics,
 }
 
 impl Metrics {
@@ -188,6 +223,26 @@ impl Metrics {
             "placements",
             "Placement decisions: placed (by tier), refused by a candidate or failed (by reason)",
             outcomes,
+        );
+        r.register(
+            "queued_deployments",
+            "Deploys waiting in this node's queue, by priority class",
+            gauges(&s.queued, |priority| PriorityLabel { priority }),
+        );
+        r.register(
+            "queue_unblocked",
+            "Queued deploys that ran once capacity grew",
+            s.queue.unblocked.clone(),
+        );
+        r.register(
+            "queue_timeouts",
+            "Queued deploys whose queue_timeout passed",
+            s.queue.timeouts.clone(),
+        );
+        r.register(
+            "queue_wait_seconds",
+            "Time deploys spent queued, counted when they left the queue",
+            s.queue.wait_seconds.clone(),
         );
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -281,6 +336,7 @@ mod tests {
             providers: vec![("discovered".into(), 2)],
             deployments: vec![("running".into(), 1)],
             placements: vec![("refused".into(), "exhausted".into(), 4)],
+            queued: vec![("batch".into(), 2)],
             process: Some(ProcessStats {
                 resident_memory_bytes: 1 << 20,
                 open_fds: 9,
@@ -298,6 +354,10 @@ mod tests {
             "iarnet_gossip_rounds_total 0",
             "process_resident_memory_bytes 1048576",
             "process_open_fds 9",
+            "iarnet_queued_deployments{priority=\"batch\"} 2",
+            "iarnet_queue_unblocked_total 0",
+            "iarnet_queue_timeouts_total 0",
+            "iarnet_queue_wait_seconds_count 0",
             "process_cpu_seconds_total 0",
             "process_start_time_seconds",
         ] {

@@ -46,6 +46,10 @@ const SAVE_PEERS_MIN: Duration = Duration::from_secs(5);
 /// Local providers are re-read every this many rounds, at most once a second.
 const REFRESH_ROUNDS: u32 = 5;
 const REFRESH_MIN: Duration = Duration::from_secs(1);
+/// The queue worker looks at the view this often per gossip round, so a
+/// capacity change heard by gossip is tried within the round.
+const QUEUE_TICKS_PER_ROUND: u32 = 4;
+const QUEUE_TICK_MIN: Duration = Duration::from_millis(10);
 
 /// What serving hands to the node's handle.
 pub struct Served {
@@ -169,6 +173,16 @@ pub async fn serve(
             cancel.child_token(),
         )
         .instrument(tracing::info_span!(parent: &span, "peers")),
+    );
+    manager.set_audit(shared.audit.clone());
+    tasks.spawn(
+        manager
+            .clone()
+            .run_queue(
+                (interval / QUEUE_TICKS_PER_ROUND).max(QUEUE_TICK_MIN),
+                cancel.child_token(),
+            )
+            .instrument(tracing::info_span!(parent: &span, "queue")),
     );
     tasks.spawn(
         providers::refresh_loop(

@@ -9,8 +9,8 @@ use tracing::warn;
 
 use super::registry::Registry;
 use crate::resource::validate::deployment_id;
-use crate::resource::{Candidate, DeploySpec, Provider, ResourceError};
-use crate::store::{DeploymentRecord, PlacedOn, Store, StoreError, Stored};
+use crate::resource::{Candidate, Provider, ResourceError};
+use crate::store::{DeploymentRecord, PlacedOn, QueuedRecord, Store, StoreError};
 
 /// Where a deployment was found: the provider that holds it, the node that
 /// owns that provider, and the deployment id (a request id resolved).
@@ -106,6 +106,27 @@ impl Book {
         Ok(())
     }
 
+    /// Queues a deploy: its entry and its `Queued` record in one commit.
+    pub async fn enqueue(
+        &self,
+        q: &QueuedRecord,
+        rec: &DeploymentRecord,
+    ) -> Result<(), ResourceError> {
+        let (qc, rc) = (q.clone(), rec.clone());
+        self.blocking(move |s| s.put_queued(&qc, &rc)).await?;
+        self.records().insert(rec.id.clone(), rec.clone());
+        Ok(())
+    }
+
+    /// Takes a deploy out of the queue, writing what became of it (placing,
+    /// expired, stopped) in the same commit.
+    pub async fn dequeue(&self, rec: &DeploymentRecord) -> Result<(), ResourceError> {
+        let rc = rec.clone();
+        self.blocking(move |s| s.remove_queued(&rc.id, &rc)).await?;
+        self.records().insert(rec.id.clone(), rec.clone());
+        Ok(())
+    }
+
     /// Drops the record of a deploy that made nothing. A failure only
     /// leaves a stale intent, which reconcile resolves at the next start.
     pub async fn forget(&self, id: &str) {
@@ -121,6 +142,12 @@ impl Book {
     async fn holder(&self, registry: &Registry, id: &str) -> Result<Found, ResourceError> {
         let on = self.records().get(id).map(|r| r.placed_on.clone());
         if let Some(on) = on {
+            if !on.is_placed() {
+                return Err(ResourceError::Precondition(format!(
+                    "deployment {id:?} has no provider yet: it waits in node {}'s queue (see GetDeployment for why)",
+                    self.node_id
+                )));
+            }
             return Ok(Found {
                 provider: registry.provider_for(&candidate_of(&on))?,
                 owner: on.owner_id,
@@ -196,13 +223,6 @@ pub fn candidate_of(on: &PlacedOn) -> Candidate {
         healthy: true,
         capacity: Default::default(),
         labels: Default::default(),
+        version: 0,
     }
-}
-
-/// The record written before a deploy is sent to `c`.
-pub fn intent(id: &str, spec: &DeploySpec, c: &Candidate) -> DeploymentRecord {
-    let mut rec = DeploymentRecord::new(id, &spec.request_id, &spec.image, placed_on(c));
-    rec.set_resources(spec.resources);
-    rec.push(Stored::Placing);
-    rec
 }

@@ -5,7 +5,7 @@
 //! It also answers for deployments: status, logs, stop and listing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -14,9 +14,11 @@ use tracing::warn;
 
 use super::book::{candidate_of, Book, Found};
 use super::call::serve::serve_call;
-use super::place::{Outcomes, Placer};
+use super::pending::Pending;
+use super::place::{queued_view, Outcomes, Placer};
 use super::rank::{Index, Strategy};
 use super::registry::{Discovery, Registry};
+use crate::audit::Audit;
 use crate::resource::{
     Candidate, DeployState, Deployment, LogOptions, LogStream, Provider, ProviderDescriptor,
     ResourceError, Tier,
@@ -24,9 +26,11 @@ use crate::resource::{
 use crate::store::{DeploymentRecord, MemoryStore, ProviderRecord, Store, StoreError, Stored};
 use crate::sync::KeyLocks;
 
+mod queue;
 mod reconcile;
 pub use super::place::{PlaceOptions, Placed};
 use crate::resource::{DeploySpec, ProgressSink};
+pub use queue::TRIES_PER_PASS;
 pub use reconcile::Reconciled;
 
 pub struct Manager {
@@ -41,6 +45,11 @@ pub struct Manager {
     inflight: KeyLocks,
     rng: Mutex<SmallRng>,
     outcomes: Outcomes,
+    /// Deploys waiting at this home for capacity (see `queue.rs`).
+    pending: Pending,
+    queue_stats: crate::metrics::QueueMetrics,
+    /// Where queue events are recorded, once the node has one.
+    audit: OnceLock<Arc<Audit>>,
 }
 
 impl Manager {
@@ -60,6 +69,7 @@ impl Manager {
             allow_remote_access,
             seed,
             book,
+            Pending::default(),
         )
     }
 
@@ -73,7 +83,17 @@ impl Manager {
         seed: u64,
         store: Arc<dyn Store>,
     ) -> Result<Manager, StoreError> {
-        let book = Book::open(node_id, store)?;
+        let book = Book::open(node_id, store.clone())?;
+        // An entry whose record moved on (a crash after a try began) is
+        // stale: the record is what reconcile settles.
+        let mut queued = Vec::new();
+        for q in store.queued()? {
+            match book.get(&q.id) {
+                Some(rec) if matches!(rec.state(), Stored::Queued { .. }) => queued.push(q),
+                Some(rec) => store.remove_queued(&q.id, &rec)?,
+                None => warn!(deployment = %q.id, "a queue entry without its record is ignored"),
+            }
+        }
         Ok(Manager::with_book(
             node_id,
             discovery,
@@ -81,6 +101,7 @@ impl Manager {
             allow_remote_access,
             seed,
             book,
+            Pending::restore(queued),
         ))
     }
 
@@ -91,6 +112,7 @@ impl Manager {
         allow_remote_access: bool,
         seed: u64,
         book: Book,
+        pending: Pending,
     ) -> Manager {
         Manager {
             node_id: node_id.to_string(),
@@ -100,6 +122,33 @@ impl Manager {
             inflight: KeyLocks::new(),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             outcomes: Outcomes::default(),
+            pending,
+            queue_stats: Default::default(),
+            audit: OnceLock::new(),
+        }
+    }
+
+    /// Records queue events (unblocked, expired) in the node's audit log.
+    pub fn set_audit(&self, audit: Arc<Audit>) {
+        let _ = self.audit.set(audit);
+    }
+
+    fn audit(&self, event: &str, outcome: &str, detail: serde_json::Value) {
+        if let Some(a) = self.audit.get() {
+            a.record(event, &self.node_id, outcome, detail);
+        }
+    }
+
+    fn placer(&self) -> Placer<'_> {
+        Placer {
+            node_id: &self.node_id,
+            strategy: self.strategy,
+            registry: &self.registry,
+            book: &self.book,
+            inflight: &self.inflight,
+            rng: &self.rng,
+            outcomes: &self.outcomes,
+            pending: &self.pending,
         }
     }
 
@@ -151,24 +200,28 @@ impl Manager {
     }
 
     /// Places and starts a deployment: ranks the feasible providers from the
-    /// cached view and tries them in order until one admits it.
+    /// cached view and tries them in order until one admits it; when none
+    /// does, queues it here (see `PlaceOptions::queue_timeout`).
     pub async fn deploy(
         &self,
         spec: DeploySpec,
         opts: PlaceOptions,
         progress: ProgressSink,
     ) -> Result<Placed, ResourceError> {
-        Placer {
-            node_id: &self.node_id,
-            strategy: self.strategy,
-            registry: &self.registry,
-            book: &self.book,
-            inflight: &self.inflight,
-            rng: &self.rng,
-            outcomes: &self.outcomes,
+        self.placer().deploy(spec, opts, progress).await
+    }
+
+    /// A record of a deploy that never reached a provider, as a client sees
+    /// it: a queued one says why it waits now and where it stands in line.
+    fn unplaced_view(&self, rec: &DeploymentRecord) -> Deployment {
+        if !matches!(rec.state(), Stored::Queued { .. }) {
+            return rec.to_deployment();
         }
-        .deploy(spec, opts, progress)
-        .await
+        let reason = self
+            .pending
+            .reason(&rec.id, self.registry.index().candidates())
+            .unwrap_or_default();
+        queued_view(rec, &reason)
     }
 
     /// Placement outcomes since start: "placed" by tier (a retry answered by
@@ -198,6 +251,9 @@ impl Manager {
     /// or lost in a restart) is answered from its record.
     pub async fn status(&self, id: &str) -> Result<(Deployment, String), ResourceError> {
         let stored = self.book.record(id);
+        if let Some(rec) = stored.as_ref().filter(|r| !r.placed_on.is_placed()) {
+            return Ok((self.unplaced_view(rec), self.node_id.clone()));
+        }
         let found = match self.book.find(&self.registry, id).await {
             Ok(f) => f.provider.status(&f.id).await.map(|d| (d, f.owner)),
             Err(e) => Err(e),
@@ -239,6 +295,9 @@ impl Manager {
         if rec.state() == Stored::Stopped {
             return Ok((rec.to_deployment(), owner));
         }
+        if !rec.placed_on.is_placed() {
+            return self.stop_unplaced(rec).await;
+        }
         let p = self.registry.provider_for(&candidate_of(&rec.placed_on))?;
         let before = rec.state();
         rec.push(Stored::Stopping);
@@ -268,6 +327,30 @@ impl Manager {
         Ok((d, owner))
     }
 
+    /// Stops a deploy that never left the queue (or expired there): it
+    /// leaves the queue and is recorded stopped, in one commit.
+    async fn stop_unplaced(
+        &self,
+        mut rec: DeploymentRecord,
+    ) -> Result<(Deployment, String), ResourceError> {
+        let taken = self.pending.remove(&rec.id);
+        if matches!(rec.state(), Stored::Queued { .. }) {
+            rec.push(Stored::Stopped);
+            if let Err(e) = self.book.dequeue(&rec).await {
+                if let Some(q) = taken {
+                    self.pending.insert_quiet(q);
+                }
+                return Err(e);
+            }
+            self.audit(
+                "queue",
+                "stopped",
+                serde_json::json!({"deployment": rec.id, "request_id": rec.request_id}),
+            );
+        }
+        Ok((rec.to_deployment(), self.node_id.clone()))
+    }
+
     /// Deployments this node placed, and those on its own providers; a
     /// placed one whose container is gone is answered from its record.
     pub async fn list(&self) -> Vec<(Deployment, String)> {
@@ -279,6 +362,13 @@ impl Manager {
             .collect();
         let rest: Vec<DeploymentRecord> = self.book.select(|r| !out.contains_key(&r.id));
         for rec in rest {
+            if !rec.placed_on.is_placed() {
+                out.insert(
+                    rec.id.clone(),
+                    (self.unplaced_view(&rec), self.node_id.clone()),
+                );
+                continue;
+            }
             let owner = rec.placed_on.owner_id.clone();
             let live = if owner != self.node_id {
                 match self.registry.provider_for(&candidate_of(&rec.placed_on)) {
@@ -315,5 +405,23 @@ impl Manager {
         payload: &[u8],
     ) -> Result<Vec<u8>, Status> {
         serve_call(&self.registry, provider_id, method, payload).await
+    }
+}
+
+/// A mesh that advertises nothing, for tests of one manager alone.
+#[cfg(test)]
+pub(crate) struct NoMesh;
+
+#[cfg(test)]
+impl Discovery for NoMesh {
+    fn discovered(&self) -> Vec<Candidate> {
+        Vec::new()
+    }
+    fn publish(&self, _: Vec<crate::proto::peer::ProviderInfo>) {}
+    fn caller(&self) -> Arc<dyn super::ProviderCaller> {
+        unreachable!("no remote providers in this test")
+    }
+    fn version(&self) -> u64 {
+        0
     }
 }

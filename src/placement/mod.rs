@@ -6,14 +6,17 @@
 //! registry   this node's providers, what it advertises, the cached index
 //! place      the loop: rank, record the intent, deploy, try the next
 //! book       durable deployment records and the lookups that find them
+//! pending    the home's queue of deploys that wait for capacity
 //! call       CallProvider: the proxy to other nodes' providers, and serving
-//! manager    assembles the stages; answers status, logs, stop and listing
+//! manager    assembles the stages; answers status, logs, stop and listing;
+//!            its queue worker unblocks waiting deploys when capacity grows
 //! ```
 
 mod book;
 pub mod call;
 pub mod feasible;
 pub mod manager;
+mod pending;
 mod place;
 pub mod rank;
 pub mod registry;
@@ -25,5 +28,6 @@ pub use call::proxy::RemoteProvider;
 pub use call::{ProviderCaller, ProviderMethod};
 pub use feasible::Need;
 pub use manager::{Manager, PlaceOptions, Placed};
+pub use pending::QueueEntry;
 pub use rank::{Index, Strategy};
 pub use registry::Discovery;

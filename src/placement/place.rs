@@ -1,34 +1,88 @@
 //! The placement loop: rank the feasible providers from the cached view,
 //! record the intent, send the deploy to the best candidate, and try the
-//! next when its owner refuses.
+//! next when its owner refuses. When none admits it, the deploy is refused
+//! (it could never run anywhere, or it asked not to wait) or queued at this
+//! node, its home, with the reason it waits.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use tracing::{debug, info, warn};
 
-use super::book::{candidate_of, intent, Book};
-use super::feasible::Need;
-use super::rank::Strategy;
+use super::book::{candidate_of, placed_on, Book};
+use super::feasible::{Need, Verdict};
+use super::pending::{self, Pending};
+use super::rank::{Index, Strategy};
 use super::registry::Registry;
+use crate::lifecycle::priority::Priority;
 use crate::proto::resource as pb;
 use crate::resource::validate::{deployment_id, validate};
 use crate::resource::{Candidate, DeploySpec, Deployment, ProgressSink, ResourceError};
-use crate::store::Stored;
+use crate::store::{now_ms, DeploymentRecord, PlacedOn, QueuedRecord, Stored};
 use crate::sync::{lock, KeyLocks};
 
 /// How many providers one deploy tries before giving up.
 const MAX_ATTEMPTS: usize = 8;
 /// Candidates ranked per round of the loop.
 const RANKED_PER_ROUND: usize = 3;
+/// The best candidates a newcomer checks against the queue before taking one.
+const NEAR: usize = MAX_ATTEMPTS * RANKED_PER_ROUND;
 
-/// Per-request choices for one deploy.
+/// Per-request choices for one deploy. The default fails at once when
+/// nothing admits it; the API's default waits (see `DEFAULT_QUEUE_TIMEOUT`).
 #[derive(Debug, Clone, Default)]
 pub struct PlaceOptions {
     pub strategy: Option<Strategy>,
     pub region: Option<String>,
     pub provider_id: Option<String>,
+    pub priority: Priority,
+    /// How long it may wait in the queue; zero refuses it at once.
+    pub queue_timeout: Duration,
+    /// Wait even when no provider in the mesh could ever hold it.
+    pub wait_for_capacity: bool,
+}
+
+/// How long a deploy waits in the queue when it does not say.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// The longest wait a deploy may ask for.
+pub const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
+
+impl PlaceOptions {
+    /// The placement fields of a Deploy request, each error naming its field.
+    pub fn from_proto(raw: &pb::DeploySpec) -> Result<PlaceOptions, ResourceError> {
+        let strategy = match raw.strategy.as_str() {
+            "" => None,
+            s => Some(Strategy::parse(s).map_err(|why| ResourceError::invalid("strategy", why))?),
+        };
+        let priority = Priority::from_parts(&raw.priority, raw.priority_value).map_err(|why| {
+            let field = if why.starts_with("unknown priority") {
+                "priority"
+            } else {
+                "priority_value"
+            };
+            ResourceError::invalid(field, why)
+        })?;
+        Ok(PlaceOptions {
+            strategy,
+            region: Some(raw.region.clone()).filter(|r| !r.is_empty()),
+            provider_id: Some(raw.provider_id.clone()).filter(|p| !p.is_empty()),
+            priority,
+            queue_timeout: queue_timeout(&raw.queue_timeout)?,
+            wait_for_capacity: raw.wait_for_capacity,
+        })
+    }
+
+    fn need<'a>(&'a self, spec: &'a DeploySpec) -> Need<'a> {
+        Need {
+            resources: spec.resources,
+            gpu_model: spec.gpu_model.as_deref(),
+            required_labels: Some(&spec.required_labels),
+            region: self.region.as_deref(),
+            provider_id: self.provider_id.as_deref(),
+        }
+    }
 }
 
 /// A deploy's outcome: the deployment and where it went and why.
@@ -65,6 +119,14 @@ pub struct Placer<'a> {
     pub inflight: &'a KeyLocks,
     pub rng: &'a Mutex<SmallRng>,
     pub outcomes: &'a Outcomes,
+    pub pending: &'a Pending,
+}
+
+/// What one pass of the loop came to.
+pub(crate) enum Attempt {
+    Placed(Box<Placed>),
+    /// Nobody admitted it; who refused, with why.
+    Refused(Vec<String>),
 }
 
 impl Placer<'_> {
@@ -96,20 +158,69 @@ impl Placer<'_> {
         }
 
         let index = self.registry.index();
-        let need = Need {
-            resources: spec.resources,
-            gpu_model: spec.gpu_model.as_deref(),
-            required_labels: Some(&spec.required_labels),
-            region: opts.region.as_deref(),
-            provider_id: opts.provider_id.as_deref(),
+        let need = opts.need(&spec);
+        // Capacity that deploys of its priority or higher wait for is
+        // theirs first: a deploy that may wait leaves those providers to
+        // them, and goes behind them when nothing else fits.
+        let spoken = if opts.queue_timeout.is_zero() {
+            HashSet::new()
+        } else {
+            let near: Vec<Candidate> = {
+                let mut rng = lock(self.rng);
+                index
+                    .rank(&need, strategy, NEAR, &HashSet::new(), &mut rng)
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            };
+            let spoken = self.pending.spoken_for(opts.priority, &near);
+            if !near.is_empty() && spoken.len() == near.len() {
+                let verdict = need.explain(index.candidates());
+                return self.enqueue(&id, spec, &opts, &verdict).await;
+            }
+            spoken
         };
-        let mut skip = HashSet::new();
+        let refused = match self
+            .attempt(
+                &id, &spec, &need, strategy, &progress, &index, &spoken, None,
+            )
+            .await?
+        {
+            Attempt::Placed(p) => return Ok(*p),
+            Attempt::Refused(r) => r,
+        };
+        let verdict = need.explain(index.candidates());
+        if verdict.never() && !opts.wait_for_capacity {
+            return Err(ResourceError::NeverFits(verdict.text));
+        }
+        if opts.queue_timeout.is_zero() {
+            return Err(no_placement(&spec, index.len(), &refused));
+        }
+        self.enqueue(&id, spec, &opts, &verdict).await
+    }
+
+    /// One pass: rank, record the intent, deploy, try the next. `queued` is
+    /// the record of a deploy leaving the queue: its history carries on.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn attempt(
+        &self,
+        id: &str,
+        spec: &DeploySpec,
+        need: &Need<'_>,
+        strategy: Strategy,
+        progress: &ProgressSink,
+        index: &Index,
+        avoid: &HashSet<String>,
+        queued: Option<&DeploymentRecord>,
+    ) -> Result<Attempt, ResourceError> {
+        let mut skip = avoid.clone();
         let mut refused = Vec::new();
-        while skip.len() < MAX_ATTEMPTS {
+        let mut tried = 0;
+        while tried < MAX_ATTEMPTS {
             let ranked: Vec<Candidate> = {
                 let mut rng = lock(self.rng);
                 index
-                    .rank(&need, strategy, RANKED_PER_ROUND, &skip, &mut rng)
+                    .rank(need, strategy, RANKED_PER_ROUND, &skip, &mut rng)
                     .into_iter()
                     .cloned()
                     .collect()
@@ -119,12 +230,22 @@ impl Placer<'_> {
             }
             for c in ranked {
                 skip.insert(c.id.clone());
+                tried += 1;
                 // The intent is durable before the provider hears of it, so
                 // a crash in between leaves a record that reconcile resolves.
-                let mut rec = intent(&id, &spec, &c);
+                let mut rec = match queued {
+                    Some(q) => {
+                        let mut rec = q.clone();
+                        rec.placed_on = placed_on(&c);
+                        rec
+                    }
+                    None => DeploymentRecord::new(id, &spec.request_id, &spec.image, placed_on(&c)),
+                };
+                rec.set_resources(spec.resources);
+                rec.push(Stored::Placing);
                 self.book.persist(&rec).await?;
                 let result = match self.registry.provider_for(&c) {
-                    Ok(p) => p.deploy(&spec, progress.clone()).await,
+                    Ok(p) => p.deploy(spec, progress.clone()).await,
                     Err(e) => Err(e),
                 };
                 match result {
@@ -134,9 +255,14 @@ impl Placer<'_> {
                                 self.registry.changed(&*p).await;
                             }
                         }
-                        // Acknowledged only once the outcome is durable.
+                        // Acknowledged only once the outcome is durable;
+                        // one from the queue leaves it in the same commit.
                         rec.observe(&d);
-                        self.book.persist(&rec).await?;
+                        if queued.is_some() {
+                            self.book.dequeue(&rec).await?;
+                        } else {
+                            self.book.persist(&rec).await?;
+                        }
                         let why = format!(
                             "{} tier, {} ({} free before)",
                             c.tier.as_str(),
@@ -145,22 +271,87 @@ impl Placer<'_> {
                         );
                         info!(request = %spec.request_id, provider = %c.id, owner = %c.owner_id, %why, "deployment placed");
                         self.outcomes.count("placed", c.tier.as_str());
-                        return Ok(placed(d, &c, strategy, &why, refused));
+                        return Ok(Attempt::Placed(Box::new(placed(
+                            d, &c, strategy, &why, refused,
+                        ))));
                     }
                     Err(e) if e.try_elsewhere() => {
-                        self.book.forget(&id).await;
+                        self.undo(id, queued).await?;
                         self.outcomes.count("refused", e.kind());
                         debug!(provider = %c.id, error = %e, "provider refused; trying the next");
                         refused.push(format!("{}: {e}", c.id));
                     }
                     Err(e) => {
-                        self.book.forget(&id).await;
+                        if queued.is_some() {
+                            rec.push(Stored::Failed {
+                                reason: e.to_string(),
+                            });
+                            self.book.dequeue(&rec).await?;
+                        } else {
+                            self.book.forget(id).await;
+                        }
                         return Err(e);
                     }
                 }
             }
         }
-        Err(no_placement(&spec, index.len(), &refused))
+        Ok(Attempt::Refused(refused))
+    }
+
+    /// A refused try made nothing: a fresh deploy forgets its intent, one
+    /// from the queue goes back to its queued record.
+    async fn undo(&self, id: &str, queued: Option<&DeploymentRecord>) -> Result<(), ResourceError> {
+        match queued {
+            Some(q) => self.book.persist(q).await,
+            None => {
+                self.book.forget(id).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Nothing admits it now, but something could: it waits at this home,
+    /// durably, in priority order.
+    async fn enqueue(
+        &self,
+        id: &str,
+        spec: DeploySpec,
+        opts: &PlaceOptions,
+        verdict: &Verdict,
+    ) -> Result<Placed, ResourceError> {
+        let now = now_ms();
+        let q = QueuedRecord {
+            id: id.to_string(),
+            strategy: opts.strategy.map(|s| s.as_str().to_string()),
+            region: opts.region.clone(),
+            provider_id: opts.provider_id.clone(),
+            priority: opts.priority,
+            seq: self.pending.reserve_seq(),
+            enqueued_ms: now,
+            deadline_ms: Some(now.saturating_add(opts.queue_timeout.as_millis() as u64)),
+            wait_for_capacity: opts.wait_for_capacity,
+            spec,
+        };
+        let mut rec =
+            DeploymentRecord::new(id, &q.spec.request_id, &q.spec.image, PlacedOn::default());
+        rec.set_resources(q.spec.resources);
+        rec.push(Stored::Queued {
+            reason: verdict.text.clone(),
+        });
+        self.book.enqueue(&q, &rec).await?;
+        let priority = q.priority;
+        self.pending.insert(q);
+        let (position, of) = self.pending.position(id).unwrap_or((1, 1));
+        let reason = pending::reason(verdict, position, of);
+        info!(deployment = %id, %priority, %reason, "deployment queued");
+        self.outcomes.count("queued", priority.class.as_str());
+        Ok(Placed {
+            deployment: queued_view(&rec, &reason),
+            placement: pb::Placement {
+                reason: format!("queued: {reason}"),
+                ..Default::default()
+            },
+        })
     }
 
     /// A retry goes back to the provider the first attempt went to. None
@@ -175,6 +366,25 @@ impl Placer<'_> {
         let Some(mut rec) = self.book.get(id) else {
             return Ok(None);
         };
+        if let Stored::Queued { reason } = rec.state() {
+            // Already waiting: the same request answers the same entry.
+            let reason = self
+                .pending
+                .reason(id, self.registry.index().candidates())
+                .unwrap_or(reason);
+            return Ok(Some(Placed {
+                deployment: queued_view(&rec, &reason),
+                placement: pb::Placement {
+                    reason: format!("queued: {reason}"),
+                    ..Default::default()
+                },
+            }));
+        }
+        if !rec.placed_on.is_placed() {
+            // Expired or stopped in the queue: a retry queues or places anew.
+            self.book.forget(id).await;
+            return Ok(None);
+        }
         let c = candidate_of(&rec.placed_on);
         let p = self.registry.provider_for(&c)?;
         let before = rec.state();
@@ -211,6 +421,43 @@ impl Placer<'_> {
             }
         }
     }
+}
+
+/// `"10m"`, `"90s"`, `"0"` (fail at once); empty is the default.
+pub fn queue_timeout(text: &str) -> Result<Duration, ResourceError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(DEFAULT_QUEUE_TIMEOUT);
+    }
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let d = humantime::parse_duration(text).map_err(|e| {
+        ResourceError::invalid(
+            "queue_timeout",
+            format!(
+                "{text:?} is not a duration ({e}): write e.g. \"5m\", or \"0\" to fail at once"
+            ),
+        )
+    })?;
+    if d > MAX_QUEUE_TIMEOUT {
+        return Err(ResourceError::invalid(
+            "queue_timeout",
+            format!("{text:?} is longer than the 30d a deploy may wait"),
+        ));
+    }
+    Ok(d)
+}
+
+/// A queued deployment as a client sees it: its current reason last.
+pub fn queued_view(rec: &DeploymentRecord, reason: &str) -> Deployment {
+    let mut d = rec.to_deployment();
+    if let Some(last) = d.history.last_mut() {
+        if matches!(last.state, crate::resource::DeployState::Queued(_)) {
+            last.state = crate::resource::DeployState::Queued(reason.to_string());
+        }
+    }
+    d
 }
 
 fn placed(

@@ -37,6 +37,7 @@ fn cand(id: &str, tier: Tier, free_cpu: u64, labels: &[(&str, &str)]) -> Candida
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        version: 0,
     }
 }
 

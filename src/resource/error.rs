@@ -29,6 +29,12 @@ pub enum ResourceError {
     NoPlacement(String),
     #[error("provider backend error: {0}")]
     Backend(String),
+    /// No provider in the mesh could hold it even when empty; says why.
+    #[error("no provider in the mesh could ever run this deployment: {0} (set wait_for_capacity to wait for a provider that can)")]
+    NeverFits(String),
+    /// The deployment is not in a state that allows this (queued, ended).
+    #[error("{0}")]
+    Precondition(String),
 }
 
 impl ResourceError {
@@ -46,7 +52,9 @@ impl ResourceError {
             ResourceError::Exhausted { .. } | ResourceError::NoPlacement(_) => {
                 Code::ResourceExhausted
             }
-            ResourceError::PullFailed { .. } => Code::FailedPrecondition,
+            ResourceError::PullFailed { .. }
+            | ResourceError::NeverFits(_)
+            | ResourceError::Precondition(_) => Code::FailedPrecondition,
             ResourceError::Unavailable { .. } => Code::Unavailable,
             ResourceError::PermissionDenied(_) => Code::PermissionDenied,
             ResourceError::Backend(_) => Code::Internal,
@@ -64,6 +72,8 @@ impl ResourceError {
             ResourceError::PermissionDenied(_) => "permission_denied",
             ResourceError::NoPlacement(_) => "no_placement",
             ResourceError::Backend(_) => "backend",
+            ResourceError::NeverFits(_) => "never_fits",
+            ResourceError::Precondition(_) => "failed_precondition",
         }
     }
 
@@ -85,10 +95,7 @@ impl ResourceError {
             },
             Code::NotFound => ResourceError::NotFound(msg),
             Code::ResourceExhausted => ResourceError::NoPlacement(msg),
-            Code::FailedPrecondition => ResourceError::PullFailed {
-                image: String::new(),
-                reason: msg,
-            },
+            Code::FailedPrecondition => ResourceError::Precondition(msg),
             Code::PermissionDenied => ResourceError::PermissionDenied(msg),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 ResourceError::Unavailable {

@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
+
 /// A storage amount that is not accounted: on the wire as the largest
 /// `uint64`, shown as absent (`null`, "unlimited") to people.
 pub const UNLIMITED: u64 = u64::MAX;
 
 /// An amount of compute. CPU in millicores, memory and storage in bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -165,6 +167,10 @@ pub struct Candidate {
     pub healthy: bool,
     pub capacity: Capacity,
     pub labels: BTreeMap<String, String>,
+    /// The owner's version of this entry as gossip carried it (0 for this
+    /// node's own): a new one is a change even when the figures match one
+    /// seen before, since gossip may skip the states in between.
+    pub version: u64,
 }
 
 impl Candidate {
@@ -180,20 +186,22 @@ impl Candidate {
             healthy: d.healthy,
             capacity: d.capacity,
             labels: d.labels.clone(),
+            version: 0,
         }
     }
 }
 
 /// A port to publish: `container` inside, `host` outside (0 = any).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
     pub container: u16,
     pub host: u16,
     pub udp: bool,
 }
 
-/// What to run and what it needs.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// What to run and what it needs. Serializable because a queued deploy
+/// keeps its whole spec in the home's store until it is placed.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct DeploySpec {
     /// Chosen by the caller; a retry with the same id gets the same deployment.
     pub request_id: String,
@@ -217,6 +225,10 @@ pub struct DeploySpec {
 /// The life of a deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeployState {
+    /// Nothing can admit it now: it waits in its home's queue, and why.
+    Queued(String),
+    /// It waited its whole `queue_timeout` and gave up, and why.
+    Expired(String),
     Pending,
     Pulling,
     Starting,
@@ -229,6 +241,8 @@ pub enum DeployState {
 impl DeployState {
     pub fn name(&self) -> &'static str {
         match self {
+            DeployState::Queued(_) => "queued",
+            DeployState::Expired(_) => "expired",
             DeployState::Pending => "pending",
             DeployState::Pulling => "pulling",
             DeployState::Starting => "starting",
@@ -243,8 +257,19 @@ impl DeployState {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            DeployState::Exited(_) | DeployState::Failed(_) | DeployState::Stopped
+            DeployState::Exited(_)
+                | DeployState::Failed(_)
+                | DeployState::Stopped
+                | DeployState::Expired(_)
         )
+    }
+
+    /// Why it waits, failed or expired; empty otherwise.
+    pub fn reason(&self) -> &str {
+        match self {
+            DeployState::Queued(why) | DeployState::Expired(why) | DeployState::Failed(why) => why,
+            _ => "",
+        }
     }
 }
 
@@ -253,6 +278,8 @@ impl fmt::Display for DeployState {
         match self {
             DeployState::Exited(code) => write!(f, "exited({code})"),
             DeployState::Failed(why) => write!(f, "failed: {why}"),
+            DeployState::Queued(why) => write!(f, "queued: {why}"),
+            DeployState::Expired(why) => write!(f, "expired: {why}"),
             other => f.write_str(other.name()),
         }
     }

@@ -154,7 +154,9 @@ pub fn from_unix(secs: f64) -> SystemTime {
 fn detail(s: &DeployState) -> String {
     match s {
         DeployState::Exited(code) => format!("exit code {code}"),
-        DeployState::Failed(why) => why.clone(),
+        DeployState::Failed(why) | DeployState::Queued(why) | DeployState::Expired(why) => {
+            why.clone()
+        }
         _ => String::new(),
     }
 }
@@ -171,6 +173,8 @@ fn state_from(name: &str, detail: &str) -> DeployState {
                 .unwrap_or(-1),
         ),
         "failed" => DeployState::Failed(detail.to_string()),
+        "queued" => DeployState::Queued(detail.to_string()),
+        "expired" => DeployState::Expired(detail.to_string()),
         "stopped" => DeployState::Stopped,
         _ => DeployState::Pending,
     }
@@ -186,6 +190,7 @@ pub fn deployment_to_proto(d: &Deployment, owner_id: &str) -> pb::Deployment {
         resources: Some(d.resources.into()),
         gpus: d.gpus.clone(),
         state: d.state().name().to_string(),
+        reason: d.state().reason().to_string(),
         history: d
             .history
             .iter()
@@ -251,6 +256,7 @@ pub fn candidate_from_gossip(p: &ProviderInfo, owner_addr: &str) -> Candidate {
         healthy: p.status == PROVIDER_HEALTHY,
         capacity: p.capacity.unwrap_or_default().into(),
         labels: p.labels.clone().into_iter().collect(),
+        version: p.version,
     }
 }
 

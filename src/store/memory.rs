@@ -5,13 +5,17 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::{decode, encode, DeploymentRecord, IdentityRecord, ProviderRecord, Store, StoreError};
+use super::{
+    decode, encode, DeploymentRecord, IdentityRecord, ProviderRecord, QueuedRecord, Store,
+    StoreError,
+};
 
 #[derive(Default)]
 struct Tables {
     identity: Option<Vec<u8>>,
     deployments: BTreeMap<String, Vec<u8>>,
     providers: BTreeMap<String, Vec<u8>>,
+    queue: BTreeMap<String, Vec<u8>>,
     peers: Vec<String>,
 }
 
@@ -69,6 +73,28 @@ impl Store for MemoryStore {
 
     fn remove_deployment(&self, id: &str) -> Result<(), StoreError> {
         self.tables().deployments.remove(id);
+        Ok(())
+    }
+
+    fn queued(&self) -> Result<Vec<QueuedRecord>, StoreError> {
+        self.tables()
+            .queue
+            .iter()
+            .map(|(k, b)| decode(k, b))
+            .collect()
+    }
+
+    fn put_queued(&self, q: &QueuedRecord, rec: &DeploymentRecord) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        t.queue.insert(q.id.clone(), encode(q));
+        t.deployments.insert(rec.id.clone(), encode(rec));
+        Ok(())
+    }
+
+    fn remove_queued(&self, id: &str, rec: &DeploymentRecord) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        t.queue.remove(id);
+        t.deployments.insert(rec.id.clone(), encode(rec));
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! What a node must not forget across a restart or a crash: its identity,
 //! the deployments it placed (with their request ids, providers and status
-//! history), the external providers an operator registered, and the peers
-//! it last saw alive.
+//! history), the deploys waiting in its queue (whole specs, in order), the
+//! external providers an operator registered, and the peers it last saw alive.
 //!
 //! ```text
 //! mod      the Store trait and its record types
@@ -27,7 +27,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::resource::{DeployState, Deployment, ProviderKind, Resources, StateChange, Tier};
+use crate::lifecycle::priority::Priority;
+use crate::resource::{
+    DeploySpec, DeployState, Deployment, ProviderKind, Resources, StateChange, Tier,
+};
 
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
@@ -68,7 +71,7 @@ pub struct ProviderRecord {
 }
 
 /// The provider a deployment was sent to, enough to reach it again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacedOn {
     pub provider_id: String,
     pub provider_name: String,
@@ -80,6 +83,11 @@ pub struct PlacedOn {
 }
 
 impl PlacedOn {
+    /// False for a deploy that never left its home's queue.
+    pub fn is_placed(&self) -> bool {
+        !self.provider_id.is_empty()
+    }
+
     pub fn kind(&self) -> ProviderKind {
         ProviderKind::parse(&self.kind).unwrap_or(ProviderKind::Memory)
     }
@@ -98,6 +106,14 @@ impl PlacedOn {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Stored {
+    /// Waiting in this node's queue; its entry is a [`QueuedRecord`].
+    Queued {
+        reason: String,
+    },
+    /// Gave up waiting (its queue_timeout passed).
+    Expired {
+        reason: String,
+    },
     /// Intent written, the provider not yet answered.
     Placing,
     Pending,
@@ -127,6 +143,12 @@ impl Stored {
                 reason: reason.clone(),
             },
             DeployState::Stopped => Stored::Stopped,
+            DeployState::Queued(reason) => Stored::Queued {
+                reason: reason.clone(),
+            },
+            DeployState::Expired(reason) => Stored::Expired {
+                reason: reason.clone(),
+            },
         }
     }
 
@@ -141,15 +163,45 @@ impl Stored {
             Stored::Exited { code } => DeployState::Exited(*code),
             Stored::Failed { reason } => DeployState::Failed(reason.clone()),
             Stored::Stopped => DeployState::Stopped,
+            Stored::Queued { reason } => DeployState::Queued(reason.clone()),
+            Stored::Expired { reason } => DeployState::Expired(reason.clone()),
         })
     }
 
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Stored::Exited { .. } | Stored::Failed { .. } | Stored::Stopped
+            Stored::Exited { .. }
+                | Stored::Failed { .. }
+                | Stored::Stopped
+                | Stored::Expired { .. }
         )
     }
+}
+
+/// A deploy waiting in its home's queue: everything needed to place it
+/// later without its client, and its place in line. Unlike a deployment
+/// record it keeps the whole spec, environment included, until placed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedRecord {
+    /// The deployment id (its record is `Stored::Queued`).
+    pub id: String,
+    pub spec: DeploySpec,
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub provider_id: Option<String>,
+    pub priority: Priority,
+    /// Arrival order on this home.
+    pub seq: u64,
+    pub enqueued_ms: u64,
+    /// When it gives up (Unix ms); None waits for ever.
+    pub deadline_ms: Option<u64>,
+    /// Waits even when nothing in the mesh could ever hold it.
+    #[serde(default)]
+    pub wait_for_capacity: bool,
 }
 
 /// One entry of a deployment's history.
@@ -317,6 +369,14 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts or replaces the record with the same id.
     fn put_deployment(&self, rec: &DeploymentRecord) -> Result<(), StoreError>;
     fn remove_deployment(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Every queue entry, in no particular order (the queue orders them).
+    fn queued(&self) -> Result<Vec<QueuedRecord>, StoreError>;
+    /// Writes a queue entry and its deployment record in one commit.
+    fn put_queued(&self, q: &QueuedRecord, rec: &DeploymentRecord) -> Result<(), StoreError>;
+    /// Drops a queue entry and, in the same commit, writes what became of
+    /// its deployment (placing, expired, stopped).
+    fn remove_queued(&self, id: &str, rec: &DeploymentRecord) -> Result<(), StoreError>;
 
     fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
     fn put_provider(&self, rec: &ProviderRecord) -> Result<(), StoreError>;

@@ -11,12 +11,16 @@ use std::path::{Path, PathBuf};
 
 use ::redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 
-use super::{decode, encode, DeploymentRecord, IdentityRecord, ProviderRecord, Store, StoreError};
+use super::{
+    decode, encode, DeploymentRecord, IdentityRecord, ProviderRecord, QueuedRecord, Store,
+    StoreError,
+};
 
 /// Singletons (identity, peers) by name.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 const PROVIDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("providers");
+const QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("queue");
 
 const IDENTITY_KEY: &str = "identity";
 const PEERS_KEY: &str = "peers";
@@ -71,6 +75,7 @@ impl RedbStore {
             txn.open_table(META)?;
             txn.open_table(DEPLOYMENTS)?;
             txn.open_table(PROVIDERS)?;
+            txn.open_table(QUEUE)?;
             Ok(())
         })?;
         Ok(store)
@@ -174,6 +179,31 @@ impl Store for RedbStore {
 
     fn remove_deployment(&self, id: &str) -> Result<(), StoreError> {
         self.delete(DEPLOYMENTS, id)
+    }
+
+    fn queued(&self) -> Result<Vec<QueuedRecord>, StoreError> {
+        self.all(QUEUE)?.iter().map(|(k, b)| decode(k, b)).collect()
+    }
+
+    fn put_queued(&self, q: &QueuedRecord, rec: &DeploymentRecord) -> Result<(), StoreError> {
+        let (qb, rb) = (encode(q), encode(rec));
+        self.write("enqueue", |txn| {
+            txn.open_table(QUEUE)?
+                .insert(q.id.as_str(), qb.as_slice())?;
+            txn.open_table(DEPLOYMENTS)?
+                .insert(rec.id.as_str(), rb.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn remove_queued(&self, id: &str, rec: &DeploymentRecord) -> Result<(), StoreError> {
+        let rb = encode(rec);
+        self.write("dequeue", |txn| {
+            txn.open_table(QUEUE)?.remove(id)?;
+            txn.open_table(DEPLOYMENTS)?
+                .insert(rec.id.as_str(), rb.as_slice())?;
+            Ok(())
+        })
     }
 
     fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {

@@ -125,6 +125,50 @@ fn suite(store: &dyn Store) {
     let peers = vec!["10.0.0.2:9000".to_string(), "10.0.0.3:9000".to_string()];
     store.set_peers(&peers).unwrap();
     assert_eq!(store.peers().unwrap(), peers);
+
+    // A queue entry and its record go in and out together.
+    let mut waiting = record("q");
+    waiting.history.clear();
+    waiting.push(Stored::Queued {
+        reason: "0/1 providers can run it now".into(),
+    });
+    let q = QueuedRecord {
+        id: waiting.id.clone(),
+        spec: crate::resource::DeploySpec {
+            request_id: "q".into(),
+            image: "busybox".into(),
+            env: [("TOKEN".to_string(), "kept until placed".to_string())].into(),
+            ..Default::default()
+        },
+        strategy: Some("binpack".into()),
+        region: None,
+        provider_id: None,
+        priority: Priority::from_parts("batch", 3).unwrap(),
+        seq: 9,
+        enqueued_ms: 1_000,
+        deadline_ms: Some(61_000),
+        wait_for_capacity: false,
+    };
+    store.put_queued(&q, &waiting).unwrap();
+    assert_eq!(store.queued().unwrap(), vec![q.clone()]);
+    assert_eq!(store.deployment(&q.id).unwrap(), Some(waiting.clone()));
+    let mut expired = waiting.clone();
+    expired.push(Stored::Expired {
+        reason: "waited 1m".into(),
+    });
+    store.remove_queued(&q.id, &expired).unwrap();
+    assert!(store.queued().unwrap().is_empty());
+    assert_eq!(
+        store
+            .deployment(&q.id)
+            .unwrap()
+            .unwrap()
+            .to_deployment()
+            .state(),
+        DeployState::Expired("waited 1m".into())
+    );
+    // Left queued for the reopen check below.
+    store.put_queued(&q, &waiting).unwrap();
 }
 
 #[test]
@@ -143,6 +187,7 @@ fn redb_store_passes_the_suite_and_keeps_it_across_a_reopen() {
     assert_eq!(store.deployments().unwrap(), before);
     assert_eq!(store.identity().unwrap().unwrap().generation, 7);
     assert_eq!(store.peers().unwrap().len(), 2);
+    assert_eq!(store.queued().unwrap().len(), 1);
 }
 
 #[test]

@@ -31,7 +31,8 @@ use crate::proto::resource::resource_service_server::ResourceService;
 use crate::security::{Caller, Surface};
 use registration::Registration;
 use views::{
-    CapacityReport, ErrorBody, NodesReport, PeerAdded, ProviderView, ProvidersReport, Readiness,
+    CapacityReport, DeploymentView, DeploymentsReport, ErrorBody, NodesReport, PeerAdded,
+    ProviderView, ProvidersReport, QueueEntryView, QueueReport, Readiness,
 };
 
 /// Largest request body accepted (provider registrations are a few hundred bytes).
@@ -69,6 +70,9 @@ impl HttpApi {
             .route("/metrics", get(metrics))
             .route("/resource/capacity", get(capacity))
             .route("/resource/providers", get(providers).post(register))
+            .route("/resource/deployments", get(deployments))
+            .route("/resource/deployments/{id}", get(deployment))
+            .route("/resource/queue", get(queue))
             .route("/peer/nodes", get(nodes).post(add_node))
             .fallback(not_found)
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -108,6 +112,14 @@ impl HttpApi {
             deployments: deployments.into_iter().collect(),
             placements: self.manager.placement_counts(),
             process: crate::metrics::process::ProcessStats::read(),
+            queued: ["interactive", "batch"]
+                .iter()
+                .map(|c| {
+                    let n = self.manager.queued_by_class().get(c).copied().unwrap_or(0);
+                    (c.to_string(), n as u64)
+                })
+                .collect(),
+            queue: self.manager.queue_metrics().clone(),
         }
     }
 }
@@ -225,7 +237,7 @@ fn as_caller<T>(caller: Option<Extension<Caller>>, body: T) -> Request<T> {
 async fn not_found() -> ApiError {
     ApiError(
         tonic::Status::not_found(
-            "no such route: see /resource/capacity, /resource/providers, /peer/nodes, /metrics, /healthz, /readyz",
+            "no such route: see /resource/capacity, /resource/providers, /resource/deployments, /resource/queue, /peer/nodes, /metrics, /healthz, /readyz",
         ),
         None,
     )
@@ -303,6 +315,40 @@ async fn providers(State(api): Api) -> Result<Json<ProvidersReport>, ApiError> {
         .into_inner();
     Ok(Json(ProvidersReport {
         providers: list.providers.iter().map(ProviderView::from).collect(),
+    }))
+}
+
+async fn deployments(State(api): Api) -> Result<Json<DeploymentsReport>, ApiError> {
+    let list = api
+        .resources
+        .list_deployments(Request::new(pb::ListDeploymentsRequest {}))
+        .await?
+        .into_inner();
+    Ok(Json(DeploymentsReport {
+        deployments: list.deployments.iter().map(DeploymentView::from).collect(),
+    }))
+}
+
+async fn deployment(
+    State(api): Api,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let d = api
+        .resources
+        .get_deployment(Request::new(pb::GetDeploymentRequest { id }))
+        .await?
+        .into_inner();
+    Ok(Json(DeploymentView::from(&d)))
+}
+
+async fn queue(State(api): Api) -> Result<Json<QueueReport>, ApiError> {
+    let list = api
+        .resources
+        .list_queue(Request::new(pb::ListQueueRequest {}))
+        .await?
+        .into_inner();
+    Ok(Json(QueueReport {
+        entries: list.entries.iter().map(QueueEntryView::from).collect(),
     }))
 }
 

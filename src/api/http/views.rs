@@ -240,3 +240,99 @@ pub struct ErrorBody {
     pub error: String,
     pub code: String,
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StateChangeView {
+    pub state: String,
+    pub detail: String,
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+}
+
+/// One deployment: `state` and `reason` as in the gRPC `Deployment`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeploymentView {
+    pub id: String,
+    pub request_id: String,
+    /// Empty while it waits in its home's queue.
+    pub provider_id: String,
+    pub owner_id: String,
+    pub image: String,
+    pub state: String,
+    pub reason: String,
+    pub resources: Amounts,
+    pub gpus: Vec<String>,
+    pub history: Vec<StateChangeView>,
+}
+
+impl From<&pb::Deployment> for DeploymentView {
+    fn from(d: &pb::Deployment) -> DeploymentView {
+        DeploymentView {
+            id: d.id.clone(),
+            request_id: d.request_id.clone(),
+            provider_id: d.provider_id.clone(),
+            owner_id: d.owner_id.clone(),
+            image: d.image.clone(),
+            state: d.state.clone(),
+            reason: d.reason.clone(),
+            resources: d.resources.as_ref().into(),
+            gpus: d.gpus.clone(),
+            history: d
+                .history
+                .iter()
+                .map(|h| StateChangeView {
+                    state: h.state.clone(),
+                    detail: h.detail.clone(),
+                    at: h.at_unix,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeploymentsReport {
+    pub deployments: Vec<DeploymentView>,
+}
+
+/// One deploy waiting in this node's queue.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueEntryView {
+    pub id: String,
+    pub request_id: String,
+    pub position: u32,
+    pub priority: String,
+    pub priority_value: i64,
+    pub age_secs: f64,
+    pub expires_in_secs: f64,
+    /// Always "queued": the key scripts read on every deployment view.
+    pub state: &'static str,
+    pub reason: String,
+    pub image: String,
+    pub resources: Amounts,
+    pub wait_for_capacity: bool,
+}
+
+impl From<&pb::QueueEntry> for QueueEntryView {
+    fn from(e: &pb::QueueEntry) -> QueueEntryView {
+        QueueEntryView {
+            id: e.id.clone(),
+            request_id: e.request_id.clone(),
+            position: e.position,
+            priority: e.priority.clone(),
+            priority_value: e.priority_value,
+            age_secs: e.age_secs,
+            expires_in_secs: e.expires_in_secs,
+            state: "queued",
+            reason: e.reason.clone(),
+            image: e.image.clone(),
+            resources: e.resources.as_ref().into(),
+            wait_for_capacity: e.wait_for_capacity,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueReport {
+    pub entries: Vec<QueueEntryView>,
+}

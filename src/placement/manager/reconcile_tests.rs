@@ -4,9 +4,8 @@
 use std::sync::{Arc, Mutex};
 
 use super::{Reconciled, LOST, NOT_CREATED};
-use crate::placement::manager::{Discovery, Manager, PlaceOptions};
-use crate::placement::{Candidate, ProviderCaller, Strategy};
-use crate::proto::peer::ProviderInfo;
+use crate::placement::manager::{Manager, NoMesh, PlaceOptions};
+use crate::placement::Strategy;
 use crate::resource::memory::MemoryProvider;
 use crate::resource::validate::deployment_id;
 use crate::resource::{
@@ -14,21 +13,6 @@ use crate::resource::{
     ProviderDescriptor, ResourceError, Resources, Tier,
 };
 use crate::store::{DeploymentRecord, MemoryStore, PlacedOn, Store, Stored};
-
-struct NoMesh;
-
-impl Discovery for NoMesh {
-    fn discovered(&self) -> Vec<Candidate> {
-        Vec::new()
-    }
-    fn publish(&self, _: Vec<ProviderInfo>) {}
-    fn caller(&self) -> Arc<dyn ProviderCaller> {
-        unreachable!("no remote providers in this test")
-    }
-    fn version(&self) -> u64 {
-        0
-    }
-}
 
 fn total() -> Resources {
     Resources {
