@@ -301,7 +301,13 @@ async fn drain(n: usize, queued: bool) -> (Duration, usize) {
     for h in 1..HOMES {
         homes.push(start(&format!("{tag}-home{h}"), &seeds, Vec::new()).await);
     }
-    let big = Watched::new(&format!("{tag}-big"), res(n as u64 * 100 + 1000));
+    let big = Watched::new(
+        &format!("{tag}-big"),
+        Resources {
+            memory_bytes: u64::MAX / 4,
+            ..res(n as u64 * 100 + 1000)
+        },
+    );
     let t0;
     if queued {
         for i in 0..n {
