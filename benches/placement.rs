@@ -69,6 +69,7 @@ fn view(n: usize, rng: &mut SmallRng) -> Vec<Candidate> {
                         (total.cpu_millis as f64 * used) as u64,
                         ((total.memory_bytes >> 20) as f64 * used) as u64,
                     ),
+                    ..Capacity::default()
                 },
                 labels: [("region".to_string(), regions[i % 4].to_string())].into(),
                 version: 0,

@@ -500,8 +500,9 @@ async fn main() {
     let n = if quick { 200 } else { 1000 };
     let dir_q = tempfile::tempdir().expect("tempdir");
     let dir_p = tempfile::tempdir().expect("tempdir");
-    // Full from the start: every deploy to `full` is queued.
-    let full = durable(dir_q.path(), 5).await;
+    // Full after its first deploy: every later one to `full` is queued
+    // (not now, rather than never: it would fit an empty provider).
+    let full = durable(dir_q.path(), 10).await;
     let room = durable(dir_p.path(), u64::MAX / 4).await;
     acks(&full, "warm", 1, &waits()).await;
     acks(&room, "warm", 20, &PlaceOptions::default()).await;
@@ -533,7 +534,7 @@ async fn main() {
     drop(room);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let m = durable(dir.path(), 5).await;
+    let m = durable(dir.path(), 10).await;
     acks(&m, "warm", 1, &waits()).await;
     let entries = 10_000;
     let before = PEAK.current_usage();

@@ -36,6 +36,7 @@ async fn docker_provider(id: &str, node: &str) -> Arc<dyn Provider> {
             gpus: 0,
             storage_bytes: u64::MAX,
         }),
+        max_deployments: None,
         labels: BTreeMap::new(),
         node_id: node.to_string(),
         gpus: Vec::new(),

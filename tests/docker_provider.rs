@@ -39,6 +39,7 @@ fn settings(id: &str, limits: Resources) -> DockerSettings {
         endpoint: None,
         tls: None,
         limits: Some(limits),
+        max_deployments: None,
         labels: BTreeMap::from([("region".to_string(), "test".to_string())]),
         node_id: "node-test".into(),
         gpus: Vec::new(),

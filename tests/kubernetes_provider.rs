@@ -42,6 +42,7 @@ fn settings() -> KubeSettings {
         node_id: "node-a".into(),
         labels: BTreeMap::from([("region".to_string(), "eu-west".to_string())]),
         limits: None,
+        max_deployments: None,
     }
 }
 

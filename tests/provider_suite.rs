@@ -62,7 +62,11 @@ async fn listed(p: &dyn Provider, id: &str) -> usize {
         .count()
 }
 
-/// The contract. `image` is one the provider can run.
+/// Every provider under test runs at most this many deployments at once.
+const MAX_DEPLOYMENTS: Option<u32> = Some(2);
+
+/// The contract. `image` is one the provider can run; the provider was
+/// made with [`MAX_DEPLOYMENTS`].
 async fn suite(p: &dyn Provider, image: &str) {
     let tag = suffix();
     let d = p.describe().await.expect("describe");
@@ -146,11 +150,29 @@ async fn suite(p: &dyn Provider, image: &str) {
     assert_eq!(both.cpu_millis, 750);
     assert_eq!(both.memory_bytes, 128 * MI);
 
+    // A third fits the CPU but not max_deployments: refused as exhausted,
+    // naming the limit, with nothing left behind.
+    let cap = p.describe().await.expect("describe").capacity;
+    assert_eq!((cap.max_deployments, cap.deployments), (MAX_DEPLOYMENTS, 2));
+    let third_id = format!("third-{tag}");
+    let e = p
+        .deploy(&spec(image, &third_id, 100), ProgressSink::none())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.to_string().contains("max_deployments"), "{e}");
+    assert_eq!(reserved(p).await.cpu_millis, 750);
+    assert_eq!(listed(p, &deployment_id(&third_id)).await, 0);
+
     // Stop ends a deployment and frees what it held; it is gone after.
     let stopped = p.stop(&d.id).await.expect("stop");
     assert!(stopped.state().is_final(), "{:?}", stopped.history);
     assert_eq!(reserved(p).await, db.resources);
     assert_eq!(listed(p, &d.id).await, 0);
+    assert_eq!(
+        p.describe().await.expect("describe").capacity.deployments,
+        1
+    );
     let e = p.status(&d.id).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "status after stop: {e}");
     let e = p.stop(&d.id).await.unwrap_err();
@@ -180,7 +202,8 @@ async fn suite(p: &dyn Provider, image: &str) {
 
 #[tokio::test]
 async fn the_memory_twin_keeps_the_contract() {
-    let p = MemoryProvider::new("suite-memory", total(), BTreeMap::new());
+    let p = MemoryProvider::new("suite-memory", total(), BTreeMap::new())
+        .with_max_deployments(MAX_DEPLOYMENTS);
     suite(&p, "busybox:1.36").await;
 }
 
@@ -193,6 +216,7 @@ async fn docker_keeps_the_contract() {
         id: id.clone(),
         name: id.clone(),
         limits: Some(total()),
+        max_deployments: MAX_DEPLOYMENTS,
         node_id: "node-suite".into(),
         ..Default::default()
     })
@@ -213,6 +237,7 @@ async fn kubernetes_keeps_the_contract() {
             node_id: "node-suite".into(),
             labels: BTreeMap::new(),
             limits: None,
+            max_deployments: MAX_DEPLOYMENTS,
         },
     );
     suite(&p, "busybox:1.36").await;

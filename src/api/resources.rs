@@ -83,10 +83,10 @@ fn outcome<T>(r: &Result<T, Status>) -> (&'static str, Value) {
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn sum(caps: impl Iterator<Item = Capacity>) -> Capacity {
-    caps.fold(Capacity::default(), |a, c| Capacity {
-        total: a.total.saturating_add(&c.total),
-        reserved: a.reserved.saturating_add(&c.reserved),
+    caps.fold(None, |a: Option<Capacity>, c| {
+        Some(a.map_or(c, |a| a.plus(&c)))
     })
+    .unwrap_or_default()
 }
 
 fn progress_event(p: Progress) -> pb::DeployEvent {

@@ -133,6 +133,7 @@ pub fn providers(list: &pb::ListProvidersResponse) -> String {
                 format!("{}/{}", cpu(a.cpu_millis), cpu(t.cpu_millis)),
                 format!("{}/{}", bytes(a.memory_bytes), bytes(t.memory_bytes)),
                 format!("{}/{}", a.gpus, t.gpus),
+                p.capacity.as_ref().map_or("0".into(), running_of_max),
             ]
         })
         .collect();
@@ -146,9 +147,18 @@ pub fn providers(list: &pb::ListProvidersResponse) -> String {
             "CPU FREE/ALL",
             "MEMORY FREE/ALL",
             "GPU FREE/ALL",
+            "DEPLOYMENTS",
         ],
         rows,
     )
+}
+
+/// `3/4` under a `max_deployments` of 4, `3` without a limit.
+fn running_of_max(c: &pb::Capacity) -> String {
+    match c.max_deployments {
+        0 => c.deployments.to_string(),
+        max => format!("{}/{max}", c.deployments),
+    }
 }
 
 pub fn capacity(c: &pb::GetCapacityResponse) -> String {

@@ -51,6 +51,13 @@ pub(super) const MEMORY_LIMIT: Key = Key::new("resource_limits.memory", "", "mem
 pub(super) const GPU_LIMIT: Key = Key::new("resource_limits.gpu", "", "whole GPUs offered")
     .env("IARNET_GPU_LIMIT")
     .derived("detect");
+pub(super) const MAX_DEPLOYMENTS: Key = Key::new(
+    "resource_limits.max_deployments",
+    "",
+    "deployments the internal provider runs at once (e.g. 1 for a single device)",
+)
+.env("IARNET_MAX_DEPLOYMENTS")
+.derived("no limit");
 pub(super) const WORKSPACE_DIR: Key = Key::new(
     "workspace_dir",
     "./workspaces",
@@ -77,6 +84,7 @@ pub(super) const KEYS: &[Key] = &[
     CPU_LIMIT,
     MEMORY_LIMIT,
     GPU_LIMIT,
+    MAX_DEPLOYMENTS,
     WORKSPACE_DIR,
     DATA_DIR,
     SHUTDOWN_GRACE,
@@ -110,6 +118,8 @@ pub struct ResourceLimits {
     pub memory: Option<Quantity>,
     /// Whole GPUs (`resource_limits.gpu`).
     pub gpu: Option<u32>,
+    /// Deployments run at once (`resource_limits.max_deployments`); None is no limit.
+    pub max_deployments: Option<u32>,
 }
 
 impl fmt::Display for ResourceLimits {
@@ -117,11 +127,13 @@ impl fmt::Display for ResourceLimits {
         let show = |q: &Option<Quantity>| q.map_or("auto".to_string(), |q| q.to_string());
         write!(
             f,
-            "cpu={} memory={} gpu={}",
+            "cpu={} memory={} gpu={} max_deployments={}",
             show(&self.cpu),
             self.memory
                 .map_or("auto".to_string(), |m| format!("{}B", m.units_ceil())),
-            self.gpu.map_or("auto".to_string(), |g| g.to_string())
+            self.gpu.map_or("auto".to_string(), |g| g.to_string()),
+            self.max_deployments
+                .map_or("unlimited".to_string(), |m| m.to_string())
         )
     }
 }
@@ -185,6 +197,9 @@ impl Parser<'_> {
             cpu: self.quantity(&CPU_LIMIT),
             memory: self.quantity(&MEMORY_LIMIT),
             gpu: self.quantity(&GPU_LIMIT).and_then(|q| self.whole_gpus(q)),
+            max_deployments: self
+                .opt_scalar(&MAX_DEPLOYMENTS)
+                .map(|_| self.int(&MAX_DEPLOYMENTS, 1, u32::MAX as u64) as u32),
         }
     }
 

@@ -177,7 +177,7 @@ impl Queue {
             if let Some(i) = chosen {
                 let need = judge.need(&w.id);
                 let c = &mut free[i];
-                c.capacity.reserved = c.capacity.reserved.saturating_add(&need);
+                c.capacity.take(&need);
                 out.push(Try {
                     id: w.id.clone(),
                     provider: c.id.clone(),
@@ -215,6 +215,7 @@ mod tests {
             capacity: Capacity {
                 total: cpu(total),
                 reserved: cpu(used),
+                ..Capacity::default()
             },
             labels: BTreeMap::new(),
             version: 0,

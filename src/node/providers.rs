@@ -71,6 +71,7 @@ pub async fn detect_internal(config: &Config, node_id: &str) -> Option<Arc<dyn P
             node_id: node_id.to_string(),
             labels: node_labels(config),
             limits: limits(config),
+            max_deployments: config.resource_limits.max_deployments,
         };
         match KubernetesProvider::connect_in_cluster(settings).await {
             Ok(p) => return Some(Arc::new(p)),
@@ -95,6 +96,7 @@ pub async fn detect_internal(config: &Config, node_id: &str) -> Option<Arc<dyn P
         endpoint: config.resources.docker_host.clone(),
         tls: None,
         limits: limits(config),
+        max_deployments: config.resource_limits.max_deployments,
         labels,
         node_id: node_id.to_string(),
         gpus,
@@ -150,6 +152,12 @@ pub async fn connect_external(
     }
     let mut labels = req.labels.clone();
     labels.insert(labels::EXTERNAL.into(), "true".into());
+    if req.max_deployments == Some(0) {
+        return Err(ResourceError::invalid(
+            "max_deployments",
+            "must be at least 1 (leave it unset for no limit)",
+        ));
+    }
     let id = format!("{node_id}/{name}");
     match req.kind() {
         Some(ProviderKind::Docker) => {
@@ -180,6 +188,7 @@ pub async fn connect_external(
                 endpoint: Some(req.endpoint.clone()),
                 tls,
                 limits: None,
+                max_deployments: req.max_deployments,
                 labels,
                 node_id: node_id.to_string(),
                 gpus: Vec::new(),
@@ -194,6 +203,7 @@ pub async fn connect_external(
                 node_id: node_id.to_string(),
                 labels,
                 limits: None,
+                max_deployments: req.max_deployments,
             };
             let p = if !req.kubeconfig_path.is_empty() {
                 KubernetesProvider::connect_kubeconfig(&req.kubeconfig_path, settings).await?

@@ -39,6 +39,7 @@ pub async fn reconnect(manager: &Manager, store: &dyn Store) {
             name: rec.name.clone(),
             endpoint: rec.endpoint.clone(),
             labels,
+            max_deployments: rec.max_deployments,
             ..ProviderTarget::default()
         };
         let added = match connect_external(manager.node_id(), &req).await {

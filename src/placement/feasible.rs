@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::lifecycle::queue::Fit;
-use crate::resource::{labels, Candidate, Resources};
+use crate::resource::{labels, Candidate, Capacity, Resources};
 
 /// What a deployment needs from a provider.
 #[derive(Debug, Clone, Default)]
@@ -35,7 +35,7 @@ fn healthy(c: &Candidate) -> bool {
 }
 
 fn fits(c: &Candidate, need: &Resources) -> bool {
-    c.capacity.available().fits(need)
+    c.capacity.admits(need)
 }
 
 fn pinned(c: &Candidate, provider_id: Option<&str>) -> bool {
@@ -97,10 +97,25 @@ enum Dim {
     Memory,
     Gpu,
     Storage,
+    /// Deployment slots under a provider's `max_deployments`.
+    Deployments,
+}
+
+/// Which side of a provider's capacity a dimension is read from.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Total,
+    Free,
 }
 
 impl Dim {
-    const ALL: [Dim; 4] = [Dim::Cpu, Dim::Memory, Dim::Gpu, Dim::Storage];
+    const ALL: [Dim; 5] = [
+        Dim::Cpu,
+        Dim::Memory,
+        Dim::Gpu,
+        Dim::Storage,
+        Dim::Deployments,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -108,22 +123,37 @@ impl Dim {
             Dim::Memory => "memory",
             Dim::Gpu => "gpu",
             Dim::Storage => "storage",
+            Dim::Deployments => "deployment slots",
         }
     }
 
-    /// The amount of this dimension in `r`; None when it is not accounted.
-    fn of(self, r: &Resources) -> Option<u64> {
+    /// The amount of this dimension a deployment needs: one slot each.
+    fn need(self, r: &Resources) -> Option<u64> {
         match self {
             Dim::Cpu => Some(r.cpu_millis),
             Dim::Memory => Some(r.memory_bytes),
             Dim::Gpu => Some(r.gpus.into()),
             Dim::Storage => Some(r.storage_bytes).filter(|s| *s != crate::resource::UNLIMITED),
+            Dim::Deployments => Some(1),
         }
     }
 
-    /// Short by this dimension: `need` more than `have`.
-    fn short(self, have: &Resources, need: &Resources) -> bool {
-        match (self.of(have), self.of(need)) {
+    /// The amount of this dimension a provider has; None when it is not
+    /// accounted (unlimited storage, no `max_deployments`).
+    fn of(self, c: &Capacity, side: Side) -> Option<u64> {
+        match (self, side) {
+            (Dim::Deployments, Side::Total) => c.max_deployments.map(u64::from),
+            (Dim::Deployments, Side::Free) => c
+                .max_deployments
+                .map(|m| u64::from(m.saturating_sub(c.deployments))),
+            (d, Side::Total) => d.need(&c.total),
+            (d, Side::Free) => d.need(&c.available()),
+        }
+    }
+
+    /// Short by this dimension: `need` more than the provider has.
+    fn short(self, c: &Capacity, side: Side, need: &Resources) -> bool {
+        match (self.of(c, side), self.need(need)) {
             (Some(h), Some(n)) => n > h,
             _ => false,
         }
@@ -135,7 +165,7 @@ impl Dim {
             Dim::Cpu if amount % 100 == 0 => format!("{}", amount as f64 / 1000.0),
             Dim::Cpu => format!("{amount}m"),
             Dim::Memory | Dim::Storage => bytes(amount),
-            Dim::Gpu => amount.to_string(),
+            Dim::Gpu | Dim::Deployments => amount.to_string(),
         }
     }
 }
@@ -171,14 +201,13 @@ impl Need<'_> {
         let need = &self.resources;
         if let Some(d) = Dim::ALL
             .into_iter()
-            .find(|d| d.short(&c.capacity.total, need))
+            .find(|d| d.short(&c.capacity, Side::Total, need))
         {
             return Some(Miss::TooSmall(d));
         }
-        let free = c.capacity.available();
         Dim::ALL
             .into_iter()
-            .find(|d| d.short(&free, need))
+            .find(|d| d.short(&c.capacity, Side::Free, need))
             .map(Miss::Insufficient)
     }
 
@@ -202,8 +231,8 @@ impl Need<'_> {
                 None => now += 1,
                 Some(m) => {
                     let amount = match &m {
-                        Miss::TooSmall(d) => d.of(&c.capacity.total),
-                        Miss::Insufficient(d) => d.of(&c.capacity.available()),
+                        Miss::TooSmall(d) => d.of(&c.capacity, Side::Total),
+                        Miss::Insufficient(d) => d.of(&c.capacity, Side::Free),
                         _ => None,
                     };
                     if let Some(a) = amount {
@@ -223,7 +252,7 @@ impl Need<'_> {
         let parts: Vec<String> = counts
             .iter()
             .map(|(m, n)| {
-                let need = |d: &Dim| d.show(d.of(&self.resources).unwrap_or(0));
+                let need = |d: &Dim| d.show(d.need(&self.resources).unwrap_or(0));
                 let has = |d: &Dim| d.show(best.get(m).copied().unwrap_or(0));
                 match m {
                     Miss::Unhealthy => format!("{n} unhealthy"),
@@ -236,6 +265,9 @@ impl Need<'_> {
                         need(d),
                         has(d)
                     ),
+                    Miss::Insufficient(Dim::Deployments) => {
+                        format!("{n} already running their max_deployments")
+                    }
                     Miss::Insufficient(d) => format!(
                         "{n} insufficient {} (needs {}, most free {})",
                         d.name(),
@@ -286,6 +318,7 @@ mod tests {
                     memory_bytes: 8 << 30,
                     ..Resources::ZERO
                 }),
+                ..Capacity::default()
             },
             labels: [(labels::REGION.to_string(), region.to_string())].into(),
             version: 0,
@@ -333,6 +366,26 @@ mod tests {
             "{}",
             v.text
         );
+        // A provider at its max_deployments is a dimension of its own.
+        let mut full = provider("e", 8000, 0, "eu-west");
+        full.capacity.max_deployments = Some(1);
+        full.capacity.deployments = 1;
+        let small = Need {
+            resources: Resources {
+                cpu_millis: 100,
+                ..Resources::ZERO
+            },
+            ..Need::default()
+        };
+        let v = small.explain(&[full.clone()]);
+        assert_eq!(
+            v.text,
+            "0/1 providers can run it now: 1 already running their max_deployments"
+        );
+        assert_eq!((v.now, v.later), (0, 1));
+        assert!(!small.feasible(&full));
+        full.capacity.deployments = 0;
+        assert!(small.feasible(&full));
         // Knowing no provider at all is not "never": the mesh may not be heard yet.
         assert!(!Need::default().explain(&[]).never());
     }

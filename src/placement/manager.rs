@@ -181,6 +181,7 @@ impl Manager {
                 kind: desc.kind.as_str().to_string(),
                 endpoint: desc.endpoint.clone(),
                 labels: desc.labels.clone(),
+                max_deployments: desc.capacity.max_deployments,
             };
             if let Err(e) = self.book.blocking(move |s| s.put_provider(&rec)).await {
                 warn!(provider = %desc.id, error = %e, "cannot record the provider");

@@ -32,6 +32,7 @@ fn cand(id: &str, tier: Tier, free_cpu: u64, labels: &[(&str, &str)]) -> Candida
         capacity: Capacity {
             total: res(free_cpu + 1000, 4096),
             reserved: res(1000, 0),
+            ..Capacity::default()
         },
         labels: labels
             .iter()

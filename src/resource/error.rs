@@ -18,6 +18,9 @@ pub enum ResourceError {
         need: Resources,
         available: Resources,
     },
+    /// Admission refused: the provider runs its `max_deployments` already.
+    #[error("provider {provider} runs {max} deployments, its max_deployments: it admits another when one ends")]
+    NoSlot { provider: String, max: u32 },
     #[error("cannot pull image {image:?}: {reason} (is the image name right and the registry reachable? load it with `docker load` otherwise)")]
     PullFailed { image: String, reason: String },
     #[error("provider {provider} is unavailable: {reason}")]
@@ -49,9 +52,9 @@ impl ResourceError {
         match self {
             ResourceError::InvalidSpec { .. } => Code::InvalidArgument,
             ResourceError::NotFound(_) => Code::NotFound,
-            ResourceError::Exhausted { .. } | ResourceError::NoPlacement(_) => {
-                Code::ResourceExhausted
-            }
+            ResourceError::Exhausted { .. }
+            | ResourceError::NoSlot { .. }
+            | ResourceError::NoPlacement(_) => Code::ResourceExhausted,
             ResourceError::PullFailed { .. }
             | ResourceError::NeverFits(_)
             | ResourceError::Precondition(_) => Code::FailedPrecondition,
@@ -67,6 +70,7 @@ impl ResourceError {
             ResourceError::InvalidSpec { .. } => "invalid_spec",
             ResourceError::NotFound(_) => "not_found",
             ResourceError::Exhausted { .. } => "exhausted",
+            ResourceError::NoSlot { .. } => "max_deployments",
             ResourceError::PullFailed { .. } => "pull_failed",
             ResourceError::Unavailable { .. } => "unavailable",
             ResourceError::PermissionDenied(_) => "permission_denied",

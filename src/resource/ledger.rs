@@ -41,6 +41,11 @@ pub struct Ledger {
     total: Resources,
     reserved: Resources,
     held: HashMap<String, Resources>,
+    /// The most deployments held at once; None is no limit.
+    max_deployments: Option<u32>,
+    /// Held keys that are not deployments of ours (another tenant's pods
+    /// on a shared cluster): they take resources but no deployment slot.
+    uncounted: usize,
 }
 
 impl Ledger {
@@ -52,10 +57,22 @@ impl Ledger {
         }
     }
 
+    /// Caps how many deployments it holds at once.
+    pub fn with_max_deployments(mut self, max: Option<u32>) -> Ledger {
+        self.max_deployments = max;
+        self
+    }
+
+    pub fn max_deployments(&self) -> Option<u32> {
+        self.max_deployments
+    }
+
     pub fn capacity(&self) -> Capacity {
         Capacity {
             total: self.total,
             reserved: self.reserved,
+            max_deployments: self.max_deployments,
+            deployments: (self.held.len() - self.uncounted) as u32,
         }
     }
 
@@ -64,7 +81,14 @@ impl Ledger {
         if self.held.contains_key(key) {
             return Ok(());
         }
-        let available = self.total.saturating_sub(&self.reserved);
+        let capacity = self.capacity();
+        if !capacity.has_slot() {
+            return Err(ResourceError::NoSlot {
+                provider: self.provider.clone(),
+                max: capacity.max_deployments.unwrap_or_default(),
+            });
+        }
+        let available = capacity.available();
         if !available.fits(&need) {
             return Err(ResourceError::Exhausted {
                 provider: self.provider.clone(),
@@ -82,6 +106,15 @@ impl Ledger {
     pub fn adopt(&mut self, key: &str, need: Resources) {
         if self.held.insert(key.to_string(), need).is_none() {
             self.reserved = self.reserved.saturating_add(&need);
+        }
+    }
+
+    /// Like `adopt`, for what is not a deployment of ours: it takes
+    /// resources but no deployment slot, and is never released.
+    pub fn adopt_uncounted(&mut self, key: &str, need: Resources) {
+        if self.held.insert(key.to_string(), need).is_none() {
+            self.reserved = self.reserved.saturating_add(&need);
+            self.uncounted += 1;
         }
     }
 
@@ -157,5 +190,23 @@ mod tests {
         let err = l.reserve("b", res(600, 10, 0)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         assert!(err.to_string().contains("400m"), "{err}");
+    }
+
+    #[test]
+    fn max_deployments_is_a_dimension_of_its_own() {
+        let mut l = Ledger::new("p", res(8000, 8000, 0)).with_max_deployments(Some(2));
+        l.adopt_uncounted("others", res(1000, 10, 0));
+        l.reserve("a", res(100, 10, 0)).unwrap();
+        l.reserve("b", res(100, 10, 0)).unwrap();
+        assert_eq!(l.capacity().deployments, 2);
+        assert!(!l.capacity().has_slot());
+        let err = l.reserve("c", res(100, 10, 0)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.to_string().contains("max_deployments"), "{err}");
+        // A retry of one it holds is not a new deployment.
+        l.reserve("a", res(100, 10, 0)).unwrap();
+        l.release("a");
+        l.reserve("c", res(100, 10, 0)).unwrap();
+        assert_eq!(l.capacity().reserved.cpu_millis, 1200);
     }
 }

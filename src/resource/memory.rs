@@ -54,6 +54,15 @@ impl MemoryProvider {
         }
     }
 
+    /// Runs at most `max` deployments at once.
+    pub fn with_max_deployments(self, max: Option<u32>) -> MemoryProvider {
+        {
+            let mut books = self.books();
+            books.ledger = std::mem::take(&mut books.ledger).with_max_deployments(max);
+        }
+        self
+    }
+
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {
         self.books.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -26,6 +26,8 @@ pub struct ProviderTarget {
     /// A kubeconfig file on this node.
     pub kubeconfig_path: String,
     pub labels: BTreeMap<String, String>,
+    /// The most deployments it runs at once; None is no limit.
+    pub max_deployments: Option<u32>,
 }
 
 impl ProviderTarget {
@@ -45,6 +47,7 @@ impl fmt::Debug for ProviderTarget {
             .field("token", &(!self.token.is_empty()).then_some("<redacted>"))
             .field("kubeconfig_path", &self.kubeconfig_path)
             .field("labels", &self.labels)
+            .field("max_deployments", &self.max_deployments)
             .finish()
     }
 }

@@ -77,16 +77,52 @@ impl fmt::Display for Resources {
     }
 }
 
-/// What a provider has: `total`, of which `reserved` is promised to deployments.
+/// What a provider has: `total`, of which `reserved` is promised to
+/// deployments, and how many deployments it holds against the most it
+/// runs at once (seed 004's per-resource concurrency: 1 for a single device).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capacity {
     pub total: Resources,
     pub reserved: Resources,
+    /// The most deployments it runs at once; None is no limit.
+    pub max_deployments: Option<u32>,
+    /// Deployments holding a reservation now.
+    pub deployments: u32,
 }
 
 impl Capacity {
     pub fn available(&self) -> Resources {
         self.total.saturating_sub(&self.reserved)
+    }
+
+    /// Room for one more deployment under `max_deployments`.
+    pub fn has_slot(&self) -> bool {
+        self.max_deployments.is_none_or(|m| self.deployments < m)
+    }
+
+    /// Could one more deployment needing `need` be admitted now?
+    pub fn admits(&self, need: &Resources) -> bool {
+        self.has_slot() && self.available().fits(need)
+    }
+
+    /// Counts one more deployment needing `need` (a plan's bookkeeping).
+    pub fn take(&mut self, need: &Resources) {
+        self.reserved = self.reserved.saturating_add(need);
+        self.deployments = self.deployments.saturating_add(1);
+    }
+
+    /// The sum of two capacities; a limit on either side adds up, and no
+    /// limit on one side makes the sum unlimited.
+    pub fn plus(&self, o: &Capacity) -> Capacity {
+        Capacity {
+            total: self.total.saturating_add(&o.total),
+            reserved: self.reserved.saturating_add(&o.reserved),
+            max_deployments: match (self.max_deployments, o.max_deployments) {
+                (Some(a), Some(b)) => Some(a.saturating_add(b)),
+                _ => None,
+            },
+            deployments: self.deployments.saturating_add(o.deployments),
+        }
     }
 }
 

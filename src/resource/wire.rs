@@ -39,6 +39,8 @@ impl From<Capacity> for pb::Capacity {
             total: Some(c.total.into()),
             reserved: Some(c.reserved.into()),
             available: Some(c.available().into()),
+            max_deployments: c.max_deployments.unwrap_or(0),
+            deployments: c.deployments,
         }
     }
 }
@@ -48,6 +50,8 @@ impl From<pb::Capacity> for Capacity {
         Capacity {
             total: c.total.unwrap_or_default().into(),
             reserved: c.reserved.unwrap_or_default().into(),
+            max_deployments: Some(c.max_deployments).filter(|m| *m > 0),
+            deployments: c.deployments,
         }
     }
 }
@@ -288,6 +292,7 @@ impl From<pb::RegisterProviderRequest> for ProviderTarget {
             token: r.token,
             kubeconfig_path: r.kubeconfig_path,
             labels: r.labels.into_iter().collect(),
+            max_deployments: Some(r.max_deployments).filter(|m| *m > 0),
         }
     }
 }

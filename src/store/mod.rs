@@ -68,6 +68,9 @@ pub struct ProviderRecord {
     /// Labels as advertised (not secret).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The most deployments it runs at once, as registered.
+    #[serde(default)]
+    pub max_deployments: Option<u32>,
 }
 
 /// The provider a deployment was sent to, enough to reach it again.

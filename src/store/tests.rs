@@ -117,6 +117,7 @@ fn suite(store: &dyn Store) {
         kind: "docker".into(),
         endpoint: "tcp://10.0.0.1:2376".into(),
         labels: [("region".to_string(), "eu".to_string())].into(),
+        max_deployments: Some(2),
     };
     store.put_provider(&p).unwrap();
     assert_eq!(store.providers().unwrap(), vec![p.clone()]);

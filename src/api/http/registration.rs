@@ -36,6 +36,8 @@ pub struct Registration {
     #[serde(default)]
     tls_key: String,
     #[serde(default)]
+    max_deployments: Option<u32>,
+    #[serde(default)]
     config: Option<RegistrationConfig>,
 }
 
@@ -69,6 +71,11 @@ impl Registration {
             };
             endpoint = format!("{scheme}://{}:{port}", self.host);
         }
+        if self.max_deployments == Some(0) {
+            return Err(bad_request(
+                "max_deployments: must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
         let mut kubeconfig_path = self.kubeconfig_path;
         if let Some(cfg) = self.config {
             if cfg.kubeconfig.is_some() {
@@ -95,6 +102,7 @@ impl Registration {
             tls_ca: self.tls_ca,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            max_deployments: self.max_deployments.unwrap_or(0),
         })
     }
 }

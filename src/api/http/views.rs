@@ -46,6 +46,10 @@ pub struct CapacityView {
     pub total: Amounts,
     pub reserved: Amounts,
     pub available: Amounts,
+    /// The most deployments run at once; null is no limit.
+    pub max_deployments: Option<u32>,
+    /// Deployments holding a reservation now.
+    pub deployments: u32,
 }
 
 impl From<Option<&pb::Capacity>> for CapacityView {
@@ -55,6 +59,8 @@ impl From<Option<&pb::Capacity>> for CapacityView {
             total: c.total.as_ref().into(),
             reserved: c.reserved.as_ref().into(),
             available: c.available.as_ref().into(),
+            max_deployments: Some(c.max_deployments).filter(|m| *m > 0),
+            deployments: c.deployments,
         }
     }
 }

@@ -468,3 +468,42 @@ async fn a_newcomer_leaves_to_the_line_what_it_waits_for_and_only_that() {
         .unwrap_err();
     assert!(matches!(err, ResourceError::NoPlacement(_)), "{err}");
 }
+
+#[tokio::test]
+async fn a_provider_at_its_max_deployments_makes_the_next_wait_with_that_reason() {
+    let m = Manager::open(
+        "home",
+        Arc::new(NoMesh),
+        Strategy::Spread,
+        false,
+        7,
+        Arc::new(MemoryStore::new()),
+    )
+    .unwrap();
+    let p = Arc::new(
+        MemoryProvider::new("device", cpus(8), Default::default()).with_max_deployments(Some(1)),
+    );
+    m.add_provider(p.clone(), Tier::Internal).await.unwrap();
+    let opts = || waits(PriorityClass::Interactive, 0);
+    m.deploy(spec("first", 1), opts(), ProgressSink::none())
+        .await
+        .unwrap();
+    // Plenty of CPU is free, but the one slot is taken.
+    let second = m
+        .deploy(spec("second", 1), opts(), ProgressSink::none())
+        .await
+        .unwrap();
+    let reason = second.deployment.state().reason().to_string();
+    assert!(matches!(second.deployment.state(), DeployState::Queued(_)));
+    assert!(
+        reason.starts_with("0/1 providers can run it now: 1 already running their max_deployments"),
+        "{reason}"
+    );
+    // Never-fits does not apply: the slot frees when the first ends.
+    let mut seen = Seen::default();
+    assert_eq!(m.pass(&mut seen).await, 0);
+    m.stop(&deployment_id("first")).await.unwrap();
+    assert_eq!(m.pass(&mut seen).await, 1);
+    assert_eq!(state(&m, "second").await, DeployState::Running);
+    assert_eq!(p.describe().await.unwrap().capacity.deployments, 1);
+}

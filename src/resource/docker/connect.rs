@@ -211,7 +211,8 @@ impl DockerProvider {
             labels: settings.labels.clone(),
             docker,
             books: Mutex::new(Books {
-                ledger: Ledger::new(&settings.id, total),
+                ledger: Ledger::new(&settings.id, total)
+                    .with_max_deployments(settings.max_deployments),
                 gpus: GpuPool::new(settings.gpus.clone()),
                 history: HashMap::new(),
                 busy: HashSet::new(),

@@ -82,6 +82,8 @@ pub struct DockerSettings {
     pub tls: Option<DockerTls>,
     /// What to offer; None = the host's totals from `docker info` (NCPU, MemTotal).
     pub limits: Option<Resources>,
+    /// The most deployments it runs at once; None is no limit.
+    pub max_deployments: Option<u32>,
     /// Advertised labels (`region`, `zone`, …); `gpu.model` is added when GPUs exist.
     pub labels: BTreeMap<String, String>,
     /// The node this provider belongs to (labels its containers).

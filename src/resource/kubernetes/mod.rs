@@ -97,6 +97,8 @@ pub struct KubeSettings {
     /// Upper bound on what this provider offers of the cluster; a zero
     /// storage limit means "no storage cap".
     pub limits: Option<Resources>,
+    /// The most deployments it runs at once; None is no limit.
+    pub max_deployments: Option<u32>,
 }
 
 /// Reserved for a pod a listing may not show yet.
@@ -162,7 +164,8 @@ impl KubernetesProvider {
         KubernetesProvider {
             books: Mutex::new(Books {
                 // Nothing is offered until the first census.
-                ledger: Ledger::new(&settings.id, Resources::ZERO),
+                ledger: Ledger::new(&settings.id, Resources::ZERO)
+                    .with_max_deployments(settings.max_deployments),
                 inflight: HashMap::new(),
                 gpu_products: Vec::new(),
                 started: 0,
@@ -240,9 +243,10 @@ impl KubernetesProvider {
             let mut ledger = Ledger::new(
                 &self.settings.id,
                 cap(census.total, self.settings.limits.as_ref()),
-            );
+            )
+            .with_max_deployments(self.settings.max_deployments);
             if census.others != Resources::ZERO {
-                ledger.adopt(OTHERS, census.others);
+                ledger.adopt_uncounted(OTHERS, census.others);
             }
             for (name, need) in &census.own {
                 ledger.adopt(name, *need);
