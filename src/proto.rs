@@ -14,6 +14,9 @@ pub mod iarnet {
         }
     }
     pub mod resource {
+        // DeployEvent's last event carries the whole Deployment (its lease
+        // included); one per deploy stream, so boxing it would buy nothing.
+        #[allow(clippy::large_enum_variant)]
         pub mod v1 {
             tonic::include_proto!("iarnet.resource.v1");
         }

@@ -391,6 +391,52 @@ impl ResourceService for ResourceApi {
         let (d, owner) = stopped?;
         Ok(Response::new(deployment_to_proto(&d, &owner)))
     }
+
+    async fn renew_lease(
+        &self,
+        request: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let who = who(&request);
+        let req = request.into_inner();
+        let epoch = Some(req.epoch).filter(|e| *e > 0);
+        let renewed = self
+            .manager
+            .renew_lease(&req.id, epoch)
+            .await
+            .map_err(Status::from);
+        let (result, error) = outcome(&renewed);
+        self.audit.record(
+            "renew_lease",
+            &who,
+            result,
+            json!({"id": req.id, "epoch": req.epoch, "error": error}),
+        );
+        let (d, owner) = renewed?;
+        Ok(Response::new(deployment_to_proto(&d, &owner)))
+    }
+
+    async fn release_lease(
+        &self,
+        request: Request<pb::ReleaseLeaseRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let who = who(&request);
+        let req = request.into_inner();
+        let epoch = Some(req.epoch).filter(|e| *e > 0);
+        let released = self
+            .manager
+            .release_lease(&req.id, epoch)
+            .await
+            .map_err(Status::from);
+        let (result, error) = outcome(&released);
+        self.audit.record(
+            "release_lease",
+            &who,
+            result,
+            json!({"id": req.id, "epoch": req.epoch, "error": error}),
+        );
+        let (d, owner) = released?;
+        Ok(Response::new(deployment_to_proto(&d, &owner)))
+    }
 }
 
 #[cfg(test)]

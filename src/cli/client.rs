@@ -76,6 +76,24 @@ pub enum Command {
         target: Target,
         id: String,
     },
+    /// Renew a deployment's lease: one more lease TTL from now, on its owner.
+    Renew {
+        #[command(flatten)]
+        target: Target,
+        id: String,
+        /// Only if the lease is still this epoch (the one you were given).
+        #[arg(long)]
+        epoch: Option<u64>,
+    },
+    /// Release a deployment's lease now: its owner stops it and frees its resources.
+    Release {
+        #[command(flatten)]
+        target: Target,
+        id: String,
+        /// Only if the lease is still this epoch (the one you were given).
+        #[arg(long)]
+        epoch: Option<u64>,
+    },
     /// Create the mesh's CA and node certificates for mutual TLS.
     #[command(subcommand)]
     Cert(super::cert::CertCommand),
@@ -196,6 +214,19 @@ pub struct DeployArgs {
     /// Wait even when no provider in the mesh could ever hold it.
     #[arg(long)]
     pub wait_for_capacity: bool,
+    /// A lease, e.g. 10m: the owner stops it and frees its resources when it
+    /// runs out (renew with `iarnet renew`).
+    #[arg(long, default_value = "", value_name = "TTL")]
+    pub lease: String,
+    /// The owner renews the lease by itself, up to --max-renewals.
+    #[arg(long)]
+    pub auto_renew: bool,
+    /// Renewals allowed (by you or automatic); default: no limit.
+    #[arg(long, value_name = "N")]
+    pub max_renewals: Option<u32>,
+    /// Who holds the lease; default: the node that accepts the deploy.
+    #[arg(long, default_value = "")]
+    pub lease_holder: String,
     /// Idempotency key: the same id never starts a second container. Default: random.
     #[arg(long)]
     pub request_id: Option<String>,
@@ -453,6 +484,32 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
                 Output::Table => writeln!(out, "stopped {} ({})", d.id, d.state)?,
             }
         }
+        Command::Renew { target, id, epoch } => {
+            let mut api = ResourceServiceClient::new(target.connect().await?);
+            let req = pb::RenewLeaseRequest {
+                id,
+                epoch: epoch.unwrap_or(0),
+            };
+            let d = api
+                .renew_lease(target.request(req))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner();
+            lease_answer(&mut out, &target, &d, "renewed")?;
+        }
+        Command::Release { target, id, epoch } => {
+            let mut api = ResourceServiceClient::new(target.connect().await?);
+            let req = pb::ReleaseLeaseRequest {
+                id,
+                epoch: epoch.unwrap_or(0),
+            };
+            let d = api
+                .release_lease(target.request(req))
+                .await
+                .map_err(|s| rpc(&target, s))?
+                .into_inner();
+            lease_answer(&mut out, &target, &d, "released")?;
+        }
         Command::Cert(cmd) => {
             let written = super::cert::run(cmd).map_err(|e| ClientError::Usage {
                 flag: "cert",
@@ -481,6 +538,25 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// What `renew` and `release` print: the deployment and its lease.
+fn lease_answer(
+    out: &mut impl Write,
+    target: &Target,
+    d: &pb::Deployment,
+    done: &str,
+) -> Result<(), ClientError> {
+    match target.output {
+        Output::Json => json_line(out, d),
+        Output::Table => {
+            writeln!(out, "{done} the lease of {} ({})", d.id, d.state)?;
+            if let Some(l) = &d.lease {
+                writeln!(out, "{}", render::lease_line(l))?;
+            }
+            Ok(())
+        }
+    }
 }
 
 fn json_line(out: &mut impl Write, value: &impl serde::Serialize) -> Result<(), ClientError> {
@@ -562,6 +638,10 @@ impl DeployArgs {
             priority_value: self.priority_value,
             queue_timeout: self.queue_timeout.clone(),
             wait_for_capacity: self.wait_for_capacity,
+            lease_ttl: self.lease.clone(),
+            auto_renew: self.auto_renew,
+            max_renewals: self.max_renewals,
+            lease_holder: self.lease_holder.clone(),
         })
     }
 }
@@ -591,10 +671,6 @@ async fn deploy(args: DeployArgs, out: &mut impl Write) -> Result<(), ClientErro
             Some(Event::Pull(p)) => progress.pull(&p),
             Some(Event::State(s)) => progress.state(&s),
             Some(Event::Placement(p)) if p.provider_id.is_empty() => {
-                progress.finish();
-                writeln!(out, "{}", p.reason)?;
-            }
-            Some(Event::Placement(p)) if p.provider_id.is_empty() => {
                 // Nothing admits it now: the reason says why it waits.
                 progress.finish();
                 writeln!(out, "{}", p.reason)?;
@@ -619,6 +695,9 @@ async fn deploy(args: DeployArgs, out: &mut impl Write) -> Result<(), ClientErro
             }
             Some(Event::Deployment(d)) => {
                 writeln!(out, "deployment {} is {}", d.id, d.state)?;
+                if let Some(l) = &d.lease {
+                    writeln!(out, "{}", render::lease_line(l))?;
+                }
             }
             None => {}
         }

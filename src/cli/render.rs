@@ -277,6 +277,9 @@ pub fn deployment(d: &pb::Deployment) -> String {
     if !d.reason.is_empty() {
         out.push_str(&format!("reason:    {}\n", d.reason));
     }
+    if let Some(l) = &d.lease {
+        out.push_str(&format!("{}\n", lease_line(l)));
+    }
     out.push_str("history:\n");
     for h in &d.history {
         let at = crate::resource::wire::from_unix(h.at_unix);
@@ -292,6 +295,29 @@ pub fn deployment(d: &pb::Deployment) -> String {
         ));
     }
     out
+}
+
+/// `lease:     active (LEASED), epoch 3, expires in 9m 58s, 1/3 renewals, holder n1`
+pub fn lease_line(l: &pb::Lease) -> String {
+    let renewals = match l.max_renewals {
+        Some(max) => format!("{}/{max} renewals", l.renewals),
+        None => format!("{} renewals", l.renewals),
+    };
+    let when = if l.state == "active" {
+        let left = std::time::Duration::from_secs(l.expires_in_secs.max(0.0) as u64);
+        format!("expires in {}", humantime::format_duration(left))
+    } else {
+        format!("ended ({})", l.state)
+    };
+    format!(
+        "lease:     {} ({}), epoch {}, ttl {}s{}, {when}, {renewals}, holder {}",
+        l.state,
+        l.seed_state,
+        l.epoch,
+        l.ttl_secs,
+        if l.auto_renew { " auto-renew" } else { "" },
+        l.holder
+    )
 }
 
 /// Image pull progress on stderr: one line redrawn in place on a terminal,

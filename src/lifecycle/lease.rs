@@ -10,54 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::queue::WallMs;
-
-/// What a deploy asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseTerms {
-    pub ttl_ms: u64,
-    /// The owner renews by itself when the lease runs out, up to `max_renewals`.
-    pub auto_renew: bool,
-    /// Renewals allowed, by the holder or automatic; None is no limit.
-    pub max_renewals: Option<u32>,
-}
-
-/// The shortest and longest lease a deploy may ask for.
-pub const MIN_TTL_MS: u64 = 1_000;
-pub const MAX_TTL_MS: u64 = 30 * 86_400_000;
-
-impl LeaseTerms {
-    /// Checks the terms, naming the field at fault.
-    pub fn check(&self) -> Result<(), (&'static str, String)> {
-        if !(MIN_TTL_MS..=MAX_TTL_MS).contains(&self.ttl_ms) {
-            return Err((
-                "lease_ttl",
-                format!(
-                    "{} ms is out of range: give 1s to 30d (e.g. \"10m\")",
-                    self.ttl_ms
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeaseState {
-    Active,
-    Released,
-    Expired,
-}
-
-impl LeaseState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeaseState::Active => "active",
-            LeaseState::Released => "released",
-            LeaseState::Expired => "expired",
-        }
-    }
-}
+use crate::resource::{LeaseState, LeaseTerms, LeaseView};
 
 /// One lease, as the owner keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,7 +33,9 @@ pub struct Lease {
 /// Why a renewal was refused (FAILED_PRECONDITION at the surface).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {
-    #[error("the lease expired at {at_ms} ms (Unix) and its deployment was stopped; deploy again for a new lease")]
+    #[error("the lease's epoch is {current}, not {given}: it was granted again since, and the holder of epoch {given} lost it")]
+    Fenced { current: u64, given: u64 },
+    #[error("the lease expired at {} and its deployment was stopped; deploy again for a new lease", rfc3339(*at_ms))]
     Expired { at_ms: WallMs },
     #[error("the lease was released; deploy again for a new lease")]
     Released,
@@ -88,6 +43,11 @@ pub enum LeaseError {
         "the lease was renewed {max} times already, its max_renewals; deploy again for a new lease"
     )]
     MaxRenewals { max: u32 },
+}
+
+fn rfc3339(ms: WallMs) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// What `tick` decided.
@@ -107,13 +67,14 @@ impl Lease {
         transitions: u32,
         now: WallMs,
     ) -> Lease {
+        let ttl_ms = terms.ttl_ms;
         Lease {
             holder: holder.to_string(),
             terms,
             epoch,
             acquired_ms: now,
             renewed_ms: None,
-            expires_ms: now.saturating_add(terms.ttl_ms),
+            expires_ms: now.saturating_add(ttl_ms),
             renewals: 0,
             transitions,
             state: LeaseState::Active,
@@ -180,11 +141,45 @@ impl Lease {
         Some(LeaseEvent::Expired)
     }
 
-    /// Seed 004's name for where the lease stands.
-    pub fn seed_state(&self) -> &'static str {
-        match self.state {
-            LeaseState::Active => "LEASED",
-            LeaseState::Released | LeaseState::Expired => "RELEASING",
+    /// Refuses a holder whose epoch is not the current one (None: any).
+    pub fn fence(&self, epoch: Option<u64>) -> Result<(), LeaseError> {
+        match epoch {
+            Some(given) if given != self.epoch => Err(LeaseError::Fenced {
+                current: self.epoch,
+                given,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Seed 004's name for where the lease stands: `LEASED` while active,
+    /// `RELEASING` once released or expired until its container is gone
+    /// (`stopped`), then `TERMINATED`.
+    pub fn seed_state(&self, stopped: bool) -> &'static str {
+        match (self.state, stopped) {
+            (LeaseState::Active, _) => "LEASED",
+            (_, false) => "RELEASING",
+            (_, true) => "TERMINATED",
+        }
+    }
+
+    /// The lease as the owner answers for it at `now`.
+    pub fn view(&self, now: WallMs, stopped: bool) -> LeaseView {
+        LeaseView {
+            holder: self.holder.clone(),
+            terms: self.terms.clone(),
+            epoch: self.epoch,
+            acquired_ms: self.acquired_ms,
+            renewed_ms: self.renewed_ms,
+            expires_ms: self.expires_ms,
+            remaining_ms: match self.state {
+                LeaseState::Active => self.expires_ms.saturating_sub(now),
+                _ => 0,
+            },
+            renewals: self.renewals,
+            transitions: self.transitions,
+            state: self.state,
+            seed_state: self.seed_state(stopped).to_string(),
         }
     }
 }
@@ -198,6 +193,7 @@ mod tests {
             ttl_ms: 1_000,
             auto_renew,
             max_renewals: max,
+            holder: String::new(),
         }
     }
 
@@ -232,7 +228,9 @@ mod tests {
         }
         assert_eq!(renewed, 3);
         assert_eq!(l.state, LeaseState::Expired);
-        assert_eq!(l.seed_state(), "RELEASING");
+        assert_eq!(l.seed_state(false), "RELEASING");
+        assert_eq!(l.seed_state(true), "TERMINATED");
+        assert_eq!(l.view(now, true).remaining_ms, 0);
     }
 
     #[test]
@@ -243,11 +241,24 @@ mod tests {
         l.release().unwrap();
         assert_eq!(l.renew(10), Err(LeaseError::Released));
         assert_eq!(l.release(), Err(LeaseError::Released));
-        assert!(LeaseTerms {
-            ttl_ms: 10,
-            ..terms(false, None)
-        }
-        .check()
-        .is_err());
+    }
+
+    #[test]
+    fn a_stale_epoch_is_fenced_off() {
+        let l = Lease::grant("h", terms(false, None), 9, 2, 0);
+        assert_eq!(l.fence(None), Ok(()));
+        assert_eq!(l.fence(Some(9)), Ok(()));
+        let e = l.fence(Some(8)).unwrap_err();
+        assert_eq!(
+            e,
+            LeaseError::Fenced {
+                current: 9,
+                given: 8
+            }
+        );
+        assert!(e.to_string().contains("lost it"), "{e}");
+        let v = l.view(400, false);
+        assert_eq!((v.remaining_ms, v.epoch, v.transitions), (600, 9, 2));
+        assert_eq!(v.seed_state, "LEASED");
     }
 }

@@ -128,6 +128,25 @@ impl Default for QueueMetrics {
     }
 }
 
+/// What an owner's leases did since start (atomic handles, shared with the scrape).
+#[derive(Debug, Clone, Default)]
+pub struct LeaseMetrics {
+    pub granted: Counter,
+    /// Renewed by their holder (RenewLease).
+    pub renewed: Counter,
+    /// Renewed by the owner itself (auto_renew).
+    pub auto_renewed: Counter,
+    /// Released by their holder, or ended by a stop.
+    pub released: Counter,
+    pub expired: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ByLabel {
+    /// holder (RenewLease) or owner (auto_renew).
+    pub by: String,
+}
+
 /// The node's state at one scrape.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
@@ -145,6 +164,9 @@ pub struct Snapshot {
     /// Deploys queued at this node, by priority class.
     pub queued: Vec<(String, u64)>,
     pub queue: QueueMetrics,
+    /// Leases this node keeps as an owner, by state.
+    pub leases: Vec<(String, u64)>,
+    pub lease: LeaseMetrics,
 }
 
 impl Metrics {
@@ -244,6 +266,40 @@ impl Metrics {
             "Time deploys spent queued, counted when they left the queue",
             s.queue.wait_seconds.clone(),
         );
+        r.register(
+            "leases",
+            "Leases this node keeps as the owner of their providers, by state",
+            gauges(&s.leases, |state| StateLabel { state }),
+        );
+        r.register(
+            "lease_grants",
+            "Leases granted on this node's providers",
+            s.lease.granted.clone(),
+        );
+        let renewals = Family::<ByLabel, Counter>::default();
+        renewals
+            .get_or_create(&ByLabel {
+                by: "holder".into(),
+            })
+            .inc_by(s.lease.renewed.get());
+        renewals
+            .get_or_create(&ByLabel { by: "owner".into() })
+            .inc_by(s.lease.auto_renewed.get());
+        r.register(
+            "lease_renewals",
+            "Lease renewals, by the holder (RenewLease) or the owner (auto_renew)",
+            renewals,
+        );
+        r.register(
+            "lease_releases",
+            "Leases released by their holder or ended by a stop",
+            s.lease.released.clone(),
+        );
+        r.register(
+            "lease_expiries",
+            "Leases that ran out: their deployments were stopped",
+            s.lease.expired.clone(),
+        );
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &root);
@@ -337,6 +393,7 @@ mod tests {
             deployments: vec![("running".into(), 1)],
             placements: vec![("refused".into(), "exhausted".into(), 4)],
             queued: vec![("batch".into(), 2)],
+            leases: vec![("active".into(), 1)],
             process: Some(ProcessStats {
                 resident_memory_bytes: 1 << 20,
                 open_fds: 9,
@@ -358,6 +415,11 @@ mod tests {
             "iarnet_queue_unblocked_total 0",
             "iarnet_queue_timeouts_total 0",
             "iarnet_queue_wait_seconds_count 0",
+            "iarnet_leases{state=\"active\"} 1",
+            "iarnet_lease_grants_total 0",
+            "iarnet_lease_renewals_total{by=\"owner\"} 0",
+            "iarnet_lease_releases_total 0",
+            "iarnet_lease_expiries_total 0",
             "process_cpu_seconds_total 0",
             "process_start_time_seconds",
         ] {

@@ -185,6 +185,12 @@ pub async fn serve(
             .instrument(tracing::info_span!(parent: &span, "queue")),
     );
     tasks.spawn(
+        manager
+            .clone()
+            .run_leases(cancel.child_token())
+            .instrument(tracing::info_span!(parent: &span, "leases")),
+    );
+    tasks.spawn(
         providers::refresh_loop(
             manager,
             (interval * REFRESH_ROUNDS).max(REFRESH_MIN),

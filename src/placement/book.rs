@@ -86,11 +86,7 @@ impl Book {
         &self,
         op: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ResourceError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || op(&*store))
-            .await
-            .map_err(|e| store_unavailable(&self.node_id, e.to_string()))?
-            .map_err(|e| store_unavailable(&self.node_id, e.to_string()))
+        run_blocking(&self.store, &self.node_id, op).await
     }
 
     /// One small commit inline, for rare operator-driven changes.
@@ -190,6 +186,19 @@ impl Book {
             found => found,
         }
     }
+}
+
+/// Runs a store operation of `node_id`'s store on the blocking pool.
+pub async fn run_blocking<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    node_id: &str,
+    op: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ResourceError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || op(&*store))
+        .await
+        .map_err(|e| store_unavailable(node_id, e.to_string()))?
+        .map_err(|e| store_unavailable(node_id, e.to_string()))
 }
 
 fn store_unavailable(node_id: &str, error: String) -> ResourceError {

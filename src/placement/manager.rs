@@ -14,6 +14,8 @@ use tracing::warn;
 
 use super::book::{candidate_of, Book, Found};
 use super::call::serve::serve_call;
+use super::leased::Leased;
+use super::leases::Leases;
 use super::pending::Pending;
 use super::place::{queued_view, Outcomes, Placer};
 use super::rank::{Index, Strategy};
@@ -26,6 +28,7 @@ use crate::resource::{
 use crate::store::{DeploymentRecord, MemoryStore, ProviderRecord, Store, StoreError, Stored};
 use crate::sync::KeyLocks;
 
+mod leases;
 mod queue;
 mod reconcile;
 pub use super::place::{PlaceOptions, Placed};
@@ -50,6 +53,8 @@ pub struct Manager {
     queue_stats: crate::metrics::QueueMetrics,
     /// Where queue events are recorded, once the node has one.
     audit: OnceLock<Arc<Audit>>,
+    /// Leases on this node's own providers (it is their owner).
+    leases: Arc<Leases>,
 }
 
 impl Manager {
@@ -61,7 +66,9 @@ impl Manager {
         allow_remote_access: bool,
         seed: u64,
     ) -> Manager {
-        let book = Book::new(node_id, Arc::new(MemoryStore::new()), HashMap::new());
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let book = Book::new(node_id, store.clone(), HashMap::new());
+        let leases = Leases::open(node_id, store).expect("an empty in-memory store always reads");
         Manager::with_book(
             node_id,
             discovery,
@@ -70,6 +77,7 @@ impl Manager {
             seed,
             book,
             Pending::default(),
+            leases,
         )
     }
 
@@ -94,6 +102,7 @@ impl Manager {
                 None => warn!(deployment = %q.id, "a queue entry without its record is ignored"),
             }
         }
+        let leases = Leases::open(node_id, store)?;
         Ok(Manager::with_book(
             node_id,
             discovery,
@@ -102,9 +111,11 @@ impl Manager {
             seed,
             book,
             Pending::restore(queued),
+            leases,
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn with_book(
         node_id: &str,
         discovery: Arc<dyn Discovery>,
@@ -113,6 +124,7 @@ impl Manager {
         seed: u64,
         book: Book,
         pending: Pending,
+        leases: Leases,
     ) -> Manager {
         Manager {
             node_id: node_id.to_string(),
@@ -125,11 +137,13 @@ impl Manager {
             pending,
             queue_stats: Default::default(),
             audit: OnceLock::new(),
+            leases: Arc::new(leases),
         }
     }
 
-    /// Records queue events (unblocked, expired) in the node's audit log.
+    /// Records queue and lease events in the node's audit log.
     pub fn set_audit(&self, audit: Arc<Audit>) {
+        self.leases.set_audit(audit.clone());
         let _ = self.audit.set(audit);
     }
 
@@ -165,12 +179,14 @@ impl Manager {
     }
 
     /// Adds one of this node's providers and advertises it; an external
-    /// one is recorded so that the next start reconnects it.
+    /// one is recorded so that the next start reconnects it. The node keeps
+    /// the leases of what runs on it.
     pub async fn add_provider(
         &self,
         provider: Arc<dyn Provider>,
         tier: Tier,
     ) -> Result<ProviderDescriptor, ResourceError> {
+        let provider = Arc::new(Leased::new(provider, self.leases.clone()));
         let desc = self.registry.add(provider, tier).await?;
         if tier == Tier::External {
             // The endpoint is already stripped of credentials (see
@@ -260,11 +276,34 @@ impl Manager {
             Err(e) => Err(e),
         };
         match (found, stored) {
-            (Ok(d), _) => Ok(d),
+            (Ok(d), _) => {
+                self.note(&d.0).await;
+                Ok(d)
+            }
             (Err(ResourceError::NotFound(_)), Some(rec)) => {
                 Ok((rec.to_deployment(), rec.placed_on.owner_id))
             }
             (Err(e), _) => Err(e),
+        }
+    }
+
+    /// Keeps the record of a deployment placed here in step with an end
+    /// its provider reported (an exit, a lease that ran out), so that it is
+    /// answered right once its container is gone.
+    async fn note(&self, d: &Deployment) {
+        if !d.state().is_final() {
+            return;
+        }
+        let Some(mut rec) = self.book.get(&d.id) else {
+            return;
+        };
+        if rec.state().is_final() || !rec.placed_on.is_placed() {
+            return;
+        }
+        let _held = self.inflight.lock(&rec.request_id).await;
+        rec.observe(d);
+        if let Err(e) = self.book.persist(&rec).await {
+            warn!(deployment = %d.id, error = %e, "cannot record how a deployment ended");
         }
     }
 

@@ -7,14 +7,19 @@
 //! place      the loop: rank, record the intent, deploy, try the next
 //! book       durable deployment records and the lookups that find them
 //! pending    the home's queue of deploys that wait for capacity
+//! leases     the leases this node keeps as an owner, durable, fenced
+//! leased     this node's providers wrapped so every path keeps the leases
 //! call       CallProvider: the proxy to other nodes' providers, and serving
 //! manager    assembles the stages; answers status, logs, stop and listing;
-//!            its queue worker unblocks waiting deploys when capacity grows
+//!            its queue worker unblocks waiting deploys when capacity grows,
+//!            its lease worker stops what ran out of lease
 //! ```
 
 mod book;
 pub mod call;
 pub mod feasible;
+mod leased;
+pub mod leases;
 pub mod manager;
 mod pending;
 mod place;

@@ -145,11 +145,15 @@ impl Placer<'_> {
 
     async fn place(
         &self,
-        spec: DeploySpec,
+        mut spec: DeploySpec,
         opts: PlaceOptions,
         progress: ProgressSink,
     ) -> Result<Placed, ResourceError> {
         validate(&spec)?;
+        if let Some(lease) = spec.lease.as_mut().filter(|l| l.holder.is_empty()) {
+            // Held by its home unless the client named a holder.
+            lease.holder = self.node_id.to_string();
+        }
         let strategy = opts.strategy.unwrap_or(self.strategy);
         let id = deployment_id(&spec.request_id);
         let _held = self.inflight.lock(&spec.request_id).await;

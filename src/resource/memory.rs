@@ -121,6 +121,7 @@ impl Provider for MemoryProvider {
             resources: spec.resources,
             gpus,
             history: Vec::new(),
+            lease: None,
         };
         for s in [
             DeployState::Pending,

@@ -4,6 +4,7 @@
 //! ```text
 //! types      amounts, capacity, specs, deployments        (pure data)
 //! validate   field-by-field spec checks, idempotency keys
+//! lease      the lease a deploy asks for, and the owner's view of it
 //! ledger     per-provider reservations: admission without over-commit
 //! gpu        NVML inventory (and its twin), GPUs assigned by UUID
 //! provider   the Provider trait
@@ -22,6 +23,7 @@ pub mod error;
 pub mod gpu;
 pub mod kubernetes;
 pub mod labels;
+pub mod lease;
 pub mod ledger;
 pub mod memory;
 pub mod provider;
@@ -32,6 +34,7 @@ pub mod validate;
 pub mod wire;
 
 pub use error::ResourceError;
+pub use lease::{LeaseState, LeaseTerms, LeaseView};
 pub use provider::{LogOptions, LogStream, ProgressSink, Provider};
 pub use quantity::Quantity;
 pub use target::ProviderTarget;

@@ -69,4 +69,31 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Stops and removes the container; its reservation is released.
     async fn stop(&self, deployment_id: &str) -> Result<Deployment, ResourceError>;
+
+    /// One more lease TTL for a deployment, from now on the owner's clock.
+    /// `epoch` fences a holder that lost the lease (None: whatever is
+    /// current). Only a provider with a lease keeper (the node wraps its
+    /// own providers in one) or a proxy to such an owner keeps leases.
+    async fn renew_lease(
+        &self,
+        deployment_id: &str,
+        _epoch: Option<u64>,
+    ) -> Result<Deployment, ResourceError> {
+        Err(no_leases(self.id(), deployment_id))
+    }
+
+    /// Ends a deployment's lease now: it is stopped and its resources freed.
+    async fn release_lease(
+        &self,
+        deployment_id: &str,
+        _epoch: Option<u64>,
+    ) -> Result<Deployment, ResourceError> {
+        Err(no_leases(self.id(), deployment_id))
+    }
+}
+
+fn no_leases(provider: &str, deployment_id: &str) -> ResourceError {
+    ResourceError::Precondition(format!(
+        "provider {provider} keeps no leases, so deployment {deployment_id:?} holds none"
+    ))
 }

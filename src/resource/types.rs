@@ -256,6 +256,9 @@ pub struct DeploySpec {
     pub labels: BTreeMap<String, String>,
     /// Labels the provider must carry (e.g. `region: eu-west`).
     pub required_labels: BTreeMap<String, String>,
+    /// A lease: the owner stops it and frees its resources when it runs out.
+    #[serde(default)]
+    pub lease: Option<super::LeaseTerms>,
 }
 
 /// The life of a deployment.
@@ -340,9 +343,21 @@ pub struct Deployment {
     /// UUIDs of the GPUs assigned to it.
     pub gpus: Vec<String>,
     pub history: Vec<StateChange>,
+    /// Its lease, as the owner answered for it; None when it holds none.
+    pub lease: Option<super::LeaseView>,
 }
 
 impl Deployment {
+    /// Why it is in its state: why it waits, failed or expired, or that
+    /// its lease ended it.
+    pub fn reason(&self) -> String {
+        let state = self.state();
+        match (state.reason(), &self.lease) {
+            ("", Some(l)) if state.is_final() => l.ended_reason().unwrap_or_default(),
+            (why, _) => why.to_string(),
+        }
+    }
+
     pub fn state(&self) -> DeployState {
         self.history
             .last()

@@ -8,6 +8,7 @@ use crate::proto::resource as pb;
 use crate::resource::Quantity;
 
 use super::error::ResourceError;
+use super::lease::{LeaseState, LeaseTerms, LeaseView};
 use super::target::ProviderTarget;
 use super::types::*;
 
@@ -85,7 +86,10 @@ pub fn spec_from_proto(s: pb::DeploySpec) -> Result<DeploySpec, ResourceError> {
             udp: p.udp,
         });
     }
+    let lease =
+        LeaseTerms::from_fields(&s.lease_ttl, s.auto_renew, s.max_renewals, &s.lease_holder)?;
     Ok(DeploySpec {
+        lease,
         resources: Resources {
             cpu_millis: quantity("cpu", &s.cpu, true)?,
             memory_bytes: quantity("memory", &s.memory, false)?,
@@ -136,7 +140,71 @@ pub fn spec_to_proto(s: &DeploySpec) -> pb::DeploySpec {
         },
         labels: s.labels.clone().into_iter().collect(),
         required_labels: s.required_labels.clone().into_iter().collect(),
+        // Exact milliseconds, which humantime reads back as they were.
+        lease_ttl: s
+            .lease
+            .as_ref()
+            .map(|l| format!("{}ms", l.ttl_ms))
+            .unwrap_or_default(),
+        auto_renew: s.lease.as_ref().is_some_and(|l| l.auto_renew),
+        max_renewals: s.lease.as_ref().and_then(|l| l.max_renewals),
+        lease_holder: s
+            .lease
+            .as_ref()
+            .map(|l| l.holder.clone())
+            .unwrap_or_default(),
         ..Default::default()
+    }
+}
+
+fn unix_ms(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+fn ms_of(secs: f64) -> u64 {
+    if secs.is_finite() && secs > 0.0 {
+        (secs * 1000.0) as u64
+    } else {
+        0
+    }
+}
+
+pub fn lease_to_proto(l: &LeaseView) -> pb::Lease {
+    pb::Lease {
+        holder: l.holder.clone(),
+        epoch: l.epoch,
+        state: l.state.as_str().to_string(),
+        seed_state: l.seed_state.clone(),
+        ttl_secs: unix_ms(l.terms.ttl_ms),
+        auto_renew: l.terms.auto_renew,
+        max_renewals: l.terms.max_renewals,
+        renewals: l.renewals,
+        transitions: l.transitions,
+        acquired_unix: unix_ms(l.acquired_ms),
+        renewed_unix: l.renewed_ms.map_or(0.0, unix_ms),
+        expires_unix: unix_ms(l.expires_ms),
+        expires_in_secs: unix_ms(l.remaining_ms),
+    }
+}
+
+pub fn lease_from_proto(l: pb::Lease) -> LeaseView {
+    LeaseView {
+        terms: LeaseTerms {
+            ttl_ms: ms_of(l.ttl_secs),
+            auto_renew: l.auto_renew,
+            max_renewals: l.max_renewals,
+            holder: l.holder.clone(),
+        },
+        holder: l.holder,
+        epoch: l.epoch,
+        acquired_ms: ms_of(l.acquired_unix),
+        renewed_ms: Some(ms_of(l.renewed_unix)).filter(|m| *m > 0),
+        expires_ms: ms_of(l.expires_unix),
+        remaining_ms: ms_of(l.expires_in_secs),
+        renewals: l.renewals,
+        transitions: l.transitions,
+        state: LeaseState::parse(&l.state),
+        seed_state: l.seed_state,
     }
 }
 
@@ -194,7 +262,8 @@ pub fn deployment_to_proto(d: &Deployment, owner_id: &str) -> pb::Deployment {
         resources: Some(d.resources.into()),
         gpus: d.gpus.clone(),
         state: d.state().name().to_string(),
-        reason: d.state().reason().to_string(),
+        reason: d.reason(),
+        lease: d.lease.as_ref().map(lease_to_proto),
         history: d
             .history
             .iter()
@@ -223,6 +292,7 @@ pub fn deployment_from_proto(d: pb::Deployment) -> Deployment {
                 at: from_unix(c.at_unix),
             })
             .collect(),
+        lease: d.lease.map(lease_from_proto),
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{
-    decode, encode, DeploymentRecord, IdentityRecord, ProviderRecord, QueuedRecord, Store,
-    StoreError,
+    decode, encode, DeploymentRecord, IdentityRecord, LeaseRecord, ProviderRecord, QueuedRecord,
+    Store, StoreError,
 };
 
 #[derive(Default)]
@@ -16,6 +16,8 @@ struct Tables {
     deployments: BTreeMap<String, Vec<u8>>,
     providers: BTreeMap<String, Vec<u8>>,
     queue: BTreeMap<String, Vec<u8>>,
+    leases: BTreeMap<String, Vec<u8>>,
+    lease_epoch: u64,
     peers: Vec<String>,
 }
 
@@ -96,6 +98,30 @@ impl Store for MemoryStore {
         t.queue.remove(id);
         t.deployments.insert(rec.id.clone(), encode(rec));
         Ok(())
+    }
+
+    fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
+        self.tables()
+            .leases
+            .iter()
+            .map(|(k, b)| decode(k, b))
+            .collect()
+    }
+
+    fn put_lease(&self, rec: &LeaseRecord, epoch: u64) -> Result<(), StoreError> {
+        let mut t = self.tables();
+        t.leases.insert(rec.id.clone(), encode(rec));
+        t.lease_epoch = t.lease_epoch.max(epoch);
+        Ok(())
+    }
+
+    fn remove_lease(&self, id: &str) -> Result<(), StoreError> {
+        self.tables().leases.remove(id);
+        Ok(())
+    }
+
+    fn lease_epoch(&self) -> Result<u64, StoreError> {
+        Ok(self.tables().lease_epoch)
     }
 
     fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {

@@ -1,7 +1,8 @@
 //! What a node must not forget across a restart or a crash: its identity,
 //! the deployments it placed (with their request ids, providers and status
 //! history), the deploys waiting in its queue (whole specs, in order), the
-//! external providers an operator registered, and the peers it last saw alive.
+//! leases it keeps as the owner of their providers, the external providers
+//! an operator registered, and the peers it last saw alive.
 //!
 //! ```text
 //! mod      the Store trait and its record types
@@ -27,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lifecycle::lease::Lease;
 use crate::lifecycle::priority::Priority;
 use crate::resource::{
     DeploySpec, DeployState, Deployment, ProviderKind, Resources, StateChange, Tier,
@@ -207,6 +209,24 @@ pub struct QueuedRecord {
     pub wait_for_capacity: bool,
 }
 
+/// A lease this node keeps as the owner of its deployment's provider. It
+/// outlives the container for a while, so that whoever asks learns that the
+/// lease ended it rather than that it vanished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The deployment id.
+    pub id: String,
+    pub provider_id: String,
+    pub lease: Lease,
+    /// When its container went (stopped after the lease ended, or by a
+    /// stop); None while it runs.
+    #[serde(default)]
+    pub stopped_ms: Option<u64>,
+    /// The deployment as it last was, answered once its container is gone.
+    #[serde(default)]
+    pub last: Option<DeploymentRecord>,
+}
+
 /// One entry of a deployment's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
@@ -350,6 +370,7 @@ impl DeploymentRecord {
             resources: self.resources(),
             gpus: self.gpus.clone(),
             history: Vec::new(),
+            lease: None,
         };
         for c in history {
             if d.history.last().map(|h| &h.state) != Some(&c.state) {
@@ -380,6 +401,14 @@ pub trait Store: Send + Sync + 'static {
     /// Drops a queue entry and, in the same commit, writes what became of
     /// its deployment (placing, expired, stopped).
     fn remove_queued(&self, id: &str, rec: &DeploymentRecord) -> Result<(), StoreError>;
+
+    /// Every lease this node keeps as an owner.
+    fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError>;
+    /// Writes a lease, and the highest epoch granted so far, in one commit.
+    fn put_lease(&self, rec: &LeaseRecord, epoch: u64) -> Result<(), StoreError>;
+    fn remove_lease(&self, id: &str) -> Result<(), StoreError>;
+    /// The highest lease epoch ever granted here (0 before the first).
+    fn lease_epoch(&self) -> Result<u64, StoreError>;
 
     fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
     fn put_provider(&self, rec: &ProviderRecord) -> Result<(), StoreError>;

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use ::redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 
 use super::{
-    decode, encode, DeploymentRecord, IdentityRecord, ProviderRecord, QueuedRecord, Store,
-    StoreError,
+    decode, encode, DeploymentRecord, IdentityRecord, LeaseRecord, ProviderRecord, QueuedRecord,
+    Store, StoreError,
 };
 
 /// Singletons (identity, peers) by name.
@@ -21,9 +21,11 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 const PROVIDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("providers");
 const QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("queue");
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 
 const IDENTITY_KEY: &str = "identity";
 const PEERS_KEY: &str = "peers";
+const LEASE_EPOCH_KEY: &str = "lease_epoch";
 
 /// The store's file name under `data_dir`.
 pub const FILE_NAME: &str = "iarnet.redb";
@@ -76,6 +78,7 @@ impl RedbStore {
             txn.open_table(DEPLOYMENTS)?;
             txn.open_table(PROVIDERS)?;
             txn.open_table(QUEUE)?;
+            txn.open_table(LEASES)?;
             Ok(())
         })?;
         Ok(store)
@@ -204,6 +207,37 @@ impl Store for RedbStore {
                 .insert(rec.id.as_str(), rb.as_slice())?;
             Ok(())
         })
+    }
+
+    fn leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
+        self.all(LEASES)?
+            .iter()
+            .map(|(k, b)| decode(k, b))
+            .collect()
+    }
+
+    fn put_lease(&self, rec: &LeaseRecord, epoch: u64) -> Result<(), StoreError> {
+        let rb = encode(rec);
+        let before = self.lease_epoch()?;
+        let eb = encode(&before.max(epoch));
+        self.write("lease", |txn| {
+            txn.open_table(LEASES)?
+                .insert(rec.id.as_str(), rb.as_slice())?;
+            txn.open_table(META)?
+                .insert(LEASE_EPOCH_KEY, eb.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn remove_lease(&self, id: &str) -> Result<(), StoreError> {
+        self.delete(LEASES, id)
+    }
+
+    fn lease_epoch(&self) -> Result<u64, StoreError> {
+        self.get(META, LEASE_EPOCH_KEY)?
+            .map(|b| decode(LEASE_EPOCH_KEY, &b))
+            .transpose()
+            .map(Option::unwrap_or_default)
     }
 
     fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {

@@ -69,6 +69,7 @@ fn suite(store: &dyn Store) {
                 at: std::time::SystemTime::now(),
             },
         ],
+        lease: None,
     });
     store.put_deployment(&a2).unwrap();
     let back = store.deployment(&a.id).unwrap().unwrap();

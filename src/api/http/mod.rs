@@ -13,7 +13,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +72,8 @@ impl HttpApi {
             .route("/resource/providers", get(providers).post(register))
             .route("/resource/deployments", get(deployments))
             .route("/resource/deployments/{id}", get(deployment))
+            .route("/resource/deployments/{id}/renew", post(renew))
+            .route("/resource/deployments/{id}/release", post(release))
             .route("/resource/queue", get(queue))
             .route("/peer/nodes", get(nodes).post(add_node))
             .fallback(not_found)
@@ -120,6 +122,14 @@ impl HttpApi {
                 })
                 .collect(),
             queue: self.manager.queue_metrics().clone(),
+            leases: self
+                .manager
+                .leases()
+                .by_state()
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect(),
+            lease: self.manager.leases().metrics().clone(),
         }
     }
 }
@@ -336,6 +346,56 @@ async fn deployment(
     let d = api
         .resources
         .get_deployment(Request::new(pb::GetDeploymentRequest { id }))
+        .await?
+        .into_inner();
+    Ok(Json(DeploymentView::from(&d)))
+}
+
+/// The optional body of the lease routes: `{"epoch": 3}` acts only on that
+/// lease; no body acts on whatever lease is current.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseBody {
+    #[serde(default)]
+    epoch: u64,
+}
+
+fn lease_body(raw: &[u8]) -> Result<LeaseBody, ApiError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(LeaseBody::default());
+    }
+    serde_json::from_slice(raw).map_err(|e| {
+        bad_request(format!(
+            "invalid JSON body: {e} (send {{\"epoch\": N}} or nothing)"
+        ))
+    })
+}
+
+async fn renew(
+    State(api): Api,
+    caller: Option<Extension<Caller>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let epoch = lease_body(&raw)?.epoch;
+    let d = api
+        .resources
+        .renew_lease(as_caller(caller, pb::RenewLeaseRequest { id, epoch }))
+        .await?
+        .into_inner();
+    Ok(Json(DeploymentView::from(&d)))
+}
+
+async fn release(
+    State(api): Api,
+    caller: Option<Extension<Caller>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let epoch = lease_body(&raw)?.epoch;
+    let d = api
+        .resources
+        .release_lease(as_caller(caller, pb::ReleaseLeaseRequest { id, epoch }))
         .await?
         .into_inner();
     Ok(Json(DeploymentView::from(&d)))

@@ -269,6 +269,49 @@ pub struct DeploymentView {
     pub resources: Amounts,
     pub gpus: Vec<String>,
     pub history: Vec<StateChangeView>,
+    /// Its lease; null when it holds none.
+    pub lease: Option<LeaseJson>,
+}
+
+/// A lease as the owner answered for it (instants in Unix seconds on the
+/// owner's clock; `expires_in_secs` measured there).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LeaseJson {
+    pub holder: String,
+    pub epoch: u64,
+    /// active, released or expired.
+    pub state: String,
+    /// LEASED, RELEASING or TERMINATED (seed 004).
+    pub seed_state: String,
+    pub ttl_secs: f64,
+    pub auto_renew: bool,
+    pub max_renewals: Option<u32>,
+    pub renewals: u32,
+    pub transitions: u32,
+    pub acquired: f64,
+    pub renewed: Option<f64>,
+    pub expires: f64,
+    pub expires_in_secs: f64,
+}
+
+impl From<&pb::Lease> for LeaseJson {
+    fn from(l: &pb::Lease) -> LeaseJson {
+        LeaseJson {
+            holder: l.holder.clone(),
+            epoch: l.epoch,
+            state: l.state.clone(),
+            seed_state: l.seed_state.clone(),
+            ttl_secs: l.ttl_secs,
+            auto_renew: l.auto_renew,
+            max_renewals: l.max_renewals,
+            renewals: l.renewals,
+            transitions: l.transitions,
+            acquired: l.acquired_unix,
+            renewed: Some(l.renewed_unix).filter(|r| *r > 0.0),
+            expires: l.expires_unix,
+            expires_in_secs: l.expires_in_secs,
+        }
+    }
 }
 
 impl From<&pb::Deployment> for DeploymentView {
@@ -292,6 +335,7 @@ impl From<&pb::Deployment> for DeploymentView {
                     at: h.at_unix,
                 })
                 .collect(),
+            lease: d.lease.as_ref().map(LeaseJson::from),
         }
     }
 }

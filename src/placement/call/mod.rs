@@ -34,15 +34,21 @@ pub enum ProviderMethod {
     Logs,
     /// `StopCall` → `Deployment`.
     Stop,
+    /// `LeaseCall` → `Deployment`.
+    RenewLease,
+    /// `LeaseCall` → `Deployment`.
+    ReleaseLease,
 }
 
 impl ProviderMethod {
-    pub const ALL: [ProviderMethod; 5] = [
+    pub const ALL: [ProviderMethod; 7] = [
         ProviderMethod::Capacity,
         ProviderMethod::Deploy,
         ProviderMethod::Status,
         ProviderMethod::Logs,
         ProviderMethod::Stop,
+        ProviderMethod::RenewLease,
+        ProviderMethod::ReleaseLease,
     ];
 
     /// The name on the wire.
@@ -53,6 +59,8 @@ impl ProviderMethod {
             ProviderMethod::Status => "status",
             ProviderMethod::Logs => "logs",
             ProviderMethod::Stop => "stop",
+            ProviderMethod::RenewLease => "renew_lease",
+            ProviderMethod::ReleaseLease => "release_lease",
         }
     }
 
@@ -65,9 +73,16 @@ impl ProviderMethod {
         ProviderMethod::parse(name).map_or("other", ProviderMethod::as_str)
     }
 
-    /// Whether the call changes what runs (deploy, stop): audited on the owner.
+    /// Whether the call changes what runs or how long (deploy, stop, a
+    /// lease renewed or released): audited on the owner.
     pub fn changes_workloads(self) -> bool {
-        matches!(self, ProviderMethod::Deploy | ProviderMethod::Stop)
+        matches!(
+            self,
+            ProviderMethod::Deploy
+                | ProviderMethod::Stop
+                | ProviderMethod::RenewLease
+                | ProviderMethod::ReleaseLease
+        )
     }
 }
 

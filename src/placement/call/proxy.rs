@@ -40,6 +40,26 @@ impl RemoteProvider {
     ) -> Result<Resp, ResourceError> {
         call(&*self.caller, &self.candidate, method, payload, timeout).await
     }
+
+    /// A lease call, answered by the owner, which keeps the lease.
+    async fn lease(
+        &self,
+        method: ProviderMethod,
+        deployment_id: &str,
+        epoch: Option<u64>,
+    ) -> Result<Deployment, ResourceError> {
+        let d: pb::Deployment = self
+            .call(
+                method,
+                pb::LeaseCall {
+                    deployment_id: deployment_id.to_string(),
+                    epoch: epoch.unwrap_or(0),
+                },
+                CALL_TIMEOUT,
+            )
+            .await?;
+        Ok(deployment_from_proto(d))
+    }
 }
 
 async fn call<Req: Message, Resp: Message + Default>(
@@ -208,6 +228,24 @@ impl Provider for RemoteProvider {
             }
         });
         Ok(stream.boxed())
+    }
+
+    async fn renew_lease(
+        &self,
+        deployment_id: &str,
+        epoch: Option<u64>,
+    ) -> Result<Deployment, ResourceError> {
+        self.lease(ProviderMethod::RenewLease, deployment_id, epoch)
+            .await
+    }
+
+    async fn release_lease(
+        &self,
+        deployment_id: &str,
+        epoch: Option<u64>,
+    ) -> Result<Deployment, ResourceError> {
+        self.lease(ProviderMethod::ReleaseLease, deployment_id, epoch)
+            .await
     }
 
     async fn stop(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {

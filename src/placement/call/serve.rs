@@ -42,7 +42,7 @@ pub async fn serve_call(
     };
     let Some(method) = ProviderMethod::parse(method) else {
         return Err(Status::unimplemented(format!(
-            "method {method:?} is not a provider operation: use capacity, deploy, status, logs or stop"
+            "method {method:?} is not a provider operation: use capacity, deploy, status, logs, stop, renew_lease or release_lease"
         )));
     };
     let bytes = match method {
@@ -69,6 +69,19 @@ pub async fn serve_call(
         ProviderMethod::Stop => {
             let call: pb::StopCall = decode(method, payload)?;
             let d = p.stop(&call.deployment_id).await?;
+            registry.changed(&*p).await;
+            deployment_to_proto(&d, me).encode_to_vec()
+        }
+        ProviderMethod::RenewLease => {
+            let call: pb::LeaseCall = decode(method, payload)?;
+            let epoch = Some(call.epoch).filter(|e| *e > 0);
+            deployment_to_proto(&p.renew_lease(&call.deployment_id, epoch).await?, me)
+                .encode_to_vec()
+        }
+        ProviderMethod::ReleaseLease => {
+            let call: pb::LeaseCall = decode(method, payload)?;
+            let epoch = Some(call.epoch).filter(|e| *e > 0);
+            let d = p.release_lease(&call.deployment_id, epoch).await?;
             registry.changed(&*p).await;
             deployment_to_proto(&d, me).encode_to_vec()
         }

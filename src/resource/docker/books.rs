@@ -112,6 +112,7 @@ impl DockerProvider {
             resources: f.resources,
             gpus,
             history,
+            lease: None,
         }
     }
 

@@ -357,6 +357,7 @@ pub(crate) fn to_deployment(pod: &Pod, provider_id: &str) -> Deployment {
         resources: pod_requests(pod),
         gpus,
         history,
+        lease: None,
     };
     if d.state() != state {
         d.history.push(StateChange {
