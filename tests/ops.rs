@@ -594,3 +594,112 @@ fn the_queue_shows_in_the_cli_the_http_api_grpcurl_and_metrics() {
     let (_, body) = http_get(&node.http, "/resource/deployments/cli-huge").unwrap();
     assert_eq!(json(&body)["state"], "stopped", "{body}");
 }
+
+#[test]
+fn leases_on_the_real_engine_through_the_cli_the_http_api_and_metrics() {
+    ensure_test_image();
+    let node = Node::start();
+    let _cleanup = Cleanup(node.provider_id());
+    let deploy = |request: &str, extra: &[&str]| {
+        let mut args = vec![
+            "deploy",
+            "--image",
+            TEST_IMAGE,
+            "--cpu",
+            "100m",
+            "--memory",
+            "16Mi",
+            "--request-id",
+            request,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sleep", "300"]);
+        node.cli(&args)
+    };
+    let containers = |request: &str| {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=iarnet.request={request}")])
+            .output()
+            .expect("docker runs");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let reserved_cpu = || {
+        let (_, body) = http_get(&node.http, "/resource/capacity").unwrap();
+        json(&body)["node"]["reserved"]["cpu_millis"].as_u64()
+    };
+
+    // Bad lease input: one clear line naming the field, nothing made.
+    let bad = deploy("cli-bad-lease", &["--max-renewals", "3"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad).contains("max_renewals"), "{}", text(&bad));
+    let bad = deploy("cli-bad-lease", &["--lease", "-5m"]);
+    assert!(text(&bad).contains("lease_ttl"), "{}", text(&bad));
+    assert_eq!(containers("cli-bad-lease"), 0);
+
+    // A 2 s lease, renewed once by hand, runs out on the engine.
+    let leased = deploy("cli-leased", &["--lease", "2s", "--max-renewals", "1"]);
+    assert!(leased.status.success(), "{}", text(&leased));
+    assert!(text(&leased).contains("lease:     active (LEASED)"), "{}", text(&leased));
+    assert_eq!(containers("cli-leased"), 1);
+    let renew = node.cli(&["renew", "cli-leased"]);
+    assert!(renew.status.success(), "{}", text(&renew));
+    assert!(text(&renew).contains("1/1 renewals"), "{}", text(&renew));
+    let again = node.cli(&["renew", "cli-leased"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again).contains("max_renewals"), "{}", text(&again));
+    let (code, body) = http_get(&node.http, "/resource/deployments/cli-leased").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let body = json(&body);
+    assert_eq!(body["lease"]["state"], "active", "{body}");
+    assert_eq!(body["lease"]["renewals"], 1, "{body}");
+    let status = wait_until("the lease to run out and stop the container", || {
+        let o = node.cli(&["status", "cli-leased", "--output", "json"]);
+        let v = json(&String::from_utf8_lossy(&o.stdout));
+        (v["state"] == "stopped").then_some(v)
+    });
+    assert!(
+        status["reason"].as_str().unwrap().contains("lease (ttl 2s) expired"),
+        "{status}"
+    );
+    assert_eq!(status["lease"]["seed_state"], "TERMINATED", "{status}");
+    assert_eq!(containers("cli-leased"), 0, "the engine no longer has it");
+    assert_eq!(reserved_cpu(), Some(0), "its CPU is free again");
+
+    // Released over HTTP; a fenced or late renewal is refused.
+    assert!(deploy("cli-released", &["--lease", "1h"]).status.success());
+    assert_eq!(reserved_cpu(), Some(100));
+    let (code, body) = http(
+        &node.http,
+        "POST",
+        "/resource/deployments/cli-released/renew",
+        Some(r#"{"epoch": 999}"#),
+    )
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("epoch"), "{body}");
+    let (code, body) = http(&node.http, "POST", "/resource/deployments/cli-released/release", None)
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let body = json(&body);
+    assert_eq!(
+        (body["state"].as_str(), body["lease"]["state"].as_str()),
+        (Some("stopped"), Some("released")),
+        "{body}"
+    );
+    assert_eq!(containers("cli-released"), 0);
+    assert_eq!(reserved_cpu(), Some(0));
+    let late = node.cli(&["renew", "cli-released", "--output", "json"]);
+    assert_eq!(late.status.code(), Some(1));
+    assert!(text(&late).contains("released"), "{}", text(&late));
+
+    let (_, metrics) = http_get(&node.http, "/metrics").unwrap();
+    for needle in [
+        "iarnet_lease_grants_total 2",
+        "iarnet_lease_renewals_total{by=\"holder\"} 1",
+        "iarnet_lease_expiries_total 1",
+        "iarnet_lease_releases_total 1",
+        "iarnet_leases{state=\"expired\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+}
