@@ -340,7 +340,18 @@ thread_local! {
         .expect("a current-thread runtime with no drivers always builds");
 }
 
-const METHODS: [&str; 6] = ["capacity", "deploy", "status", "logs", "stop", "restart"];
+const METHODS: [&str; 8] = [
+    "capacity",
+    "deploy",
+    "status",
+    "logs",
+    "stop",
+    "restart",
+    "renew_lease",
+    "release_lease",
+];
+/// Lease TTLs a fuzzed deploy asks for: none, valid, and refused ones.
+const TTLS: [&str; 5] = ["", "1s", "10m", "-1s", "soon"];
 
 /// Serves a script of `CallProvider` requests from one node's manager.
 pub fn call_provider_payload(data: &[u8]) {
@@ -379,6 +390,8 @@ async fn serve_script(data: &[u8]) {
                     cpu: b.text(),
                     memory: b.text(),
                     gpu: u32::from(b.u8() % 3),
+                    lease_ttl: TTLS[b.u8() as usize % TTLS.len()].to_string(),
+                    max_renewals: Some(u32::from(b.u8() % 3)).filter(|_| b.u8() % 2 == 0),
                     ..Default::default()
                 }),
             }
@@ -391,6 +404,11 @@ async fn serve_script(data: &[u8]) {
                         deployment_id: id,
                         tail: u32::from(b.u8() % 4),
                         skip: u64::from(b.u8()) << (b.u8() % 64),
+                    }
+                    .encode_to_vec(),
+                    "renew_lease" | "release_lease" => pb::LeaseCall {
+                        deployment_id: id,
+                        epoch: u64::from(b.u8() % 3),
                     }
                     .encode_to_vec(),
                     _ => pb::StatusCall { deployment_id: id }.encode_to_vec(),

@@ -16,11 +16,12 @@
 //!   loop that drives the core over tonic, the providers it attaches.
 //! - [`resource`]: providers (Docker, Kubernetes, the in-memory twin), their
 //!   capacity ledgers, GPU inventory and assignment, Kubernetes-style
-//!   quantities, label keys, provider targets and wire conversions.
+//!   quantities, label keys, provider targets, lease terms and wire conversions.
 //! - [`placement`]: split by stage: feasibility, ranking, the registry of
 //!   providers and its index, the placement loop, the book of records, and
-//!   `CallProvider` (the proxy to other nodes' providers and serving), and
-//!   the pending queue's worker.
+//!   `CallProvider` (the proxy to other nodes' providers and serving), the
+//!   pending queue and its worker, and the leases an owner keeps, with their
+//!   worker.
 //! - [`lifecycle`]: the workload lifecycle, sans-IO: priorities, the order
 //!   of a home's pending queue and what to try when capacity grows, leases.
 //! - [`api`]: the gRPC services: `peer.PeerService` for nodes,
@@ -31,7 +32,7 @@
 //! - [`metrics`]: Prometheus metrics, the gossip counters, process metrics.
 //! - [`sync`]: one async lock per key, a token bucket, a poison-tolerant lock.
 //! - [`store`]: what a node must not forget across a crash (identity,
-//!   deployments, queued deploys, registered providers, peers): redb on
+//!   deployments, queued deploys, leases, registered providers, peers): redb on
 //!   disk, or in memory.
 //! - [`config`]: layered configuration (file, env, flags) and its validation;
 //!   it speaks the resource and placement vocabulary (quantities, strategies).

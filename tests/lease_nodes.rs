@@ -71,7 +71,13 @@ async fn owner_and_home(tag: &str) -> (NodeHandle, Arc<MemoryProvider>, NodeHand
         true,
     )
     .await;
-    let home = start_with(&format!("{tag}-home"), &[owner.advertise_addr()], Vec::new(), true).await;
+    let home = start_with(
+        &format!("{tag}-home"),
+        &[owner.advertise_addr()],
+        Vec::new(),
+        true,
+    )
+    .await;
     let pid = provider.id().to_string();
     wait_until("the home to see the owner's provider", WAIT, || {
         if home.manager().candidates().iter().any(|c| c.id == pid) {
@@ -142,12 +148,14 @@ async fn a_lease_is_kept_by_the_owner_renewed_through_the_home_and_expires_there
 
     // It runs out on the owner: the CPU comes back, and the home says why.
     assert_eq!(reserved_cpu(&provider), 1000);
-    wait_until("the lease to expire on the owner", WAIT, || {
-        match reserved_cpu(&provider) {
+    wait_until(
+        "the lease to expire on the owner",
+        WAIT,
+        || match reserved_cpu(&provider) {
             0 => Ok(()),
             n => Err(format!("{n}m reserved")),
-        }
-    })
+        },
+    )
     .await;
     let got = api
         .get_deployment(pb::GetDeploymentRequest {
@@ -157,9 +165,15 @@ async fn a_lease_is_kept_by_the_owner_renewed_through_the_home_and_expires_there
         .unwrap()
         .into_inner();
     assert_eq!(got.state, "stopped", "{got:?}");
-    assert!(got.reason.contains("lease") && got.reason.contains("expired"), "{got:?}");
+    assert!(
+        got.reason.contains("lease") && got.reason.contains("expired"),
+        "{got:?}"
+    );
     let l = got.lease.unwrap();
-    assert_eq!((l.state.as_str(), l.seed_state.as_str()), ("expired", "TERMINATED"));
+    assert_eq!(
+        (l.state.as_str(), l.seed_state.as_str()),
+        ("expired", "TERMINATED")
+    );
     // Renewing what expired is refused.
     let late = api
         .renew_lease(pb::RenewLeaseRequest {
@@ -197,12 +211,14 @@ async fn auto_renew_keeps_it_exactly_max_renewals_times() {
     spec.max_renewals = Some(2);
     let started = std::time::Instant::now();
     deploy(&mut api, spec).await.unwrap();
-    wait_until("the auto-renewed lease to expire", WAIT, || {
-        match reserved_cpu(&provider) {
+    wait_until(
+        "the auto-renewed lease to expire",
+        WAIT,
+        || match reserved_cpu(&provider) {
             0 => Ok(()),
             n => Err(format!("{n}m reserved")),
-        }
-    })
+        },
+    )
     .await;
     let lived = started.elapsed();
     let got = api
@@ -226,12 +242,14 @@ async fn expiry_happens_on_the_owner_when_the_home_was_killed() {
     let d = deploy(&mut api, leased("orphan-1", "1s")).await.unwrap();
     assert_eq!(reserved_cpu(&provider), 1000);
     home.kill();
-    wait_until("the owner to expire the orphan's lease", WAIT, || {
-        match reserved_cpu(&provider) {
+    wait_until(
+        "the owner to expire the orphan's lease",
+        WAIT,
+        || match reserved_cpu(&provider) {
             0 => Ok(()),
             n => Err(format!("{n}m reserved")),
-        }
-    })
+        },
+    )
     .await;
     // The owner answers for it, with the lease that ended it.
     let mut api = client(&owner).await;
@@ -248,7 +266,8 @@ async fn expiry_happens_on_the_owner_when_the_home_was_killed() {
 async fn bad_lease_input_names_its_field_and_changes_nothing() {
     let (_owner, provider, home) = owner_and_home("lb").await;
     let mut api = client(&home).await;
-    let cases: [(&str, fn(&mut pb::DeploySpec)); 5] = [
+    type Change = fn(&mut pb::DeploySpec);
+    let cases: [(&str, Change); 5] = [
         ("max_renewals", |s| {
             s.lease_ttl.clear();
             s.max_renewals = Some(3);
@@ -291,5 +310,9 @@ async fn bad_lease_input_names_its_field_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    assert_eq!(reserved_cpu(&provider), 1000, "the plain deployment runs on");
+    assert_eq!(
+        reserved_cpu(&provider),
+        1000,
+        "the plain deployment runs on"
+    );
 }

@@ -618,7 +618,12 @@ fn leases_on_the_real_engine_through_the_cli_the_http_api_and_metrics() {
     };
     let containers = |request: &str| {
         let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=iarnet.request={request}")])
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=iarnet.request={request}"),
+            ])
             .output()
             .expect("docker runs");
         String::from_utf8_lossy(&out.stdout).lines().count()
@@ -639,7 +644,11 @@ fn leases_on_the_real_engine_through_the_cli_the_http_api_and_metrics() {
     // A 2 s lease, renewed once by hand, runs out on the engine.
     let leased = deploy("cli-leased", &["--lease", "2s", "--max-renewals", "1"]);
     assert!(leased.status.success(), "{}", text(&leased));
-    assert!(text(&leased).contains("lease:     active (LEASED)"), "{}", text(&leased));
+    assert!(
+        text(&leased).contains("lease:     active (LEASED)"),
+        "{}",
+        text(&leased)
+    );
     assert_eq!(containers("cli-leased"), 1);
     let renew = node.cli(&["renew", "cli-leased"]);
     assert!(renew.status.success(), "{}", text(&renew));
@@ -658,7 +667,10 @@ fn leases_on_the_real_engine_through_the_cli_the_http_api_and_metrics() {
         (v["state"] == "stopped").then_some(v)
     });
     assert!(
-        status["reason"].as_str().unwrap().contains("lease (ttl 2s) expired"),
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lease (ttl 2s) expired"),
         "{status}"
     );
     assert_eq!(status["lease"]["seed_state"], "TERMINATED", "{status}");
@@ -677,8 +689,13 @@ fn leases_on_the_real_engine_through_the_cli_the_http_api_and_metrics() {
     .unwrap();
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("epoch"), "{body}");
-    let (code, body) = http(&node.http, "POST", "/resource/deployments/cli-released/release", None)
-        .unwrap();
+    let (code, body) = http(
+        &node.http,
+        "POST",
+        "/resource/deployments/cli-released/release",
+        None,
+    )
+    .unwrap();
     assert_eq!(code, 200, "{body}");
     let body = json(&body);
     assert_eq!(

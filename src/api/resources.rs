@@ -398,21 +398,7 @@ impl ResourceService for ResourceApi {
     ) -> Result<Response<pb::Deployment>, Status> {
         let who = who(&request);
         let req = request.into_inner();
-        let epoch = Some(req.epoch).filter(|e| *e > 0);
-        let renewed = self
-            .manager
-            .renew_lease(&req.id, epoch)
-            .await
-            .map_err(Status::from);
-        let (result, error) = outcome(&renewed);
-        self.audit.record(
-            "renew_lease",
-            &who,
-            result,
-            json!({"id": req.id, "epoch": req.epoch, "error": error}),
-        );
-        let (d, owner) = renewed?;
-        Ok(Response::new(deployment_to_proto(&d, &owner)))
+        self.lease(LeaseOp::Renew, &who, req.id, req.epoch).await
     }
 
     async fn release_lease(
@@ -421,20 +407,42 @@ impl ResourceService for ResourceApi {
     ) -> Result<Response<pb::Deployment>, Status> {
         let who = who(&request);
         let req = request.into_inner();
-        let epoch = Some(req.epoch).filter(|e| *e > 0);
-        let released = self
-            .manager
-            .release_lease(&req.id, epoch)
-            .await
-            .map_err(Status::from);
-        let (result, error) = outcome(&released);
+        self.lease(LeaseOp::Release, &who, req.id, req.epoch).await
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LeaseOp {
+    Renew,
+    Release,
+}
+
+impl ResourceApi {
+    /// Renews or releases a lease through its owner, and audits who asked.
+    async fn lease(
+        &self,
+        op: LeaseOp,
+        who: &str,
+        id: String,
+        epoch: u64,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let fenced = Some(epoch).filter(|e| *e > 0);
+        let (event, done) = match op {
+            LeaseOp::Renew => ("renew_lease", self.manager.renew_lease(&id, fenced).await),
+            LeaseOp::Release => (
+                "release_lease",
+                self.manager.release_lease(&id, fenced).await,
+            ),
+        };
+        let done = done.map_err(Status::from);
+        let (result, error) = outcome(&done);
         self.audit.record(
-            "release_lease",
-            &who,
+            event,
+            who,
             result,
-            json!({"id": req.id, "epoch": req.epoch, "error": error}),
+            json!({"id": id, "epoch": epoch, "error": error}),
         );
-        let (d, owner) = released?;
+        let (d, owner) = done?;
         Ok(Response::new(deployment_to_proto(&d, &owner)))
     }
 }

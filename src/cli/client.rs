@@ -216,7 +216,12 @@ pub struct DeployArgs {
     pub wait_for_capacity: bool,
     /// A lease, e.g. 10m: the owner stops it and frees its resources when it
     /// runs out (renew with `iarnet renew`).
-    #[arg(long, default_value = "", value_name = "TTL", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        default_value = "",
+        value_name = "TTL",
+        allow_hyphen_values = true
+    )]
     pub lease: String,
     /// The owner renews the lease by itself, up to --max-renewals.
     #[arg(long)]

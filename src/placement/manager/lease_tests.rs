@@ -4,12 +4,11 @@
 //! lease survives its owner's restart (redb). TTLs are tens of milliseconds
 //! here (the API's floor is 1 s); waits are on conditions.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::placement::manager::queue::tests::until;
 use crate::placement::manager::{Manager, NoMesh, PlaceOptions};
 use crate::placement::Strategy;
 use crate::resource::memory::MemoryProvider;
@@ -59,19 +58,6 @@ async fn manager(store: Arc<dyn Store>, p: Arc<MemoryProvider>) -> Arc<Manager> 
     let m = Manager::open("owner", Arc::new(NoMesh), Strategy::Spread, false, 7, store).unwrap();
     m.add_provider(p, Tier::Internal).await.unwrap();
     Arc::new(m)
-}
-
-/// Waits for `cond`, polling; fails after 10 s.
-async fn until<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn reserved_cpu(p: &MemoryProvider) -> u64 {

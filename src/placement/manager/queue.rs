@@ -251,4 +251,4 @@ impl Manager {
 
 #[cfg(test)]
 #[path = "queue_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -74,7 +74,7 @@ async fn state(m: &Manager, req: &str) -> DeployState {
 }
 
 /// Waits for `cond`, polling; fails after 10 s.
-async fn until<F, Fut>(what: &str, mut cond: F)
+pub(crate) async fn until<F, Fut>(what: &str, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
