@@ -569,7 +569,8 @@ fn the_queue_shows_in_the_cli_the_http_api_grpcurl_and_metrics() {
     assert_eq!(json(&body)["state"], "queued", "{body}");
     let (_, metrics) = http_get(&node.http, "/metrics").unwrap();
     assert!(
-        metrics.contains("iarnet_queued_deployments{priority=\"batch\"} 1"),
+        metrics.contains("iarnet_queued_deployments{priority=\"batch\"} 1")
+            && metrics.contains("iarnet_queue_blocked{reason=\"too_small_cpu\"} 1"),
         "{metrics}"
     );
 

@@ -112,10 +112,9 @@ impl PeerService for PeerApi {
                 Ok(_) => ("admitted", String::new()),
                 Err(s) => ("refused", s.message().to_string()),
             };
-            let event = if method == ProviderMethod::Deploy {
-                "admission"
-            } else {
-                "stop"
+            let event = match method {
+                ProviderMethod::Deploy => "admission",
+                other => other.as_str(),
             };
             self.shared.audit.record(
                 event,

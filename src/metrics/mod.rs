@@ -45,6 +45,11 @@ pub struct PriorityLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabel {
     pub tier: String,
 }
@@ -163,6 +168,8 @@ pub struct Snapshot {
     pub process: Option<ProcessStats>,
     /// Deploys queued at this node, by priority class.
     pub queued: Vec<(String, u64)>,
+    /// The head of the queue by what blocks each entry (insufficient_cpu, …).
+    pub queue_blocked: Vec<(String, u64)>,
     pub queue: QueueMetrics,
     /// Leases this node keeps as an owner, by state.
     pub leases: Vec<(String, u64)>,
@@ -250,6 +257,11 @@ impl Metrics {
             "queued_deployments",
             "Deploys waiting in this node's queue, by priority class",
             gauges(&s.queued, |priority| PriorityLabel { priority }),
+        );
+        r.register(
+            "queue_blocked",
+            "Why the first 256 queued deploys wait: what keeps most providers from each (fits: others are ahead)",
+            gauges(&s.queue_blocked, |reason| ReasonLabel { reason }),
         );
         r.register(
             "queue_unblocked",
@@ -394,6 +406,7 @@ mod tests {
             placements: vec![("refused".into(), "exhausted".into(), 4)],
             queued: vec![("batch".into(), 2)],
             leases: vec![("active".into(), 1)],
+            queue_blocked: vec![("insufficient_cpu".into(), 2)],
             process: Some(ProcessStats {
                 resident_memory_bytes: 1 << 20,
                 open_fds: 9,
@@ -413,6 +426,7 @@ mod tests {
             "process_open_fds 9",
             "iarnet_queued_deployments{priority=\"batch\"} 2",
             "iarnet_queue_unblocked_total 0",
+            "iarnet_queue_blocked{reason=\"insufficient_cpu\"} 2",
             "iarnet_queue_timeouts_total 0",
             "iarnet_queue_wait_seconds_count 0",
             "iarnet_leases{state=\"active\"} 1",

@@ -67,6 +67,10 @@ pub struct Verdict {
     pub later: usize,
     /// `0/4 providers can run it now: 3 insufficient cpu (needs 4, most free 2.5), …`
     pub text: String,
+    /// What keeps most providers from it, as a metric label:
+    /// `insufficient_cpu`, `max_deployments`, `label`, `too_small_memory`,
+    /// `none_known`, or `fits` when some provider could take it now.
+    pub blocker: String,
 }
 
 impl Verdict {
@@ -108,7 +112,29 @@ enum Side {
     Free,
 }
 
+impl Miss {
+    /// A short, stable name for metrics.
+    fn key(&self) -> String {
+        match self {
+            Miss::Unhealthy => "unhealthy".into(),
+            Miss::NotPinned => "not_pinned".into(),
+            Miss::GpuModel(_) => "gpu_model".into(),
+            Miss::Label(..) => "label".into(),
+            Miss::TooSmall(d) => format!("too_small_{}", d.key()),
+            Miss::Insufficient(Dim::Deployments) => "max_deployments".into(),
+            Miss::Insufficient(d) => format!("insufficient_{}", d.key()),
+        }
+    }
+}
+
 impl Dim {
+    fn key(self) -> &'static str {
+        match self {
+            Dim::Deployments => "deployments",
+            d => d.name(),
+        }
+    }
+
     const ALL: [Dim; 5] = [
         Dim::Cpu,
         Dim::Memory,
@@ -277,6 +303,11 @@ impl Need<'_> {
                 }
             })
             .collect();
+        let blocker = match counts.first() {
+            _ if now > 0 => "fits".to_string(),
+            Some((m, _)) => m.key(),
+            None => "none_known".to_string(),
+        };
         let mut text = format!("{now}/{} providers can run it now", candidates.len());
         if candidates.is_empty() {
             text.push_str(": none known (is this node connected to the mesh?)");
@@ -289,6 +320,7 @@ impl Need<'_> {
             now,
             later,
             text,
+            blocker,
         }
     }
 }
@@ -350,6 +382,7 @@ mod tests {
         );
         assert!(!v.never());
         assert_eq!((v.now, v.later), (0, 3));
+        assert_eq!(v.blocker, "insufficient_cpu");
 
         // More than anyone has in total: never.
         let huge = Need {
@@ -383,6 +416,7 @@ mod tests {
             "0/1 providers can run it now: 1 already running their max_deployments"
         );
         assert_eq!((v.now, v.later), (0, 1));
+        assert_eq!(v.blocker, "max_deployments");
         assert!(!small.feasible(&full));
         full.capacity.deployments = 0;
         assert!(small.feasible(&full));

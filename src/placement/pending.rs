@@ -177,10 +177,16 @@ impl Pending {
 
     /// Every entry in queue order.
     pub fn ordered(&self) -> Vec<QueueEntry> {
+        self.head(usize::MAX)
+    }
+
+    /// The first `n` entries in queue order.
+    pub fn head(&self, n: usize) -> Vec<QueueEntry> {
         let inner = lock(&self.inner);
         inner
             .queue
             .ordered()
+            .take(n)
             .enumerate()
             .filter_map(|(i, w)| {
                 inner.entries.get(&w.id).map(|q| QueueEntry {

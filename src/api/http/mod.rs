@@ -122,6 +122,7 @@ impl HttpApi {
                 })
                 .collect(),
             queue: self.manager.queue_metrics().clone(),
+            queue_blocked: self.manager.queue_blocked().into_iter().collect(),
             leases: self
                 .manager
                 .leases()

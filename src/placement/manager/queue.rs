@@ -28,6 +28,8 @@ use crate::store::{now_ms, Stored};
 
 /// Tries one pass may start.
 pub const TRIES_PER_PASS: usize = 64;
+/// Queued entries, from the head, that `/metrics` explains.
+pub const BLOCKED_SAMPLE: usize = 256;
 
 /// What the worker remembers between passes.
 #[derive(Default)]
@@ -236,6 +238,20 @@ impl Manager {
                 (e, reason)
             })
             .collect()
+    }
+
+    /// Why the head of the queue waits: its first [`BLOCKED_SAMPLE`]
+    /// entries by what keeps most providers from each (see
+    /// [`Verdict::blocker`](crate::placement::feasible::Verdict)), so a
+    /// scrape costs the same whatever the queue's length.
+    pub fn queue_blocked(&self) -> std::collections::BTreeMap<String, u64> {
+        let index = self.registry.index();
+        let mut out = std::collections::BTreeMap::new();
+        for e in self.pending.head(BLOCKED_SAMPLE) {
+            let verdict = e.record.need().explain(index.candidates());
+            *out.entry(verdict.blocker).or_default() += 1;
+        }
+        out
     }
 
     /// Queued deploys by priority class.
