@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "proto/peer.proto",
     "proto/admin.proto",
     "proto/resource.proto",
+    "proto/directory.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -102,6 +102,7 @@ fn capacity_call() -> ProviderCallRequest {
         method: "capacity".into(),
         payload: pb::CapacityCall {}.encode_to_vec(),
         caller_id: String::new(),
+        on_behalf_of: String::new(),
     }
 }
 

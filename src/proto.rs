@@ -13,6 +13,11 @@ pub mod iarnet {
             tonic::include_proto!("iarnet.admin.v1");
         }
     }
+    pub mod directory {
+        pub mod v1 {
+            tonic::include_proto!("iarnet.directory.v1");
+        }
+    }
     pub mod resource {
         // DeployEvent's last event carries the whole Deployment (its lease
         // included); one per deploy stream, so boxing it would buy nothing.
@@ -28,6 +33,9 @@ pub use iarnet::admin::v1 as admin;
 
 /// The resource plane API and CallProvider payloads (package `iarnet.resource.v1`).
 pub use iarnet::resource::v1 as resource;
+
+/// The deployment directory between nodes (package `iarnet.directory.v1`).
+pub use iarnet::directory::v1 as directory;
 
 /// Encoded `FileDescriptorSet` of every iarnet proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

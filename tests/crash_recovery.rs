@@ -286,7 +286,7 @@ async fn check_after_restart(
         assert_eq!(d.state, "stopped", "round {round}: {req}: {d:?}");
     }
     let listed: BTreeSet<String> = client
-        .list_deployments(pb::ListDeploymentsRequest {})
+        .list_deployments(pb::ListDeploymentsRequest::default())
         .await
         .expect("list deployments")
         .into_inner()
@@ -311,7 +311,7 @@ async fn check_after_restart(
                     .filter(|(_, l)| *l)
                     .count() as u64;
                 let cap = client
-                    .get_capacity(pb::GetCapacityRequest {})
+                    .get_capacity(pb::GetCapacityRequest::default())
                     .await
                     .map_err(|s| s.to_string())?
                     .into_inner();

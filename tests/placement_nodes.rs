@@ -332,13 +332,13 @@ async fn the_grpc_api_deploys_lists_logs_and_stops() {
     assert_eq!(d.resources.unwrap().cpu_millis, 500);
 
     let listed = client
-        .list_deployments(pb::ListDeploymentsRequest {})
+        .list_deployments(pb::ListDeploymentsRequest::default())
         .await
         .unwrap()
         .into_inner();
     assert_eq!(listed.deployments.len(), 1);
     let cap = client
-        .get_capacity(pb::GetCapacityRequest {})
+        .get_capacity(pb::GetCapacityRequest::default())
         .await
         .unwrap()
         .into_inner();

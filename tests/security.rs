@@ -296,6 +296,7 @@ async fn access_lists_refuse_nodes_and_networks_and_are_counted() {
             provider_id: "p".into(),
             method: "capacity".into(),
             caller_id: "acl-bad".into(),
+            on_behalf_of: String::new(),
             ..Default::default()
         })
         .await

@@ -1,8 +1,9 @@
-//! The surfaces of a node: gRPC [`peer`] for other nodes, [`admin`] and
+//! The surfaces of a node: gRPC [`peer`] and [`directory`] for other nodes, [`admin`] and
 //! [`resources`] for operators and services, and [`http`] (JSON, metrics, probes).
 
 pub mod admin;
 pub mod codec;
+pub mod directory;
 pub mod http;
 pub mod peer;
 pub mod resources;

@@ -104,10 +104,14 @@ impl PeerService for PeerApi {
         }
         let method = ProviderMethod::parse(&req.method);
         let provider = req.provider_id.clone();
+        let req_on_behalf_of = req.on_behalf_of.clone();
         let result = self.call_provider_inner(req).await;
         if let Some(method) = method.filter(|m| m.changes_workloads()) {
             // The owner's side of a placement: admitted (reserved) or refused here.
-            let who = caller.map_or_else(|| "local".to_string(), |c| c.to_string());
+            let mut who = caller.map_or_else(|| "local".to_string(), |c| c.to_string());
+            if !req_on_behalf_of.is_empty() {
+                who = format!("{req_on_behalf_of} via {who}");
+            }
             let (outcome, error) = match &result {
                 Ok(_) => ("admitted", String::new()),
                 Err(s) => ("refused", s.message().to_string()),

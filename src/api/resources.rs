@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use serde_json::{json, Value};
 
 use crate::audit::Audit;
+use crate::placement::manager::{Answer, Filter, Op, DEFAULT_PAGE, LIST_DEADLINE, MAX_PAGE};
 use crate::placement::{Manager, PlaceOptions, QueueEntry};
 use crate::proto::resource as pb;
 use crate::proto::resource::resource_service_server::ResourceService;
@@ -109,6 +110,34 @@ fn progress_event(p: Progress) -> pb::DeployEvent {
     }
 }
 
+/// A deployment as any node answered for it, naming its owner and home.
+pub fn answer_to_proto(a: &Answer) -> pb::Deployment {
+    let mut p = deployment_to_proto(&a.deployment, &a.owner);
+    p.home_id = a.home.clone();
+    p
+}
+
+/// `scope`: "" or "node" (false), "mesh" (true); anything else is refused.
+fn mesh_scope(scope: &str) -> Result<bool, Status> {
+    match scope {
+        "" | "node" => Ok(false),
+        "mesh" => Ok(true),
+        other => Err(Status::invalid_argument(format!(
+            "scope {other:?} is not a listing scope: use \"node\" (this node's) or \"mesh\" (every node's)"
+        ))),
+    }
+}
+
+fn page_size(asked: u32) -> Result<u32, Status> {
+    match asked {
+        0 => Ok(DEFAULT_PAGE),
+        n if n <= MAX_PAGE => Ok(n),
+        n => Err(Status::invalid_argument(format!(
+            "page_size {n} is over the {MAX_PAGE} a page may hold: ask for fewer and follow next_page_token"
+        ))),
+    }
+}
+
 /// A queued deploy on the wire.
 pub fn queue_entry(e: &QueueEntry, reason: &str) -> pb::QueueEntry {
     let q = &e.record;
@@ -135,14 +164,22 @@ pub fn queue_entry(e: &QueueEntry, reason: &str) -> pb::QueueEntry {
 impl ResourceService for ResourceApi {
     async fn get_capacity(
         &self,
-        _: Request<pb::GetCapacityRequest>,
+        request: Request<pb::GetCapacityRequest>,
     ) -> Result<Response<pb::GetCapacityResponse>, Status> {
         let all = self.manager.candidates();
         let own = all.iter().filter(|c| c.tier != Tier::Discovered);
+        let (deployments, missing_nodes) = if request.into_inner().count_deployments {
+            let (counts, missing) = self.manager.count_mesh(LIST_DEADLINE).await;
+            (counts.into_iter().collect(), missing)
+        } else {
+            Default::default()
+        };
         Ok(Response::new(pb::GetCapacityResponse {
             node: Some(sum(own.map(|c| c.capacity)).into()),
             mesh: Some(sum(all.iter().filter(|c| c.healthy).map(|c| c.capacity)).into()),
             providers: all.len() as u32,
+            deployments,
+            missing_nodes,
         }))
     }
 
@@ -310,22 +347,90 @@ impl ResourceService for ResourceApi {
         &self,
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
+        let who = who(&request);
         let id = request.into_inner().id;
-        let (d, owner) = self.manager.status(&id).await?;
-        Ok(Response::new(deployment_to_proto(&d, &owner)))
+        let a = self.manager.anywhere(Op::Get, &id, &who).await?;
+        Ok(Response::new(answer_to_proto(&a)))
     }
 
     async fn list_deployments(
         &self,
-        _: Request<pb::ListDeploymentsRequest>,
+        request: Request<pb::ListDeploymentsRequest>,
     ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        let req = request.into_inner();
+        let filter = Filter::of(&req);
+        if mesh_scope(&req.scope)? {
+            let size = page_size(req.page_size)?;
+            let page = self
+                .manager
+                .list_mesh(&filter, &req.page_token, size, LIST_DEADLINE)
+                .await;
+            return Ok(Response::new(pb::ListDeploymentsResponse {
+                deployments: page.deployments,
+                next_page_token: page.next,
+                missing_nodes: page.missing,
+                nodes_answered: page.answered as u32,
+            }));
+        }
         let all = self.manager.list().await;
+        let me = self.manager.node_id();
         Ok(Response::new(pb::ListDeploymentsResponse {
             deployments: all
                 .iter()
-                .map(|(d, owner)| deployment_to_proto(d, owner))
+                .map(|(d, owner)| {
+                    let mut p = deployment_to_proto(d, owner);
+                    if self.manager.placed_here(&d.id) {
+                        p.home_id = me.to_string();
+                    }
+                    p
+                })
+                .filter(|p| filter.matches(p))
                 .collect(),
+            nodes_answered: 1,
+            ..Default::default()
         }))
+    }
+
+    type StreamDeploymentsStream = EventStream<pb::DeploymentsChunk>;
+
+    async fn stream_deployments(
+        &self,
+        request: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<Self::StreamDeploymentsStream>, Status> {
+        let filter = Filter::of(request.get_ref());
+        let (tx, rx) = mpsc::channel(16);
+        let (parts_tx, mut parts) = mpsc::channel(16);
+        let manager = self.manager.clone();
+        let stop = self.stop.clone();
+        self.deploys.spawn(async move {
+            let fan = manager.stream_mesh(&filter, LIST_DEADLINE, parts_tx);
+            let relay = async {
+                while let Some((node_id, deployments)) = parts.recv().await {
+                    let chunk = pb::DeploymentsChunk {
+                        node_id,
+                        deployments,
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {}
+                (missing, ()) = async { tokio::join!(fan, relay) } => {
+                    let _ = tx
+                        .send(Ok(pb::DeploymentsChunk {
+                            missing_nodes: missing,
+                            done: true,
+                            ..Default::default()
+                        }))
+                        .await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx).boxed()))
     }
 
     async fn list_queue(
@@ -348,12 +453,13 @@ impl ResourceService for ResourceApi {
         &self,
         request: Request<pb::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
+        let who = who(&request);
         let req = request.into_inner();
         let opts = LogOptions {
             tail: Some(req.tail).filter(|t| *t > 0),
             follow: req.follow,
         };
-        let lines = self.manager.logs(&req.id, opts).await?;
+        let lines = self.manager.logs_anywhere(&req.id, opts, &who).await?;
         // Paces the stream (slows it down, never drops lines).
         let mut pace = TokenBucket::new(LOG_LINES_PER_SEC, LOG_BURST, tokio_now());
         Ok(Response::new(
@@ -384,12 +490,15 @@ impl ResourceService for ResourceApi {
     ) -> Result<Response<pb::Deployment>, Status> {
         let who = who(&request);
         let id = request.into_inner().id;
-        let stopped = self.manager.stop(&id).await.map_err(Status::from);
+        let stopped = self
+            .manager
+            .anywhere(Op::Stop, &id, &who)
+            .await
+            .map_err(Status::from);
         let (result, error) = outcome(&stopped);
         self.audit
             .record("stop", &who, result, json!({"id": id, "error": error}));
-        let (d, owner) = stopped?;
-        Ok(Response::new(deployment_to_proto(&d, &owner)))
+        Ok(Response::new(answer_to_proto(&stopped?)))
     }
 
     async fn renew_lease(
@@ -427,14 +536,15 @@ impl ResourceApi {
         epoch: u64,
     ) -> Result<Response<pb::Deployment>, Status> {
         let fenced = Some(epoch).filter(|e| *e > 0);
-        let (event, done) = match op {
-            LeaseOp::Renew => ("renew_lease", self.manager.renew_lease(&id, fenced).await),
-            LeaseOp::Release => (
-                "release_lease",
-                self.manager.release_lease(&id, fenced).await,
-            ),
+        let (event, op) = match op {
+            LeaseOp::Renew => ("renew_lease", Op::RenewLease(fenced)),
+            LeaseOp::Release => ("release_lease", Op::ReleaseLease(fenced)),
         };
-        let done = done.map_err(Status::from);
+        let done = self
+            .manager
+            .anywhere(op, &id, who)
+            .await
+            .map_err(Status::from);
         let (result, error) = outcome(&done);
         self.audit.record(
             event,
@@ -442,8 +552,7 @@ impl ResourceApi {
             result,
             json!({"id": id, "epoch": epoch, "error": error}),
         );
-        let (d, owner) = done?;
-        Ok(Response::new(deployment_to_proto(&d, &owner)))
+        Ok(Response::new(answer_to_proto(&done?)))
     }
 }
 

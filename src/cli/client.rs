@@ -42,11 +42,9 @@ pub enum Command {
     },
     /// Deploy a container somewhere in the mesh; shows image pull progress.
     Deploy(Box<DeployArgs>),
-    /// Deployments placed through or held by the node.
-    Deployments {
-        #[command(flatten)]
-        target: Target,
-    },
+    /// Every deployment in the mesh (each once, all pages); --node for
+    /// what this node placed or holds.
+    Deployments(ListArgs),
     /// Deploys waiting in the node's queue: position, priority, age, reason.
     Queue {
         #[command(flatten)]
@@ -151,6 +149,35 @@ pub struct Target {
 pub enum Output {
     Table,
     Json,
+}
+
+/// `iarnet deployments`: the mesh by default, since any node is a door to
+/// all of it and a user rarely knows which node placed what.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Only what this node placed or holds.
+    #[arg(long)]
+    pub node: bool,
+    /// Only deployments in this state (running, queued, stopped, ...).
+    #[arg(long, default_value = "")]
+    pub state: String,
+    /// Only those on this node's providers.
+    #[arg(long, default_value = "")]
+    pub owner: String,
+    /// Only those on this provider.
+    #[arg(long, default_value = "")]
+    pub provider: String,
+    /// Only images containing this text.
+    #[arg(long, default_value = "")]
+    pub image: String,
+    /// Only those carrying this label, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Deployments per request (the mesh listing pages by id); all pages are shown.
+    #[arg(long, default_value_t = 500)]
+    pub page_size: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -401,7 +428,9 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
         Command::Capacity { target } => {
             let mut api = ResourceServiceClient::new(target.connect().await?);
             let cap = api
-                .get_capacity(target.request(pb::GetCapacityRequest {}))
+                .get_capacity(target.request(pb::GetCapacityRequest {
+                    count_deployments: true,
+                }))
                 .await
                 .map_err(|s| rpc(&target, s))?
                 .into_inner();
@@ -411,20 +440,7 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
             }
         }
         Command::Deploy(args) => deploy(*args, &mut out).await?,
-        Command::Deployments { target } => {
-            let mut api = ResourceServiceClient::new(target.connect().await?);
-            let list = api
-                .list_deployments(target.request(pb::ListDeploymentsRequest {}))
-                .await
-                .map_err(|s| rpc(&target, s))?
-                .into_inner();
-            match target.output {
-                Output::Json => json_line(&mut out, &list)?,
-                Output::Table => {
-                    out.write_all(render::deployments(&list.deployments).as_bytes())?
-                }
-            }
-        }
+        Command::Deployments(args) => list_deployments(args, &mut out).await?,
         Command::Queue { target } => {
             let mut api = ResourceServiceClient::new(target.connect().await?);
             let list = api
@@ -540,6 +556,53 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
             } else {
                 writeln!(out, "SERVING")?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Every page of a listing; a table, or one JSON object per page.
+async fn list_deployments(args: ListArgs, out: &mut impl Write) -> Result<(), ClientError> {
+    let target = &args.target;
+    let mut api = ResourceServiceClient::new(target.connect().await?);
+    let mut req = pb::ListDeploymentsRequest {
+        scope: if args.node { "node" } else { "mesh" }.into(),
+        page_size: args.page_size,
+        state: args.state.clone(),
+        owner_id: args.owner.clone(),
+        provider_id: args.provider.clone(),
+        image: args.image.clone(),
+        labels: pairs("--label", &args.labels)?.into_iter().collect(),
+        ..Default::default()
+    };
+    let mut all = Vec::new();
+    let mut missing = Vec::new();
+    loop {
+        let page = api
+            .list_deployments(target.request(req.clone()))
+            .await
+            .map_err(|s| rpc(target, s))?
+            .into_inner();
+        if target.output == Output::Json {
+            json_line(out, &page)?;
+        }
+        all.extend(page.deployments);
+        missing.extend(page.missing_nodes);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        req.page_token = page.next_page_token;
+    }
+    if target.output == Output::Table {
+        out.write_all(render::deployments(&all).as_bytes())?;
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            writeln!(
+                std::io::stderr(),
+                "not answered in time (their deployments may be missing): {}",
+                missing.join(", ")
+            )?;
         }
     }
     Ok(())

@@ -203,6 +203,20 @@ pub fn capacity(c: &pb::GetCapacityResponse) -> String {
         vec![row("node", c.node.as_ref()), row("mesh", c.mesh.as_ref())],
     );
     out.push_str(&format!("{} providers\n", c.providers));
+    if !c.deployments.is_empty() {
+        let sorted: BTreeMap<&String, &u64> = c.deployments.iter().collect();
+        let by_state: Vec<String> = sorted.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        out.push_str(&format!(
+            "deployments in the mesh: {}\n",
+            by_state.join(", ")
+        ));
+    }
+    if !c.missing_nodes.is_empty() {
+        out.push_str(&format!(
+            "not counted (no answer in time): {}\n",
+            c.missing_nodes.join(", ")
+        ));
+    }
     out
 }
 
@@ -212,14 +226,21 @@ pub fn deployments(list: &[pb::Deployment]) -> String {
         .map(|d| {
             vec![
                 d.id.clone(),
+                d.request_id.clone(),
                 d.image.clone(),
                 d.state.clone(),
                 d.provider_id.clone(),
                 d.owner_id.clone(),
+                d.home_id.clone(),
             ]
         })
         .collect();
-    table(&["ID", "IMAGE", "STATE", "PROVIDER", "OWNER"], rows)
+    table(
+        &[
+            "ID", "REQUEST", "IMAGE", "STATE", "PROVIDER", "OWNER", "HOME",
+        ],
+        rows,
+    )
 }
 
 pub fn queue(entries: &[pb::QueueEntry]) -> String {
@@ -260,13 +281,18 @@ pub fn queue(entries: &[pb::QueueEntry]) -> String {
 pub fn deployment(d: &pb::Deployment) -> String {
     let r = d.resources.unwrap_or_default();
     let mut out = format!(
-        "id:        {}\nrequest:   {}\nimage:     {}\nstate:     {}\nprovider:  {} (node {})\nresources: cpu {} memory {} gpu {}\n",
+        "id:        {}\nrequest:   {}\nimage:     {}\nstate:     {}\nprovider:  {} (node {})\nhome:      {}\nresources: cpu {} memory {} gpu {}\n",
         d.id,
         d.request_id,
         d.image,
         d.state,
         d.provider_id,
         d.owner_id,
+        if d.home_id.is_empty() {
+            "(unknown: answered by its owner)"
+        } else {
+            &d.home_id
+        },
         cpu(r.cpu_millis),
         bytes(r.memory_bytes),
         r.gpus

@@ -1,13 +1,17 @@
 //! The mesh as placement sees it: the providers live members advertise,
-//! publishing this node's own, and CallProvider over the node's channels.
+//! publishing this node's own, the live members (the directory's ring),
+//! and CallProvider and the directory service over the node's channels.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::shared::Shared;
 use crate::metrics::calls::{observe_call, Side};
+use crate::placement::directory::{DirectoryCaller, Member};
 use crate::placement::{Discovery, ProviderCaller, ProviderMethod};
+use crate::proto::directory as dpb;
 use crate::proto::peer::{ProviderCallRequest, ProviderCallResponse, ProviderInfo};
+use crate::proto::resource as rpb;
 use crate::resource::wire::candidate_from_gossip;
 use crate::resource::Candidate;
 
@@ -45,6 +49,25 @@ impl Discovery for NodeDiscovery {
     fn version(&self) -> u64 {
         self.shared.mesh().view().hash()
     }
+
+    fn members(&self) -> Vec<Member> {
+        let mesh = self.shared.mesh();
+        mesh.view()
+            .iter()
+            .filter(|e| !e.status.is_tombstone())
+            .map(|e| Member {
+                id: e.info.id.to_string(),
+                addr: e.info.addr.clone(),
+                generation: e.info.generation,
+            })
+            .collect()
+    }
+
+    fn directory(&self) -> Option<Arc<dyn DirectoryCaller>> {
+        Some(Arc::new(NodeCaller {
+            shared: self.shared.clone(),
+        }))
+    }
 }
 
 /// CallProvider over the node's pooled channels.
@@ -66,6 +89,73 @@ impl ProviderCaller for NodeCaller {
         let result = self.send(owner_addr, request, timeout).await;
         observe_call(&self.shared.metrics, Side::Client, method, &result, started);
         result
+    }
+}
+
+/// A unary directory call with a deadline, counted like CallProvider.
+macro_rules! directory_call {
+    ($self:ident, $addr:ident, $req:ident, $timeout:ident, $method:ident, $label:literal) => {{
+        let started = Instant::now();
+        let result = async {
+            let mut client = $self.shared.pool.directory($addr)?;
+            let mut r = tonic::Request::new($req);
+            r.set_timeout($timeout);
+            match tokio::time::timeout($timeout, client.$method(r)).await {
+                Ok(r) => r.map(tonic::Response::into_inner),
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "{} to {} took longer than {:?}",
+                    $label, $addr, $timeout
+                ))),
+            }
+        }
+        .await;
+        observe_call(
+            &$self.shared.metrics,
+            Side::Client,
+            $label,
+            &result,
+            started,
+        );
+        result
+    }};
+}
+
+#[async_trait::async_trait]
+impl DirectoryCaller for NodeCaller {
+    async fn register(
+        &self,
+        addr: &str,
+        req: dpb::RegisterRequest,
+        timeout: Duration,
+    ) -> Result<dpb::RegisterReply, tonic::Status> {
+        directory_call!(self, addr, req, timeout, register, "directory.register")
+    }
+
+    async fn locate(
+        &self,
+        addr: &str,
+        req: dpb::LocateRequest,
+        timeout: Duration,
+    ) -> Result<dpb::LocateReply, tonic::Status> {
+        directory_call!(self, addr, req, timeout, locate, "directory.locate")
+    }
+
+    async fn forward(
+        &self,
+        addr: &str,
+        req: dpb::ForwardRequest,
+        timeout: Duration,
+    ) -> Result<rpb::Deployment, tonic::Status> {
+        directory_call!(self, addr, req, timeout, forward, "directory.forward")
+    }
+
+    async fn list_local(
+        &self,
+        addr: &str,
+        req: dpb::ListLocalRequest,
+        timeout: Duration,
+    ) -> Result<dpb::ListLocalReply, tonic::Status> {
+        directory_call!(self, addr, req, timeout, list_local, "directory.list")
     }
 }
 

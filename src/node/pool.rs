@@ -9,12 +9,13 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
 
 use crate::mesh::limits::MAX_MESSAGE;
+use crate::proto::directory::directory_client::DirectoryClient;
 use crate::proto::peer::peer_service_client::PeerServiceClient;
 use crate::security::tls::Tls;
 
 /// One lazily connected channel per peer address, reused across rounds.
 pub struct Pool {
-    clients: Mutex<HashMap<String, PeerServiceClient<Channel>>>,
+    clients: Mutex<HashMap<String, Channel>>,
     timeout: Duration,
     tls: Option<ClientTlsConfig>,
 }
@@ -29,6 +30,19 @@ impl Pool {
     }
 
     pub fn client(&self, addr: &str) -> Result<PeerServiceClient<Channel>, Status> {
+        Ok(PeerServiceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// The directory service on the same channel.
+    pub fn directory(&self, addr: &str) -> Result<DirectoryClient<Channel>, Status> {
+        Ok(DirectoryClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
@@ -44,11 +58,9 @@ impl Pool {
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
         }
-        let client = PeerServiceClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        clients.insert(addr.to_string(), client.clone());
-        Ok(client)
+        let channel = endpoint.connect_lazy();
+        clients.insert(addr.to_string(), channel.clone());
+        Ok(channel)
     }
 
     /// Drops channels to addresses no longer in `keep`.

@@ -20,12 +20,14 @@ use tracing::{info, warn, Instrument};
 use super::prepare::Prepared;
 use super::{gossip, peers, providers, NodeError};
 use crate::api::admin::AdminApi;
+use crate::api::directory::DirectoryApi;
 use crate::api::http::HttpApi;
 use crate::api::peer::PeerApi;
 use crate::api::resources::ResourceApi;
 use crate::mesh::limits::MAX_MESSAGE;
 use crate::placement::Manager;
 use crate::proto::admin::admin_server::AdminServer;
+use crate::proto::directory::directory_server::DirectoryServer;
 use crate::proto::peer::peer_service_server::PeerServiceServer;
 use crate::proto::resource::resource_service_server::ResourceServiceServer;
 use crate::security::guard::GuardLayer;
@@ -38,6 +40,7 @@ pub const HEALTH_SERVICES: &[&str] = &[
     "peer.PeerService",
     "iarnet.admin.v1.Admin",
     "iarnet.resource.v1.ResourceService",
+    "iarnet.directory.v1.Directory",
 ];
 
 /// Known peers are saved every this many gossip rounds, and at least this rarely.
@@ -115,6 +118,11 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
+        .add_service(
+            DirectoryServer::new(DirectoryApi::new(shared.clone(), manager.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .add_service(AdminServer::new(AdminApi::new(shared.clone())))
         .add_service(ResourceServiceServer::new(resources()));
 
@@ -183,6 +191,12 @@ pub async fn serve(
                 cancel.child_token(),
             )
             .instrument(tracing::info_span!(parent: &span, "queue")),
+    );
+    tasks.spawn(
+        manager
+            .clone()
+            .run_directory(interval, cancel.child_token())
+            .instrument(tracing::info_span!(parent: &span, "directory")),
     );
     tasks.spawn(
         manager

@@ -28,11 +28,16 @@ use crate::resource::{
 use crate::store::{DeploymentRecord, MemoryStore, ProviderRecord, Store, StoreError, Stored};
 use crate::sync::KeyLocks;
 
+mod anywhere;
 mod leases;
+mod listing;
 mod queue;
 mod reconcile;
+mod registration;
 pub use super::place::{PlaceOptions, Placed};
 use crate::resource::{DeploySpec, ProgressSink};
+pub use anywhere::{Answer, Op};
+pub use listing::{Filter, MeshPage, DEFAULT_PAGE, LIST_DEADLINE, MAX_PAGE};
 pub use queue::TRIES_PER_PASS;
 pub use reconcile::Reconciled;
 
@@ -55,6 +60,10 @@ pub struct Manager {
     audit: OnceLock<Arc<Audit>>,
     /// Leases on this node's own providers (it is their owner).
     leases: Arc<Leases>,
+    /// Where every deployment in the mesh lives (see `anywhere.rs`).
+    directory: super::directory::Directory,
+    /// What this node's providers ran at the last scan, for the directory.
+    owned: Mutex<registration::Owned>,
 }
 
 impl Manager {
@@ -138,6 +147,8 @@ impl Manager {
             queue_stats: Default::default(),
             audit: OnceLock::new(),
             leases: Arc::new(leases),
+            directory: Default::default(),
+            owned: Default::default(),
         }
     }
 
@@ -285,6 +296,11 @@ impl Manager {
             }
             (Err(e), _) => Err(e),
         }
+    }
+
+    /// Whether this node placed deployment (or request) `id` and keeps its record.
+    pub fn placed_here(&self, id: &str) -> bool {
+        self.book.record(id).is_some_and(|r| !r.adopted)
     }
 
     /// Keeps the record of a deployment placed here in step with an end

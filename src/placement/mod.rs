@@ -10,6 +10,7 @@
 //! leases     the leases this node keeps as an owner, durable, fenced
 //! leased     this node's providers wrapped so every path keeps the leases
 //! call       CallProvider: the proxy to other nodes' providers, and serving
+//! directory  where every deployment in the mesh lives: a ring of locators
 //! manager    assembles the stages; answers status, logs, stop and listing;
 //!            its queue worker unblocks waiting deploys when capacity grows,
 //!            its lease worker stops what ran out of lease
@@ -17,6 +18,7 @@
 
 mod book;
 pub mod call;
+pub mod directory;
 pub mod feasible;
 mod leased;
 pub mod leases;

@@ -246,6 +246,7 @@ impl Placer<'_> {
                     None => DeploymentRecord::new(id, &spec.request_id, &spec.image, placed_on(&c)),
                 };
                 rec.set_resources(spec.resources);
+                rec.labels = spec.labels.clone();
                 rec.push(Stored::Placing);
                 self.book.persist(&rec).await?;
                 let result = match self.registry.provider_for(&c) {
@@ -339,6 +340,7 @@ impl Placer<'_> {
         let mut rec =
             DeploymentRecord::new(id, &q.spec.request_id, &q.spec.image, PlacedOn::default());
         rec.set_resources(q.spec.resources);
+        rec.labels = q.spec.labels.clone();
         rec.push(Stored::Queued {
             reason: verdict.text.clone(),
         });

@@ -26,6 +26,15 @@ pub trait Discovery: Send + Sync + 'static {
     fn caller(&self) -> Arc<dyn ProviderCaller>;
     /// Changes whenever `discovered` may answer differently (the view hash).
     fn version(&self) -> u64;
+    /// Live members, this node included: the directory's ring. None known
+    /// (a node alone, a test) leaves the directory idle.
+    fn members(&self) -> Vec<super::directory::Member> {
+        Vec::new()
+    }
+    /// Reaches other nodes' `Directory` service, when there is a mesh.
+    fn directory(&self) -> Option<Arc<dyn super::directory::DirectoryCaller>> {
+        None
+    }
 }
 
 /// One of this node's providers and what it last said of itself.
@@ -70,6 +79,11 @@ impl Registry {
 
     pub fn allow_remote_access(&self) -> bool {
         self.allow_remote_access
+    }
+
+    /// The mesh, as placement sees it.
+    pub fn discovery(&self) -> &Arc<dyn Discovery> {
+        &self.discovery
     }
 
     fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Local>> {

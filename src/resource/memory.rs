@@ -122,6 +122,7 @@ impl Provider for MemoryProvider {
             gpus,
             history: Vec::new(),
             lease: None,
+            labels: spec.labels.clone(),
         };
         for s in [
             DeployState::Pending,

@@ -345,6 +345,8 @@ pub struct Deployment {
     pub history: Vec<StateChange>,
     /// Its lease, as the owner answered for it; None when it holds none.
     pub lease: Option<super::LeaseView>,
+    /// The labels it was deployed with.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Deployment {

@@ -264,6 +264,8 @@ pub fn deployment_to_proto(d: &Deployment, owner_id: &str) -> pb::Deployment {
         state: d.state().name().to_string(),
         reason: d.reason(),
         lease: d.lease.as_ref().map(lease_to_proto),
+        home_id: String::new(),
+        labels: d.labels.clone().into_iter().collect(),
         history: d
             .history
             .iter()
@@ -293,6 +295,7 @@ pub fn deployment_from_proto(d: pb::Deployment) -> Deployment {
             })
             .collect(),
         lease: d.lease.map(lease_from_proto),
+        labels: d.labels.into_iter().collect(),
     }
 }
 

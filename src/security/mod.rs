@@ -35,6 +35,9 @@ use tokens::Tokens;
 
 /// The one peer method with its own budget (`rate_limit.call_*`).
 const CALL_PROVIDER_PATH: &str = "/peer.PeerService/CallProvider";
+/// The deployment directory between nodes: a peer surface, on the
+/// CallProvider budget (a lookup or forward stands for a management call).
+const DIRECTORY_PREFIX: &str = "/iarnet.directory.v1.Directory/";
 
 /// A refused caller is logged at most once per this interval.
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
@@ -42,7 +45,8 @@ pub const LOG_EVERY: Duration = Duration::from_secs(60);
 /// Which kind of call, for the rules that apply and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
-    /// `peer.PeerService`: gossip and CallProvider, from other nodes.
+    /// `peer.PeerService` (gossip, CallProvider) and the deployment
+    /// directory, from other nodes.
     Peer,
     /// Health checks and reflection.
     Health,
@@ -52,7 +56,7 @@ pub enum Surface {
 
 impl Surface {
     pub fn of(path: &str) -> Surface {
-        if path.starts_with("/peer.PeerService/") {
+        if path.starts_with("/peer.PeerService/") || path.starts_with(DIRECTORY_PREFIX) {
             Surface::Peer
         } else if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
             Surface::Health
@@ -173,7 +177,7 @@ impl Security {
         authorization: Option<&[u8]>,
     ) -> Result<Caller, Status> {
         let surface = Surface::of(path);
-        let budget = if path == CALL_PROVIDER_PATH {
+        let budget = if path == CALL_PROVIDER_PATH || path.starts_with(DIRECTORY_PREFIX) {
             &self.provider_calls
         } else {
             &self.gossip_calls

@@ -262,6 +262,9 @@ pub struct DeploymentRecord {
     /// another node on our provider) and taken in at reconcile.
     #[serde(default)]
     pub adopted: bool,
+    /// The labels it was deployed with.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 pub fn now_ms() -> u64 {
@@ -288,6 +291,7 @@ impl DeploymentRecord {
             gpus: Vec::new(),
             history: Vec::new(),
             adopted: false,
+            labels: Default::default(),
         }
     }
 
@@ -348,6 +352,9 @@ impl DeploymentRecord {
         if !d.gpus.is_empty() {
             self.gpus = d.gpus.clone();
         }
+        if self.labels.is_empty() && !d.labels.is_empty() {
+            self.labels = d.labels.clone();
+        }
     }
 
     /// The deployment as a client sees it, from the record alone.
@@ -371,6 +378,7 @@ impl DeploymentRecord {
             gpus: self.gpus.clone(),
             history: Vec::new(),
             lease: None,
+            labels: self.labels.clone(),
         };
         for c in history {
             if d.history.last().map(|h| &h.state) != Some(&c.state) {

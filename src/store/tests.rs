@@ -27,6 +27,7 @@ fn record(id: &str) -> DeploymentRecord {
         gpus: vec![],
         history: vec![],
         adopted: false,
+        labels: Default::default(),
     };
     r.push(Stored::Placing);
     r
@@ -70,6 +71,7 @@ fn suite(store: &dyn Store) {
             },
         ],
         lease: None,
+        labels: Default::default(),
     });
     store.put_deployment(&a2).unwrap();
     let back = store.deployment(&a.id).unwrap().unwrap();

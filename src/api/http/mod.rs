@@ -309,13 +309,81 @@ async fn metrics(State(api): Api) -> Response {
         .into_response()
 }
 
-async fn capacity(State(api): Api) -> Result<Json<CapacityReport>, ApiError> {
+/// Query parameters as given, repeated ones included.
+type Params = axum::extract::Query<Vec<(String, String)>>;
+
+async fn capacity(
+    State(api): Api,
+    caller: Option<Extension<Caller>>,
+    axum::extract::Query(params): Params,
+) -> Result<Json<CapacityReport>, ApiError> {
+    let mut count_deployments = false;
+    for (k, v) in params {
+        match k.as_str() {
+            "deployments" => count_deployments = flag("deployments", &v)?,
+            other => return Err(unknown_param(other, "deployments")),
+        }
+    }
     let c = api
         .resources
-        .get_capacity(Request::new(pb::GetCapacityRequest {}))
+        .get_capacity(as_caller(
+            caller,
+            pb::GetCapacityRequest { count_deployments },
+        ))
         .await?
         .into_inner();
-    Ok(Json(CapacityReport::from(&c)))
+    let mut report = CapacityReport::from(&c);
+    if count_deployments && report.deployments.is_none() {
+        report.deployments = Some(Default::default());
+    }
+    Ok(Json(report))
+}
+
+fn flag(name: &str, v: &str) -> Result<bool, ApiError> {
+    match v {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(bad_request(format!("{name}={v:?}: use true or false"))),
+    }
+}
+
+fn unknown_param(name: &str, known: &str) -> ApiError {
+    bad_request(format!(
+        "unknown query parameter {name:?}; this route takes {known}"
+    ))
+}
+
+/// `GET /resource/deployments?scope=mesh&state=running&label=team=ml&page_token=…`
+fn list_request(params: Vec<(String, String)>) -> Result<pb::ListDeploymentsRequest, ApiError> {
+    let mut req = pb::ListDeploymentsRequest::default();
+    for (k, v) in params {
+        match k.as_str() {
+            "scope" => req.scope = v,
+            "state" => req.state = v,
+            "owner" | "owner_id" => req.owner_id = v,
+            "provider" | "provider_id" => req.provider_id = v,
+            "image" => req.image = v,
+            "page_token" => req.page_token = v,
+            "page_size" => {
+                req.page_size = v
+                    .parse()
+                    .map_err(|_| bad_request(format!("page_size={v:?} is not a whole number")))?
+            }
+            "label" => {
+                let Some((lk, lv)) = v.split_once('=') else {
+                    return Err(bad_request(format!("label={v:?}: write label=KEY=VALUE")));
+                };
+                req.labels.insert(lk.to_string(), lv.to_string());
+            }
+            other => {
+                return Err(unknown_param(
+                    other,
+                    "scope, state, owner, provider, image, label, page_size, page_token",
+                ))
+            }
+        }
+    }
+    Ok(req)
 }
 
 async fn providers(State(api): Api) -> Result<Json<ProvidersReport>, ApiError> {
@@ -329,24 +397,28 @@ async fn providers(State(api): Api) -> Result<Json<ProvidersReport>, ApiError> {
     }))
 }
 
-async fn deployments(State(api): Api) -> Result<Json<DeploymentsReport>, ApiError> {
+async fn deployments(
+    State(api): Api,
+    caller: Option<Extension<Caller>>,
+    axum::extract::Query(params): Params,
+) -> Result<Json<DeploymentsReport>, ApiError> {
+    let req = list_request(params)?;
     let list = api
         .resources
-        .list_deployments(Request::new(pb::ListDeploymentsRequest {}))
+        .list_deployments(as_caller(caller, req))
         .await?
         .into_inner();
-    Ok(Json(DeploymentsReport {
-        deployments: list.deployments.iter().map(DeploymentView::from).collect(),
-    }))
+    Ok(Json(DeploymentsReport::from(&list)))
 }
 
 async fn deployment(
     State(api): Api,
+    caller: Option<Extension<Caller>>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<DeploymentView>, ApiError> {
     let d = api
         .resources
-        .get_deployment(Request::new(pb::GetDeploymentRequest { id }))
+        .get_deployment(as_caller(caller, pb::GetDeploymentRequest { id }))
         .await?
         .into_inner();
     Ok(Json(DeploymentView::from(&d)))

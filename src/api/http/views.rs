@@ -82,6 +82,12 @@ pub struct CapacityReport {
     pub node: CapacityView,
     pub mesh: CapacityView,
     pub providers: u32,
+    /// With `?deployments=true`: the mesh's deployments by state, each once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployments: Option<BTreeMap<String, u64>>,
+    /// Nodes that did not answer that count in time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_nodes: Vec<String>,
 }
 
 impl From<&pb::GetCapacityResponse> for CapacityReport {
@@ -96,6 +102,9 @@ impl From<&pb::GetCapacityResponse> for CapacityReport {
             node: c.node.as_ref().into(),
             mesh: c.mesh.as_ref().into(),
             providers: c.providers,
+            deployments: (!c.deployments.is_empty() || !c.missing_nodes.is_empty())
+                .then(|| c.deployments.clone().into_iter().collect()),
+            missing_nodes: c.missing_nodes.clone(),
         }
     }
 }
@@ -263,7 +272,11 @@ pub struct DeploymentView {
     /// Empty while it waits in its home's queue.
     pub provider_id: String,
     pub owner_id: String,
+    /// The node that placed it and keeps its record; empty when only its
+    /// owner answered.
+    pub home_id: String,
     pub image: String,
+    pub labels: BTreeMap<String, String>,
     pub state: String,
     pub reason: String,
     pub resources: Amounts,
@@ -321,7 +334,9 @@ impl From<&pb::Deployment> for DeploymentView {
             request_id: d.request_id.clone(),
             provider_id: d.provider_id.clone(),
             owner_id: d.owner_id.clone(),
+            home_id: d.home_id.clone(),
             image: d.image.clone(),
+            labels: d.labels.clone().into_iter().collect(),
             state: d.state.clone(),
             reason: d.reason.clone(),
             resources: d.resources.as_ref().into(),
@@ -343,6 +358,22 @@ impl From<&pb::Deployment> for DeploymentView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeploymentsReport {
     pub deployments: Vec<DeploymentView>,
+    /// Mesh scope: the cursor of the next page (`page_token`); null on the last.
+    pub next_page_token: Option<String>,
+    /// Mesh scope: nodes that did not answer in time.
+    pub missing_nodes: Vec<String>,
+    pub nodes_answered: u32,
+}
+
+impl From<&pb::ListDeploymentsResponse> for DeploymentsReport {
+    fn from(l: &pb::ListDeploymentsResponse) -> DeploymentsReport {
+        DeploymentsReport {
+            deployments: l.deployments.iter().map(DeploymentView::from).collect(),
+            next_page_token: Some(l.next_page_token.clone()).filter(|t| !t.is_empty()),
+            missing_nodes: l.missing_nodes.clone(),
+            nodes_answered: l.nodes_answered,
+        }
+    }
 }
 
 /// One deploy waiting in this node's queue.

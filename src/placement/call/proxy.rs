@@ -25,11 +25,23 @@ const LOG_POLL: Duration = Duration::from_millis(500);
 pub struct RemoteProvider {
     candidate: Candidate,
     caller: Arc<dyn ProviderCaller>,
+    /// Who the calls are made for (the owner's audit log names them).
+    on_behalf_of: String,
 }
 
 impl RemoteProvider {
     pub fn new(candidate: Candidate, caller: Arc<dyn ProviderCaller>) -> RemoteProvider {
-        RemoteProvider { candidate, caller }
+        RemoteProvider {
+            candidate,
+            caller,
+            on_behalf_of: String::new(),
+        }
+    }
+
+    /// Calls made for `who`, a management client of this node.
+    pub fn on_behalf_of(mut self, who: &str) -> RemoteProvider {
+        self.on_behalf_of = who.to_string();
+        self
     }
 
     async fn call<Req: Message, Resp: Message + Default>(
@@ -38,7 +50,15 @@ impl RemoteProvider {
         payload: Req,
         timeout: Duration,
     ) -> Result<Resp, ResourceError> {
-        call(&*self.caller, &self.candidate, method, payload, timeout).await
+        call(
+            &*self.caller,
+            &self.candidate,
+            &self.on_behalf_of,
+            method,
+            payload,
+            timeout,
+        )
+        .await
     }
 
     /// A lease call, answered by the owner, which keeps the lease.
@@ -65,6 +85,7 @@ impl RemoteProvider {
 async fn call<Req: Message, Resp: Message + Default>(
     caller: &dyn ProviderCaller,
     c: &Candidate,
+    on_behalf_of: &str,
     method: ProviderMethod,
     payload: Req,
     timeout: Duration,
@@ -75,6 +96,7 @@ async fn call<Req: Message, Resp: Message + Default>(
         payload: payload.encode_to_vec(),
         // The node's caller fills in its own id.
         caller_id: String::new(),
+        on_behalf_of: on_behalf_of.to_string(),
     };
     let resp = caller
         .call(&c.owner_addr, req, timeout)
@@ -159,6 +181,7 @@ impl Provider for RemoteProvider {
         // CallProvider is unary: follow by polling for lines past those seen.
         let caller = self.caller.clone();
         let cand = self.candidate.clone();
+        let who = self.on_behalf_of.clone();
         let id = deployment_id.to_string();
         let first: pb::LogsReply = self
             .call(
@@ -187,6 +210,7 @@ impl Provider for RemoteProvider {
             let caller = caller.clone();
             let cand = cand.clone();
             let id = id.clone();
+            let who = who.clone();
             async move {
                 loop {
                     if let Some(e) = st.pending.next() {
@@ -208,6 +232,7 @@ impl Provider for RemoteProvider {
                     match call::<_, pb::LogsReply>(
                         &*caller,
                         &cand,
+                        &who,
                         ProviderMethod::Logs,
                         req,
                         CALL_TIMEOUT,
@@ -219,6 +244,9 @@ impl Provider for RemoteProvider {
                             st.ended = r.ended;
                             st.pending = r.lines.into_iter();
                         }
+                        // Gone since the first answer (stopped and
+                        // removed): the follow is over.
+                        Err(ResourceError::NotFound(_)) => return None,
                         Err(e) => {
                             st.ended = true;
                             return Some((Err(e), st));

@@ -38,7 +38,10 @@ fn point(id: &str, i: u64) -> u64 {
 
 /// Where a key falls on the circle.
 pub fn key_point(key: &str) -> u64 {
-    StableHasher::new().bytes(b"locate").bytes(key.as_bytes()).finish()
+    StableHasher::new()
+        .bytes(b"locate")
+        .bytes(key.as_bytes())
+        .finish()
 }
 
 impl Ring {
@@ -155,8 +158,16 @@ mod tests {
         let mut moved = 0;
         for i in 0..keys {
             let key = format!("iarnet-{i:08x}");
-            let b: Vec<String> = before.replicas(&key, 3).iter().map(|m| m.id.clone()).collect();
-            let a: Vec<String> = after.replicas(&key, 3).iter().map(|m| m.id.clone()).collect();
+            let b: Vec<String> = before
+                .replicas(&key, 3)
+                .iter()
+                .map(|m| m.id.clone())
+                .collect();
+            let a: Vec<String> = after
+                .replicas(&key, 3)
+                .iter()
+                .map(|m| m.id.clone())
+                .collect();
             if a != b {
                 moved += 1;
             }
@@ -165,10 +176,7 @@ mod tests {
             }
         }
         // Each of 100 members should hold about 3 × 20,000 / 100 = 600.
-        let (min, max) = (
-            *load.values().min().unwrap(),
-            *load.values().max().unwrap(),
-        );
+        let (min, max) = (*load.values().min().unwrap(), *load.values().max().unwrap());
         assert!(min > 250 && max < 1100, "uneven: {min}..{max}");
         // About k/N = 3 % of the keys gain the new member; far from all.
         assert!(moved < keys / 10, "{moved} of {keys} keys moved");

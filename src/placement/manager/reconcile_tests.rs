@@ -101,6 +101,7 @@ fn record(req: &str, state: Stored) -> DeploymentRecord {
         gpus: vec![],
         history: vec![],
         adopted: false,
+        labels: Default::default(),
     };
     r.push(Stored::Placing);
     r.push(state);

@@ -113,6 +113,7 @@ impl DockerProvider {
             gpus,
             history,
             lease: None,
+            labels: f.labels.clone(),
         }
     }
 

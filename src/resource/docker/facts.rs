@@ -25,6 +25,8 @@ pub(super) struct Facts {
     pub(super) created: Option<SystemTime>,
     pub(super) started: Option<SystemTime>,
     pub(super) finished: Option<SystemTime>,
+    /// The deployment's own labels (not iarnet's bookkeeping).
+    pub(super) labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Facts {
@@ -86,6 +88,11 @@ impl Facts {
             created: None,
             started: None,
             finished: None,
+            labels: labels
+                .iter()
+                .filter(|(k, _)| !k.starts_with(labels::RESERVED_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 

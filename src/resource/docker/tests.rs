@@ -107,6 +107,7 @@ fn seeded_history_follows_the_engine() {
         created: Some(UNIX_EPOCH + Duration::from_secs(10)),
         started: Some(UNIX_EPOCH + Duration::from_secs(11)),
         finished: Some(UNIX_EPOCH + Duration::from_secs(12)),
+        labels: Default::default(),
     };
     let states: Vec<DeployState> = f.seed_history().into_iter().map(|c| c.state).collect();
     assert_eq!(

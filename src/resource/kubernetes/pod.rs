@@ -358,6 +358,7 @@ pub(crate) fn to_deployment(pod: &Pod, provider_id: &str) -> Deployment {
         gpus,
         history,
         lease: None,
+        labels: Default::default(),
     };
     if d.state() != state {
         d.history.push(StateChange {
