@@ -712,6 +712,34 @@ fn five_node_container_mesh_converges_detects_partitions_heals_restarts_and_depl
             Err(format!("lines so far: {text:?}"))
         }
     });
+    // Any node answers for it: b neither placed it nor runs it.
+    let b = mesh.addr(B);
+    let through_b = wait_until(
+        "b to find the deployment placed through a",
+        LIMIT,
+        POLL,
+        || {
+            call(
+                &b,
+                "iarnet.resource.v1.ResourceService/GetDeployment",
+                Some(&json!({"id": rid})),
+            )
+        },
+    )
+    .remove(0);
+    assert_eq!(str_field(&through_b, "homeId"), mesh.ids[A], "{through_b}");
+    assert_eq!(str_field(&through_b, "ownerId"), mesh.ids[C], "{through_b}");
+    let lines = call_ok(
+        &b,
+        "iarnet.resource.v1.ResourceService/Logs",
+        Some(&json!({"id": rid, "tail": 20})),
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| str_field(l, "text").contains("hello-from-iarnet")),
+        "logs through b: {lines:?}"
+    );
     let stopped = call_ok(
         &a,
         "iarnet.resource.v1.ResourceService/Stop",
@@ -728,7 +756,7 @@ fn five_node_container_mesh_converges_detects_partitions_heals_restarts_and_depl
         }
     });
     mesh.log(&format!(
-        "deploy through a ran on c ({provider}), logs {:?}, stopped and removed",
+        "deploy through a ran on c ({provider}), logs {:?} (through a and b), stopped and removed",
         logs.trim()
     ));
 

@@ -407,6 +407,45 @@ fn cli_drives_a_deploy_end_to_end() {
     let status = json(&String::from_utf8_lossy(&status.stdout));
     assert_eq!(status["state"], "running", "{status}");
 
+    // The mesh listing (the CLI's default), its filters and the count.
+    let listed = node.cli(&["deployments"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(
+        text(&listed).contains("HOME") && text(&listed).contains("cli-hello"),
+        "{}",
+        text(&listed)
+    );
+    let page = json(&String::from_utf8_lossy(
+        &node
+            .cli(&["deployments", "--state", "running", "--output", "json"])
+            .stdout,
+    ));
+    assert_eq!(page["nodes_answered"], 1, "{page}");
+    assert_eq!(page["deployments"][0]["request_id"], "cli-hello", "{page}");
+    let (code, body) = http_get(
+        &node.http,
+        "/resource/deployments?scope=mesh&state=running&image=busybox",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let body = json(&body);
+    assert_eq!(body["deployments"][0]["request_id"], "cli-hello", "{body}");
+    assert_eq!(body["missing_nodes"], serde_json::json!([]), "{body}");
+    let (code, body) = http_get(&node.http, "/resource/deployments?scope=galaxy").unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("scope"), "{body}");
+    let (code, body) = http_get(&node.http, "/resource/deployments?colour=red").unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("colour"), "{body}");
+    let (_, body) = http_get(&node.http, "/resource/capacity?deployments=true").unwrap();
+    assert_eq!(json(&body)["deployments"]["running"], 1, "{body}");
+    let cap = node.cli(&["capacity"]);
+    assert!(
+        text(&cap).contains("deployments in the mesh: 1 running"),
+        "{}",
+        text(&cap)
+    );
+
     let stop = node.cli(&["stop", "cli-hello"]);
     assert!(stop.status.success(), "{}", text(&stop));
     assert!(text(&stop).contains("stopped"), "{}", text(&stop));
