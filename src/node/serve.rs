@@ -10,6 +10,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
@@ -150,7 +151,15 @@ pub async fn serve(
     let stop = cancel.child_token();
     tasks.spawn(
         async move {
-            let incoming = TcpListenerStream::new(listener);
+            // Small gRPC frames go out at once: with Nagle on, an answer's
+            // trailing frame waits for the peer's delayed ACK (40 ms on Linux).
+            let incoming = TcpListenerStream::new(listener).map(|s| {
+                s.inspect(|s| {
+                    if let Err(e) = s.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+                    }
+                })
+            });
             if let Err(e) = router
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
