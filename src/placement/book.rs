@@ -72,6 +72,11 @@ impl Book {
             .cloned()
     }
 
+    /// What `f` makes of each record it takes, without copying the records.
+    pub fn filter_map<T>(&self, f: impl Fn(&DeploymentRecord) -> Option<T>) -> Vec<T> {
+        self.records().values().filter_map(f).collect()
+    }
+
     /// Every record that `keep` selects.
     pub fn select(&self, keep: impl Fn(&DeploymentRecord) -> bool) -> Vec<DeploymentRecord> {
         self.records()

@@ -64,18 +64,29 @@ pub trait DirectoryCaller: Send + Sync + 'static {
 pub struct Directory {
     table: Mutex<Table>,
     registrar: Mutex<Registrar>,
-    /// The ring, rebuilt only when the membership it is made of changes.
-    ring: Mutex<Arc<Ring>>,
+    /// The ring and the view version it was built at: rebuilt only when
+    /// the view changed, so a lookup costs no work that grows with the mesh.
+    ring: Mutex<Option<(u64, Arc<Ring>)>>,
 }
 
 impl Directory {
-    /// The ring of `members`, reusing the last one when they are the same.
-    pub fn ring(&self, members: Vec<Member>) -> Arc<Ring> {
-        let mut ring = lock(&self.ring);
-        if ring.members() != sorted(members.clone()).as_slice() {
-            *ring = Arc::new(Ring::new(members));
+    /// The ring of the view at `version`; `members` is asked only when the
+    /// view changed since the last ring, and the ring is rebuilt only when
+    /// its members did.
+    pub fn ring(&self, version: u64, members: impl FnOnce() -> Vec<Member>) -> Arc<Ring> {
+        let mut cached = lock(&self.ring);
+        if let Some((v, ring)) = cached.as_ref() {
+            if *v == version {
+                return ring.clone();
+            }
         }
-        ring.clone()
+        let members = members();
+        let ring = match cached.as_ref() {
+            Some((_, r)) if r.members() == sorted(members.clone()).as_slice() => r.clone(),
+            _ => Arc::new(Ring::new(members)),
+        };
+        *cached = Some((version, ring.clone()));
+        ring
     }
 
     pub fn table(&self) -> std::sync::MutexGuard<'_, Table> {

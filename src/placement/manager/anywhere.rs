@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::StreamExt;
+use rand::Rng;
 
 use super::Manager;
 use crate::placement::call::proxy::RemoteProvider;
@@ -169,8 +170,8 @@ impl Manager {
     /// Acts on a located deployment: at its home when that is alive, else
     /// at its owner.
     async fn via(&self, op: Op, loc: &Location, who: &str) -> Result<Answer, ResourceError> {
-        let members = self.discovery_members();
-        let alive = |n: &&NodeRef| members.iter().any(|m| m.id == n.id);
+        let ring = self.ring();
+        let alive = |n: &&NodeRef| ring.member(&n.id).is_some();
         let home_id = loc.home.as_ref().map(|h| h.id.clone()).unwrap_or_default();
         let mut last = None;
         if let Some(home) = loc.home.as_ref().filter(alive) {
@@ -294,8 +295,7 @@ impl Manager {
                 "deployment {id:?} is unknown to the mesh ({n} members asked); check the id, or ListDeployments with scope mesh"
             ))
         };
-        let members = self.discovery_members();
-        let ring = self.directory.ring(members.clone());
+        let ring = self.ring();
         let mut asked: Vec<Member> = Vec::new();
         for k in &keys {
             for m in ring.replicas(k, K) {
@@ -309,10 +309,16 @@ impl Manager {
             return Ok(l);
         }
         let done: HashSet<String> = asked.iter().map(|m| m.id.clone()).collect();
-        let rest: Vec<Member> = members
-            .into_iter()
+        // From a random place in the ring: in a mesh larger than the
+        // fan-out, different misses ask different members.
+        let all = ring.members();
+        let start = crate::sync::lock(&self.rng).random_range(0..all.len().max(1));
+        let rest: Vec<Member> = all[start..]
+            .iter()
+            .chain(&all[..start])
             .filter(|m| m.id != self.node_id && !done.contains(&m.id))
             .take(FALLBACK_FANOUT)
+            .cloned()
             .collect();
         let (found, more) = self
             .ask(&rest, &keys, FALLBACK_CONCURRENCY, FALLBACK_DEADLINE)

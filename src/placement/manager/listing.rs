@@ -182,9 +182,11 @@ impl Manager {
         }
         let mut answers = vec![(self.node_id.clone(), mine)];
         let others: Vec<_> = self
-            .discovery_members()
-            .into_iter()
+            .ring()
+            .members()
+            .iter()
             .filter(|m| m.id != self.node_id)
+            .cloned()
             .collect();
         let Some(caller) = self.registry.discovery().directory() else {
             return (answers, Vec::new());

@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::Manager;
 use crate::placement::directory::{
-    location_from_proto, location_to_proto, Holding, Location, Member, NodeRef, Registrant,
+    location_from_proto, location_to_proto, Holding, Location, Member, NodeRef, Registrant, Ring,
 };
 use crate::proto::directory as pb;
 use crate::store::{now_ms, DeploymentRecord};
@@ -67,32 +67,28 @@ fn home_location(rec: &DeploymentRecord, me: &NodeRef) -> Location {
 impl Manager {
     /// This node as the ring knows it, if its view holds it yet.
     pub(crate) fn me(&self) -> Option<NodeRef> {
-        self.discovery_members()
-            .iter()
-            .find(|m| m.id == self.node_id)
-            .map(node)
+        self.ring().member(&self.node_id).map(node)
     }
 
-    pub(crate) fn discovery_members(&self) -> Vec<Member> {
-        self.registry.discovery().members()
+    /// The locator ring of the live members as this node sees them now.
+    pub(crate) fn ring(&self) -> Arc<Ring> {
+        let discovery = self.registry.discovery();
+        self.directory
+            .ring(discovery.version(), || discovery.members())
     }
 
     /// What this node answers for now.
     pub(crate) async fn holdings(&self, me: &NodeRef) -> Vec<Holding> {
         let now = now_ms();
-        let mut out: Vec<Holding> = self
-            .book
-            .select(|r| {
-                let ended_at = r.history.last().map_or(0, |c| c.at_ms);
-                !r.adopted
-                    && (!r.state().is_final() || now.saturating_sub(ended_at) < FINAL_KEEP_MS)
-            })
-            .iter()
-            .map(|r| Holding {
+        let mut out: Vec<Holding> = self.book.filter_map(|r| {
+            let ended_at = r.history.last().map_or(0, |c| c.at_ms);
+            let keep = !r.adopted
+                && (!r.state().is_final() || now.saturating_sub(ended_at) < FINAL_KEEP_MS);
+            keep.then(|| Holding {
                 location: home_location(r, me),
                 by: Registrant::Home,
             })
-            .collect();
+        });
         out.extend(self.owned_holdings(me, now).await);
         out
     }
@@ -151,11 +147,10 @@ impl Manager {
     /// One round: plans against the ring of the current view, sends, and
     /// notes who acknowledged. Returns the locations sent.
     pub async fn register_round(&self) -> usize {
-        let members = self.discovery_members();
         let Some(caller) = self.registry.discovery().directory() else {
             return 0;
         };
-        let ring = self.directory.ring(members);
+        let ring = self.ring();
         let Some(me) = ring.member(&self.node_id).map(node) else {
             return 0;
         };
