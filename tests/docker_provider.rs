@@ -13,7 +13,8 @@ use bollard::query_parameters::InspectContainerOptions;
 use futures::StreamExt;
 use iarnet::resource::docker::{DockerProvider, DockerSettings};
 use iarnet::resource::{
-    DeploySpec, DeployState, LogOptions, Progress, ProgressSink, Provider, ResourceError, Resources,
+    DeploySpec, DeployState, LogOptions, Progress, ProgressSink, Provider, ResourceError,
+    Resources, RestartPolicy,
 };
 use tonic::Code;
 
@@ -516,6 +517,43 @@ async fn an_exited_container_releases_its_reservation() {
     assert_eq!(again.state(), DeployState::Exited(3));
     assert_eq!(reserved(&p).await, Resources::ZERO);
     assert_eq!(p.stop(&d.id).await.unwrap().state(), DeployState::Stopped);
+}
+
+#[tokio::test]
+async fn a_failing_container_is_restarted_up_to_its_limit_then_failed() {
+    let (p, _cleanup) = provider("restart", limits()).await;
+    let mut flaky = spec(&format!("flaky-{}", suffix()), "echo try; exit 3");
+    flaky.restart = RestartPolicy::OnFailure { max: 2 };
+    let d = p.deploy(&flaky, ProgressSink::none()).await.unwrap();
+    // The engine restarts it twice (100 ms, then 200 ms later), then gives up.
+    let done = wait_for("the restarts to run out", WAIT, || async {
+        let d = p.status(&d.id).await.unwrap();
+        d.state().is_final().then_some(d)
+    })
+    .await;
+    assert_eq!(
+        done.state(),
+        DeployState::Failed("exited with code 3 after 2 restarts (restart on-failure:2)".into()),
+        "{:?}",
+        done.history
+    );
+    assert_eq!(done.restarts, 2);
+    assert_eq!(
+        reserved(&p).await,
+        Resources::ZERO,
+        "a failed one holds nothing"
+    );
+    let listed = p.list().await.unwrap();
+    assert!(
+        matches!(listed[0].state(), DeployState::Failed(_)),
+        "{listed:?}"
+    );
+    // What the engine was told.
+    let inspect = engine().await.inspect_container(&d.id, None).await.unwrap();
+    let policy = inspect.host_config.unwrap().restart_policy.unwrap();
+    assert_eq!(policy.maximum_retry_count, Some(2));
+    assert_eq!(inspect.restart_count, Some(2));
+    p.stop(&d.id).await.unwrap();
 }
 
 #[tokio::test]

@@ -259,6 +259,9 @@ pub struct DeployArgs {
     /// Who holds the lease; default: the node that accepts the deploy.
     #[arg(long, default_value = "")]
     pub lease_holder: String,
+    /// never (default), on-failure (3 restarts), on-failure:N or always.
+    #[arg(long, default_value = "")]
+    pub restart: String,
     /// Idempotency key: the same id never starts a second container. Default: random.
     #[arg(long)]
     pub request_id: Option<String>,
@@ -710,6 +713,7 @@ impl DeployArgs {
             auto_renew: self.auto_renew,
             max_renewals: self.max_renewals,
             lease_holder: self.lease_holder.clone(),
+            restart: self.restart.clone(),
         })
     }
 }

@@ -303,6 +303,9 @@ pub fn deployment(d: &pb::Deployment) -> String {
     if !d.reason.is_empty() {
         out.push_str(&format!("reason:    {}\n", d.reason));
     }
+    if d.restarts > 0 {
+        out.push_str(&format!("restarts:  {}\n", d.restarts));
+    }
     if let Some(l) = &d.lease {
         out.push_str(&format!("{}\n", lease_line(l)));
     }

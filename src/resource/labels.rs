@@ -31,3 +31,5 @@ pub const MEMORY_BYTES: &str = "iarnet.memory_bytes";
 pub const STORAGE_BYTES: &str = "iarnet.storage_bytes";
 pub const GPUS: &str = "iarnet.gpus";
 pub const GPU_SHARED: &str = "iarnet.gpu_shared";
+/// The deployment's restart policy (`on-failure:3`), so an exit is read right.
+pub const RESTART: &str = "iarnet.restart";

@@ -12,7 +12,7 @@ use super::ledger::{admit, Ledger};
 use super::provider::{LogOptions, LogStream, ProgressSink, Provider};
 use super::types::{
     DeploySpec, DeployState, Deployment, LogLine, Progress, ProviderDescriptor, ProviderKind,
-    Resources,
+    Resources, RestartPolicy,
 };
 use super::validate::{deployment_id, validate};
 
@@ -20,6 +20,8 @@ struct Books {
     ledger: Ledger,
     gpus: GpuPool,
     deployments: HashMap<String, Deployment>,
+    /// Each deployment's restart policy, as the engine would hold it.
+    restart: HashMap<String, RestartPolicy>,
 }
 
 pub struct MemoryProvider {
@@ -50,6 +52,7 @@ impl MemoryProvider {
                 ledger: Ledger::new(id, total),
                 gpus: GpuPool::new(gpus),
                 deployments: HashMap::new(),
+                restart: HashMap::new(),
             }),
         }
     }
@@ -61,6 +64,39 @@ impl MemoryProvider {
             books.ledger = std::mem::take(&mut books.ledger).with_max_deployments(max);
         }
         self
+    }
+
+    /// Its container exits with `code`, as a real engine would report: the
+    /// restart policy restarts it (counted), or the exit is final and its
+    /// reservation is released.
+    pub fn exit(&self, id: &str, code: i64) -> Result<Deployment, ResourceError> {
+        let mut books = self.books();
+        let policy = books.restart.get(id).copied().unwrap_or_default();
+        let books = &mut *books;
+        let d = books.deployments.get_mut(id).ok_or_else(|| {
+            ResourceError::NotFound(format!(
+                "deployment {id:?} not found on provider {}",
+                self.id
+            ))
+        })?;
+        if d.state().is_final() {
+            return Ok(d.clone());
+        }
+        let restart = match policy {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure { max } => code != 0 && d.restarts < max,
+            RestartPolicy::Always => true,
+        };
+        if restart {
+            d.restarts += 1;
+            d.push_state(DeployState::Starting);
+            d.push_state(DeployState::Running);
+        } else {
+            d.push_state(policy.settle(code, d.restarts));
+            books.ledger.release(id);
+            books.gpus.release(id);
+        }
+        Ok(d.clone())
     }
 
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {
@@ -123,6 +159,7 @@ impl Provider for MemoryProvider {
             history: Vec::new(),
             lease: None,
             labels: spec.labels.clone(),
+            restarts: 0,
         };
         for s in [
             DeployState::Pending,
@@ -132,6 +169,7 @@ impl Provider for MemoryProvider {
             progress.emit(Progress::State(s.clone()));
             d.push_state(s);
         }
+        books.restart.insert(key.clone(), spec.restart);
         books.deployments.insert(key, d.clone());
         Ok(d)
     }
@@ -182,6 +220,81 @@ impl Provider for MemoryProvider {
         d.push_state(DeployState::Stopped);
         books.ledger.release(deployment_id);
         books.gpus.release(deployment_id);
+        books.restart.remove(deployment_id);
         Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(req: &str, restart: RestartPolicy) -> DeploySpec {
+        DeploySpec {
+            request_id: req.into(),
+            image: "busybox".into(),
+            resources: Resources {
+                cpu_millis: 500,
+                memory_bytes: 16 << 20,
+                ..Resources::ZERO
+            },
+            restart,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn exits_follow_the_restart_policy() {
+        let total = Resources {
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            ..Resources::ZERO
+        };
+        let p = MemoryProvider::new("m", total, BTreeMap::new());
+        let reserved = || {
+            futures::executor::block_on(p.describe())
+                .unwrap()
+                .capacity
+                .reserved
+                .cpu_millis
+        };
+        let d = p
+            .deploy(
+                &spec("flaky", RestartPolicy::OnFailure { max: 2 }),
+                ProgressSink::none(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(p.exit(&d.id, 1).unwrap().restarts, 1);
+        assert_eq!(p.exit(&d.id, 1).unwrap().state(), DeployState::Running);
+        assert_eq!(reserved(), 500, "restarting holds its reservation");
+        let failed = p.exit(&d.id, 3).unwrap();
+        assert_eq!(failed.restarts, 2);
+        assert_eq!(
+            failed.state(),
+            DeployState::Failed(
+                "exited with code 3 after 2 restarts (restart on-failure:2)".into()
+            )
+        );
+        assert_eq!(reserved(), 0, "a final exit releases it");
+        // A clean exit is final under on-failure; always restarts anyway.
+        let ok = p
+            .deploy(
+                &spec("job", RestartPolicy::OnFailure { max: 2 }),
+                ProgressSink::none(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(p.exit(&ok.id, 0).unwrap().state(), DeployState::Exited(0));
+        let svc = p
+            .deploy(&spec("svc", RestartPolicy::Always), ProgressSink::none())
+            .await
+            .unwrap();
+        assert_eq!(p.exit(&svc.id, 0).unwrap().state(), DeployState::Running);
+        let once = p
+            .deploy(&spec("once", RestartPolicy::Never), ProgressSink::none())
+            .await
+            .unwrap();
+        assert_eq!(p.exit(&once.id, 9).unwrap().state(), DeployState::Exited(9));
     }
 }

@@ -235,6 +235,68 @@ pub struct PortSpec {
     pub udp: bool,
 }
 
+/// What the owner does when a deployment's container exits or dies. The
+/// engine restarts it after a delay that doubles from 100 ms (Docker's
+/// backoff; the kubelet's CrashLoopBackOff on Kubernetes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    /// Exits are final (the default, and what a batch job wants).
+    #[default]
+    Never,
+    /// Restarts after a non-zero exit, at most `max` times; then `failed`.
+    OnFailure { max: u32 },
+    /// Restarts after every exit until stopped.
+    Always,
+}
+
+/// Restarts of `on-failure` when it names no number.
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+/// The most restarts `on-failure:N` may ask for.
+pub const MAX_RESTARTS: u32 = 100;
+
+impl RestartPolicy {
+    /// `never`, `on-failure`, `on-failure:N` or `always`; empty is never.
+    pub fn parse(text: &str) -> Result<RestartPolicy, String> {
+        let t = text.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "" | "never" | "no" => Ok(RestartPolicy::Never),
+            "always" => Ok(RestartPolicy::Always),
+            "on-failure" => Ok(RestartPolicy::OnFailure {
+                max: DEFAULT_MAX_RESTARTS,
+            }),
+            other => match other.strip_prefix("on-failure:").map(str::parse::<u32>) {
+                Some(Ok(max)) if (1..=MAX_RESTARTS).contains(&max) => {
+                    Ok(RestartPolicy::OnFailure { max })
+                }
+                _ => Err(format!(
+                    "{text:?} is not a restart policy: use never, on-failure, on-failure:N (N from 1 to {MAX_RESTARTS}) or always"
+                )),
+            },
+        }
+    }
+
+    /// As `parse` reads it back.
+    pub fn text(&self) -> String {
+        match self {
+            RestartPolicy::Never => "never".into(),
+            RestartPolicy::OnFailure { max } => format!("on-failure:{max}"),
+            RestartPolicy::Always => "always".into(),
+        }
+    }
+
+    /// The state a container that exited with `code` after `restarts`
+    /// restarts is in for good: an exhausted `on-failure` is a failure.
+    pub fn settle(&self, code: i64, restarts: u32) -> DeployState {
+        match self {
+            RestartPolicy::OnFailure { max } if code != 0 => DeployState::Failed(format!(
+                "exited with code {code} after {restarts} restarts (restart on-failure:{max})"
+            )),
+            _ => DeployState::Exited(code),
+        }
+    }
+}
+
 /// What to run and what it needs. Serializable because a queued deploy
 /// keeps its whole spec in the home's store until it is placed.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -259,6 +321,9 @@ pub struct DeploySpec {
     /// A lease: the owner stops it and frees its resources when it runs out.
     #[serde(default)]
     pub lease: Option<super::LeaseTerms>,
+    /// What the owner does when its container exits.
+    #[serde(default)]
+    pub restart: RestartPolicy,
 }
 
 /// The life of a deployment.
@@ -347,6 +412,8 @@ pub struct Deployment {
     pub lease: Option<super::LeaseView>,
     /// The labels it was deployed with.
     pub labels: BTreeMap<String, String>,
+    /// Times its container was restarted by its restart policy.
+    pub restarts: u32,
 }
 
 impl Deployment {
@@ -396,4 +463,37 @@ pub enum Progress {
 pub struct LogLine {
     pub stderr: bool,
     pub text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies_read_and_write_back() {
+        for (text, policy) in [
+            ("", RestartPolicy::Never),
+            ("never", RestartPolicy::Never),
+            (
+                "on-failure",
+                RestartPolicy::OnFailure {
+                    max: DEFAULT_MAX_RESTARTS,
+                },
+            ),
+            ("On-Failure:5", RestartPolicy::OnFailure { max: 5 }),
+            ("always", RestartPolicy::Always),
+        ] {
+            assert_eq!(RestartPolicy::parse(text), Ok(policy), "{text}");
+            assert_eq!(RestartPolicy::parse(&policy.text()), Ok(policy));
+        }
+        for bad in [
+            "sometimes",
+            "on-failure:0",
+            "on-failure:101",
+            "on-failure:x",
+        ] {
+            let e = RestartPolicy::parse(bad).unwrap_err();
+            assert!(e.contains("on-failure:N"), "{e}");
+        }
+    }
 }

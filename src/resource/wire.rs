@@ -88,8 +88,11 @@ pub fn spec_from_proto(s: pb::DeploySpec) -> Result<DeploySpec, ResourceError> {
     }
     let lease =
         LeaseTerms::from_fields(&s.lease_ttl, s.auto_renew, s.max_renewals, &s.lease_holder)?;
+    let restart =
+        RestartPolicy::parse(&s.restart).map_err(|why| ResourceError::invalid("restart", why))?;
     Ok(DeploySpec {
         lease,
+        restart,
         resources: Resources {
             cpu_millis: quantity("cpu", &s.cpu, true)?,
             memory_bytes: quantity("memory", &s.memory, false)?,
@@ -153,6 +156,10 @@ pub fn spec_to_proto(s: &DeploySpec) -> pb::DeploySpec {
             .as_ref()
             .map(|l| l.holder.clone())
             .unwrap_or_default(),
+        restart: match s.restart {
+            RestartPolicy::Never => String::new(),
+            other => other.text(),
+        },
         ..Default::default()
     }
 }
@@ -266,6 +273,7 @@ pub fn deployment_to_proto(d: &Deployment, owner_id: &str) -> pb::Deployment {
         lease: d.lease.as_ref().map(lease_to_proto),
         home_id: String::new(),
         labels: d.labels.clone().into_iter().collect(),
+        restarts: d.restarts,
         history: d
             .history
             .iter()
@@ -296,6 +304,7 @@ pub fn deployment_from_proto(d: pb::Deployment) -> Deployment {
             .collect(),
         lease: d.lease.map(lease_from_proto),
         labels: d.labels.into_iter().collect(),
+        restarts: d.restarts,
     }
 }
 

@@ -379,6 +379,7 @@ impl DeploymentRecord {
             history: Vec::new(),
             lease: None,
             labels: self.labels.clone(),
+            restarts: 0,
         };
         for c in history {
             if d.history.last().map(|h| &h.state) != Some(&c.state) {

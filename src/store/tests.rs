@@ -72,6 +72,7 @@ fn suite(store: &dyn Store) {
         ],
         lease: None,
         labels: Default::default(),
+        restarts: 0,
     });
     store.put_deployment(&a2).unwrap();
     let back = store.deployment(&a.id).unwrap().unwrap();

@@ -114,6 +114,7 @@ impl DockerProvider {
             history,
             lease: None,
             labels: f.labels.clone(),
+            restarts: f.restarts,
         }
     }
 

@@ -19,7 +19,7 @@ use super::{DockerProvider, NAME_RACE_WAIT};
 use crate::resource::error::ResourceError;
 use crate::resource::labels;
 use crate::resource::provider::ProgressSink;
-use crate::resource::types::{DeploySpec, DeployState, Progress, StateChange};
+use crate::resource::types::{DeploySpec, DeployState, Progress, RestartPolicy, StateChange};
 
 impl DockerProvider {
     /// The container named `key` if it is one of this provider's (None when
@@ -160,6 +160,7 @@ impl DockerProvider {
         }
         labels.insert(labels::GPUS.into(), gpus.join(","));
         labels.insert(labels::GPU_SHARED.into(), spec.gpu_shared.to_string());
+        labels.insert(labels::RESTART.into(), spec.restart.text());
 
         let mut bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
         for p in &spec.ports {
@@ -190,6 +191,7 @@ impl DockerProvider {
                     options: None,
                 }]
             }),
+            restart_policy: Some(restart_policy(spec.restart)),
             port_bindings: (!bindings.is_empty()).then(|| {
                 bindings
                     .into_iter()
@@ -332,5 +334,19 @@ pub(super) fn push(history: &mut Vec<StateChange>, progress: &ProgressSink, stat
             state,
             at: SystemTime::now(),
         });
+    }
+}
+
+/// The engine's own restart policy for ours; it applies the backoff.
+fn restart_policy(p: RestartPolicy) -> bollard::models::RestartPolicy {
+    use bollard::models::RestartPolicyNameEnum as Name;
+    let (name, max) = match p {
+        RestartPolicy::Never => (Name::NO, None),
+        RestartPolicy::OnFailure { max } => (Name::ON_FAILURE, Some(i64::from(max))),
+        RestartPolicy::Always => (Name::ALWAYS, None),
+    };
+    bollard::models::RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: max,
     }
 }

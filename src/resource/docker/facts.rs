@@ -10,7 +10,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::resource::labels;
-use crate::resource::types::{DeployState, Resources, StateChange};
+use crate::resource::types::{DeployState, Resources, RestartPolicy, StateChange};
 
 /// What a container's labels and state say about a deployment.
 #[derive(Debug, Clone)]
@@ -27,9 +27,26 @@ pub(super) struct Facts {
     pub(super) finished: Option<SystemTime>,
     /// The deployment's own labels (not iarnet's bookkeeping).
     pub(super) labels: std::collections::BTreeMap<String, String>,
+    /// Restarts the engine made (inspect only; a listing does not say).
+    pub(super) restarts: u32,
 }
 
 impl Facts {
+    /// An exited container whose `on-failure` policy gave up is failed:
+    /// the engine restarts it otherwise (it reads "restarting" meanwhile).
+    fn settled(mut self, labels: &HashMap<String, String>) -> Facts {
+        let policy = labels
+            .get(labels::RESTART)
+            .and_then(|p| RestartPolicy::parse(p).ok())
+            .unwrap_or_default();
+        if let (DeployState::Exited(code), RestartPolicy::OnFailure { max }) = (&self.state, policy)
+        {
+            // Exhausted: the engine made exactly `max` restarts.
+            self.state = policy.settle(*code, max);
+        }
+        self
+    }
+
     /// What the container holds in the ledger (shared GPUs are not counted).
     pub(super) fn ledger_need(&self) -> Resources {
         let mut need = self.resources;
@@ -93,7 +110,9 @@ impl Facts {
                 .filter(|(k, _)| !k.starts_with(labels::RESERVED_PREFIX))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            restarts: 0,
         })
+        .map(|f| f.settled(labels))
     }
 
     pub(super) fn from_inspect(provider: &str, c: &ContainerInspectResponse) -> Option<Facts> {
@@ -122,7 +141,12 @@ impl Facts {
                     .unwrap_or_else(|| "the container is dead".into()),
             ),
         };
+        let restarts = c
+            .restart_count
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0);
         let mut f = Facts::from_labels(provider, key, config.labels.as_ref(), image, state)?;
+        f.restarts = restarts;
         f.created = c.created.as_deref().and_then(parse_time);
         f.started = st
             .and_then(|s| s.started_at.as_deref())

@@ -108,6 +108,7 @@ fn seeded_history_follows_the_engine() {
         started: Some(UNIX_EPOCH + Duration::from_secs(11)),
         finished: Some(UNIX_EPOCH + Duration::from_secs(12)),
         labels: Default::default(),
+        restarts: 0,
     };
     let states: Vec<DeployState> = f.seed_history().into_iter().map(|c| c.state).collect();
     assert_eq!(

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::capacity::{pod_requests, GPU_PRODUCT_LABEL, GPU_RESOURCE};
 use crate::resource::labels;
-use crate::resource::types::{DeploySpec, DeployState, Deployment, StateChange};
+use crate::resource::types::{DeploySpec, DeployState, Deployment, RestartPolicy, StateChange};
 use crate::resource::validate::stable_hex;
 
 /// The one container of an iarnet pod.
@@ -216,7 +216,16 @@ pub(crate) fn build_pod(
         },
         spec: Some(PodSpec {
             containers: vec![container],
-            restart_policy: Some("Never".into()),
+            // The kubelet applies the policy (CrashLoopBackOff); it has
+            // no count for OnFailure, so on-failure:N is not capped here.
+            restart_policy: Some(
+                match spec.restart {
+                    RestartPolicy::Never => "Never",
+                    RestartPolicy::OnFailure { .. } => "OnFailure",
+                    RestartPolicy::Always => "Always",
+                }
+                .into(),
+            ),
             automount_service_account_token: Some(false),
             affinity,
             tolerations,
@@ -359,6 +368,9 @@ pub(crate) fn to_deployment(pod: &Pod, provider_id: &str) -> Deployment {
         history,
         lease: None,
         labels: Default::default(),
+        restarts: main
+            .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+            .unwrap_or(0),
     };
     if d.state() != state {
         d.history.push(StateChange {
