@@ -262,6 +262,11 @@ pub struct DeployArgs {
     /// never (default), on-failure (3 restarts), on-failure:N or always.
     #[arg(long, default_value = "")]
     pub restart: String,
+    /// Place it again elsewhere when its owner node dies: "on" for the
+    /// defaults, or KEY=VALUE pairs, e.g. after=10s,attempts=5,delay=5s,
+    /// delay_function=exponential,max_delay=5m,interval=1h,unlimited=true.
+    #[arg(long, value_name = "on|KEY=VALUE,...")]
+    pub reschedule: Option<String>,
     /// Idempotency key: the same id never starts a second container. Default: random.
     #[arg(long)]
     pub request_id: Option<String>,
@@ -671,6 +676,38 @@ fn port(spec: &str) -> Result<pb::Port, ClientError> {
     })
 }
 
+/// `--reschedule on` or `after=10s,attempts=5,...`.
+fn reschedule(text: &str) -> Result<pb::Reschedule, ClientError> {
+    let mut r = pb::Reschedule::default();
+    if text == "on" {
+        return Ok(r);
+    }
+    for kv in text.split(',').filter(|s| !s.is_empty()) {
+        let bad = |why: String| ClientError::Usage {
+            flag: "--reschedule",
+            why,
+        };
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{kv:?} is not KEY=VALUE (or give \"on\")")))?;
+        match k {
+            "attempts" => r.attempts = v.parse().map_err(|_| bad(format!("attempts={v:?} is not a number")))?,
+            "interval" => r.interval = v.into(),
+            "delay" => r.delay = v.into(),
+            "delay_function" => r.delay_function = v.into(),
+            "max_delay" => r.max_delay = v.into(),
+            "after" => r.after = v.into(),
+            "unlimited" => r.unlimited = v == "true",
+            other => {
+                return Err(bad(format!(
+                    "unknown key {other:?}: use attempts, interval, delay, delay_function, max_delay, after or unlimited"
+                )))
+            }
+        }
+    }
+    Ok(r)
+}
+
 /// A fresh idempotency key (128 random bits, hex).
 fn request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -714,6 +751,8 @@ impl DeployArgs {
             max_renewals: self.max_renewals,
             lease_holder: self.lease_holder.clone(),
             restart: self.restart.clone(),
+            reschedule: self.reschedule.as_deref().map(reschedule).transpose()?,
+            ..Default::default()
         })
     }
 }

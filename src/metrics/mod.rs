@@ -133,6 +133,17 @@ impl Default for QueueMetrics {
     }
 }
 
+/// What a home did when owners died, since start.
+#[derive(Debug, Clone, Default)]
+pub struct FailoverMetrics {
+    /// Replacements placed (or being placed) for deployments whose owner died.
+    pub reschedules: Counter,
+    /// Deployments reported lost: their owner died and no policy moves them.
+    pub lost: Counter,
+    /// Stale attempts an owner stopped because a newer one runs elsewhere.
+    pub fenced: Counter,
+}
+
 /// What an owner's leases did since start (atomic handles, shared with the scrape).
 #[derive(Debug, Clone, Default)]
 pub struct LeaseMetrics {
@@ -174,6 +185,7 @@ pub struct Snapshot {
     /// Leases this node keeps as an owner, by state.
     pub leases: Vec<(String, u64)>,
     pub lease: LeaseMetrics,
+    pub failover: FailoverMetrics,
 }
 
 impl Metrics {
@@ -311,6 +323,21 @@ impl Metrics {
             "lease_expiries",
             "Leases that ran out: their deployments were stopped",
             s.lease.expired.clone(),
+        );
+        r.register(
+            "reschedules",
+            "Replacements placed for deployments whose owner node was declared dead",
+            s.failover.reschedules.clone(),
+        );
+        r.register(
+            "lost_deployments",
+            "Deployments reported lost: their owner died and no reschedule policy moves them",
+            s.failover.lost.clone(),
+        );
+        r.register(
+            "fenced_attempts",
+            "Stale attempts stopped because a newer attempt runs elsewhere",
+            s.failover.fenced.clone(),
         );
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -210,6 +210,12 @@ pub async fn serve(
     tasks.spawn(
         manager
             .clone()
+            .run_reschedule(interval, cancel.child_token())
+            .instrument(tracing::info_span!(parent: &span, "reschedule")),
+    );
+    tasks.spawn(
+        manager
+            .clone()
             .run_leases(cancel.child_token())
             .instrument(tracing::info_span!(parent: &span, "leases")),
     );

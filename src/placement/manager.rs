@@ -34,6 +34,7 @@ mod listing;
 mod queue;
 mod reconcile;
 mod registration;
+mod reschedule;
 pub use super::place::{PlaceOptions, Placed};
 use crate::resource::{DeploySpec, ProgressSink};
 pub use anywhere::{Answer, Op};
@@ -64,6 +65,8 @@ pub struct Manager {
     directory: super::directory::Directory,
     /// What this node's providers ran at the last scan, for the directory.
     owned: Mutex<registration::Owned>,
+    /// Failovers since start (see `reschedule.rs`).
+    failover: crate::metrics::FailoverMetrics,
 }
 
 impl Manager {
@@ -149,6 +152,7 @@ impl Manager {
             leases: Arc::new(leases),
             directory: Default::default(),
             owned: Default::default(),
+            failover: Default::default(),
         }
     }
 
@@ -287,15 +291,27 @@ impl Manager {
             Err(e) => Err(e),
         };
         match (found, stored) {
-            (Ok(d), _) => {
-                self.note(&d.0).await;
-                Ok(d)
+            (Ok((mut d, owner)), stored) => {
+                self.note(&d).await;
+                if let Some(rec) = stored {
+                    // Where it ran before, from the home's record.
+                    d.attempts = rec.attempts;
+                    d.attempt = d.attempt.max(rec.attempt);
+                }
+                Ok((d, owner))
             }
-            (Err(ResourceError::NotFound(_)), Some(rec)) => {
+            // Gone, or its owner does not answer (dead, cut off): the
+            // record's last word, which failover and fencing keep current.
+            (Err(ResourceError::NotFound(_) | ResourceError::Unavailable { .. }), Some(rec)) => {
                 Ok((rec.to_deployment(), rec.placed_on.owner_id))
             }
             (Err(e), _) => Err(e),
         }
+    }
+
+    /// Failovers since start, for `/metrics`.
+    pub fn failover_metrics(&self) -> &crate::metrics::FailoverMetrics {
+        &self.failover
     }
 
     /// Whether this node placed deployment (or request) `id` and keeps its record.

@@ -122,6 +122,28 @@ pub struct Placer<'a> {
     pub pending: &'a Pending,
 }
 
+/// Where a placement starts from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Origin<'r> {
+    /// A new deploy: its record is made here.
+    Fresh,
+    /// A deploy leaving the queue: its record's history carries on, and it
+    /// leaves the queue in the commit that records the outcome.
+    Queued(&'r DeploymentRecord),
+    /// A replacement for an attempt whose owner died: the record (already
+    /// at the new attempt) carries on.
+    Replacing(&'r DeploymentRecord),
+}
+
+impl<'r> Origin<'r> {
+    fn base(self) -> Option<&'r DeploymentRecord> {
+        match self {
+            Origin::Fresh => None,
+            Origin::Queued(r) | Origin::Replacing(r) => Some(r),
+        }
+    }
+}
+
 /// What one pass of the loop came to.
 pub(crate) enum Attempt {
     Placed(Box<Placed>),
@@ -154,6 +176,12 @@ impl Placer<'_> {
             // Held by its home unless the client named a holder.
             lease.holder = self.node_id.to_string();
         }
+        // The home says which placement this is; a client cannot.
+        spec.home = self.node_id.to_string();
+        spec.attempt = self
+            .book
+            .get(&deployment_id(&spec.request_id))
+            .map_or(1, |r| r.attempt.max(1));
         let strategy = opts.strategy.unwrap_or(self.strategy);
         let id = deployment_id(&spec.request_id);
         let _held = self.inflight.lock(&spec.request_id).await;
@@ -186,7 +214,14 @@ impl Placer<'_> {
         };
         let refused = match self
             .attempt(
-                &id, &spec, &need, strategy, &progress, &index, &spoken, None,
+                &id,
+                &spec,
+                &need,
+                strategy,
+                &progress,
+                &index,
+                &spoken,
+                Origin::Fresh,
             )
             .await?
         {
@@ -203,8 +238,7 @@ impl Placer<'_> {
         self.enqueue(&id, spec, &opts, &verdict).await
     }
 
-    /// One pass: rank, record the intent, deploy, try the next. `queued` is
-    /// the record of a deploy leaving the queue: its history carries on.
+    /// One pass: rank, record the intent, deploy, try the next.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt(
         &self,
@@ -215,7 +249,7 @@ impl Placer<'_> {
         progress: &ProgressSink,
         index: &Index,
         avoid: &HashSet<String>,
-        queued: Option<&DeploymentRecord>,
+        origin: Origin<'_>,
     ) -> Result<Attempt, ResourceError> {
         let mut skip = avoid.clone();
         let mut refused = Vec::new();
@@ -237,9 +271,9 @@ impl Placer<'_> {
                 tried += 1;
                 // The intent is durable before the provider hears of it, so
                 // a crash in between leaves a record that reconcile resolves.
-                let mut rec = match queued {
-                    Some(q) => {
-                        let mut rec = q.clone();
+                let mut rec = match origin.base() {
+                    Some(base) => {
+                        let mut rec = base.clone();
                         rec.placed_on = placed_on(&c);
                         rec
                     }
@@ -247,6 +281,11 @@ impl Placer<'_> {
                 };
                 rec.set_resources(spec.resources);
                 rec.labels = spec.labels.clone();
+                rec.note_attempt(spec.attempt.max(1), &c.id, &c.owner_id);
+                if spec.reschedule.is_some() {
+                    // Kept to place it again should its owner die.
+                    rec.spec = Some(spec.clone());
+                }
                 rec.push(Stored::Placing);
                 self.book.persist(&rec).await?;
                 let result = match self.registry.provider_for(&c) {
@@ -263,7 +302,7 @@ impl Placer<'_> {
                         // Acknowledged only once the outcome is durable;
                         // one from the queue leaves it in the same commit.
                         rec.observe(&d);
-                        if queued.is_some() {
+                        if matches!(origin, Origin::Queued(_)) {
                             self.book.dequeue(&rec).await?;
                         } else {
                             self.book.persist(&rec).await?;
@@ -281,19 +320,24 @@ impl Placer<'_> {
                         ))));
                     }
                     Err(e) if e.try_elsewhere() => {
-                        self.undo(id, queued).await?;
+                        self.undo(id, origin).await?;
                         self.outcomes.count("refused", e.kind());
                         debug!(provider = %c.id, error = %e, "provider refused; trying the next");
                         refused.push(format!("{}: {e}", c.id));
                     }
                     Err(e) => {
-                        if queued.is_some() {
-                            rec.push(Stored::Failed {
-                                reason: e.to_string(),
-                            });
-                            self.book.dequeue(&rec).await?;
-                        } else {
-                            self.book.forget(id).await;
+                        match origin {
+                            Origin::Fresh => self.book.forget(id).await,
+                            Origin::Queued(_) | Origin::Replacing(_) => {
+                                rec.push(Stored::Failed {
+                                    reason: e.to_string(),
+                                });
+                                if matches!(origin, Origin::Queued(_)) {
+                                    self.book.dequeue(&rec).await?;
+                                } else {
+                                    self.book.persist(&rec).await?;
+                                }
+                            }
                         }
                         return Err(e);
                     }
@@ -304,10 +348,10 @@ impl Placer<'_> {
     }
 
     /// A refused try made nothing: a fresh deploy forgets its intent, one
-    /// from the queue goes back to its queued record.
-    async fn undo(&self, id: &str, queued: Option<&DeploymentRecord>) -> Result<(), ResourceError> {
-        match queued {
-            Some(q) => self.book.persist(q).await,
+    /// from the queue or a replacement goes back to its record as it was.
+    async fn undo(&self, id: &str, origin: Origin<'_>) -> Result<(), ResourceError> {
+        match origin.base() {
+            Some(base) => self.book.persist(base).await,
             None => {
                 self.book.forget(id).await;
                 Ok(())

@@ -33,3 +33,7 @@ pub const GPUS: &str = "iarnet.gpus";
 pub const GPU_SHARED: &str = "iarnet.gpu_shared";
 /// The deployment's restart policy (`on-failure:3`), so an exit is read right.
 pub const RESTART: &str = "iarnet.restart";
+/// Which placement of the deployment the container is (`2` after a failover).
+pub const ATTEMPT: &str = "iarnet.attempt";
+/// The node that placed it, which its owner asks whether it is still current.
+pub const HOME: &str = "iarnet.home";

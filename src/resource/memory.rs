@@ -160,6 +160,9 @@ impl Provider for MemoryProvider {
             lease: None,
             labels: spec.labels.clone(),
             restarts: 0,
+            attempt: spec.attempt.max(1),
+            home: spec.home.clone(),
+            attempts: Vec::new(),
         };
         for s in [
             DeployState::Pending,

@@ -297,6 +297,82 @@ impl RestartPolicy {
     }
 }
 
+/// How the delay between reschedules grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DelayFunction {
+    Constant,
+    #[default]
+    Exponential,
+    Fibonacci,
+}
+
+/// What a deployment's home does when its owner node is declared dead
+/// (Nomad's `reschedule` block): place a replacement elsewhere, after a
+/// grace, at most `attempts` times within `interval` (or without limit),
+/// waiting `delay` (growing by `delay_function`, up to `max_delay`)
+/// between replacements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReschedulePolicy {
+    pub attempts: u32,
+    pub interval_ms: u64,
+    pub delay_ms: u64,
+    pub delay_function: DelayFunction,
+    pub max_delay_ms: u64,
+    pub unlimited: bool,
+    /// How long the owner must stay dead first: above the mesh's
+    /// detection time, so a slow node is not replaced by mistake.
+    pub after_ms: u64,
+}
+
+impl Default for ReschedulePolicy {
+    /// 3 replacements an hour, 5 s apart and doubling up to 5 min, once the
+    /// owner has been dead for 10 s.
+    fn default() -> ReschedulePolicy {
+        ReschedulePolicy {
+            attempts: 3,
+            interval_ms: 3_600_000,
+            delay_ms: 5_000,
+            delay_function: DelayFunction::Exponential,
+            max_delay_ms: 300_000,
+            unlimited: false,
+            after_ms: 10_000,
+        }
+    }
+}
+
+impl ReschedulePolicy {
+    /// The wait before replacement number `n` (1 for the first) since the
+    /// one before it.
+    pub fn delay(&self, n: u32) -> u64 {
+        let factor: u64 = match self.delay_function {
+            DelayFunction::Constant => 1,
+            DelayFunction::Exponential => 1u64 << n.saturating_sub(1).min(32),
+            DelayFunction::Fibonacci => {
+                let (mut a, mut b) = (1u64, 1u64);
+                for _ in 1..n.min(64) {
+                    (a, b) = (b, a.saturating_add(b));
+                }
+                a
+            }
+        };
+        self.delay_ms
+            .saturating_mul(factor)
+            .min(self.max_delay_ms.max(self.delay_ms))
+    }
+
+    /// Whether another replacement may be placed, given when the earlier
+    /// ones were (Unix ms).
+    pub fn allows(&self, earlier: &[u64], now: u64) -> bool {
+        self.unlimited
+            || (earlier
+                .iter()
+                .filter(|at| now.saturating_sub(**at) < self.interval_ms)
+                .count() as u32)
+                < self.attempts
+    }
+}
+
 /// What to run and what it needs. Serializable because a queued deploy
 /// keeps its whole spec in the home's store until it is placed.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -324,6 +400,18 @@ pub struct DeploySpec {
     /// What the owner does when its container exits.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Which placement of the deployment this is (1 first; a replacement
+    /// after its owner died is the next), set by its home and carried with
+    /// the container, so a node that ran an older one can tell.
+    #[serde(default)]
+    pub attempt: u32,
+    /// The node that placed it (its home), set by the home.
+    #[serde(default)]
+    pub home: String,
+    /// What its home does when its owner node dies; None: nothing (the
+    /// record says it was lost).
+    #[serde(default)]
+    pub reschedule: Option<ReschedulePolicy>,
 }
 
 /// The life of a deployment.
@@ -333,6 +421,9 @@ pub enum DeployState {
     Queued(String),
     /// It waited its whole `queue_timeout` and gave up, and why.
     Expired(String),
+    /// Its owner node was declared dead: its home places a replacement
+    /// (the next attempt) elsewhere, and why it waits if it must.
+    Rescheduling(String),
     Pending,
     Pulling,
     Starting,
@@ -347,6 +438,7 @@ impl DeployState {
         match self {
             DeployState::Queued(_) => "queued",
             DeployState::Expired(_) => "expired",
+            DeployState::Rescheduling(_) => "rescheduling",
             DeployState::Pending => "pending",
             DeployState::Pulling => "pulling",
             DeployState::Starting => "starting",
@@ -371,7 +463,10 @@ impl DeployState {
     /// Why it waits, failed or expired; empty otherwise.
     pub fn reason(&self) -> &str {
         match self {
-            DeployState::Queued(why) | DeployState::Expired(why) | DeployState::Failed(why) => why,
+            DeployState::Queued(why)
+            | DeployState::Expired(why)
+            | DeployState::Failed(why)
+            | DeployState::Rescheduling(why) => why,
             _ => "",
         }
     }
@@ -384,6 +479,7 @@ impl fmt::Display for DeployState {
             DeployState::Failed(why) => write!(f, "failed: {why}"),
             DeployState::Queued(why) => write!(f, "queued: {why}"),
             DeployState::Expired(why) => write!(f, "expired: {why}"),
+            DeployState::Rescheduling(why) => write!(f, "rescheduling: {why}"),
             other => f.write_str(other.name()),
         }
     }
@@ -414,6 +510,25 @@ pub struct Deployment {
     pub labels: BTreeMap<String, String>,
     /// Times its container was restarted by its restart policy.
     pub restarts: u32,
+    /// Which placement of the deployment this container is (0: unknown).
+    pub attempt: u32,
+    /// The node that placed it, as the container says (empty: unknown).
+    pub home: String,
+    /// Every placement of the deployment, as its home recorded them.
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One placement of a deployment: where, and why it moved on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub provider_id: String,
+    pub owner_id: String,
+    /// When it was placed (Unix ms).
+    pub at_ms: u64,
+    /// Why a later attempt replaced it; empty for the current one.
+    #[serde(default)]
+    pub ended: String,
 }
 
 impl Deployment {

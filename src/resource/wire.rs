@@ -90,9 +90,17 @@ pub fn spec_from_proto(s: pb::DeploySpec) -> Result<DeploySpec, ResourceError> {
         LeaseTerms::from_fields(&s.lease_ttl, s.auto_renew, s.max_renewals, &s.lease_holder)?;
     let restart =
         RestartPolicy::parse(&s.restart).map_err(|why| ResourceError::invalid("restart", why))?;
+    let reschedule = s
+        .reschedule
+        .as_ref()
+        .map(reschedule_from_proto)
+        .transpose()?;
     Ok(DeploySpec {
         lease,
         restart,
+        reschedule,
+        attempt: s.attempt,
+        home: s.home,
         resources: Resources {
             cpu_millis: quantity("cpu", &s.cpu, true)?,
             memory_bytes: quantity("memory", &s.memory, false)?,
@@ -111,6 +119,55 @@ pub fn spec_from_proto(s: pb::DeploySpec) -> Result<DeploySpec, ResourceError> {
         labels: s.labels.into_iter().collect(),
         required_labels: s.required_labels.into_iter().collect(),
     })
+}
+
+fn duration_field(field: &str, text: &str, default: u64) -> Result<u64, ResourceError> {
+    if text.trim().is_empty() {
+        return Ok(default);
+    }
+    humantime::parse_duration(text.trim())
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| {
+            ResourceError::invalid(
+                field,
+                format!("{text:?} is not a duration ({e}): write e.g. \"30s\" or \"1h\""),
+            )
+        })
+}
+
+fn reschedule_from_proto(r: &pb::Reschedule) -> Result<ReschedulePolicy, ResourceError> {
+    let d = ReschedulePolicy::default();
+    let delay_function = match r.delay_function.trim() {
+        "" | "exponential" => DelayFunction::Exponential,
+        "constant" => DelayFunction::Constant,
+        "fibonacci" => DelayFunction::Fibonacci,
+        other => {
+            return Err(ResourceError::invalid(
+                "reschedule.delay_function",
+                format!("{other:?}: use constant, exponential or fibonacci"),
+            ))
+        }
+    };
+    let p = ReschedulePolicy {
+        attempts: if r.attempts == 0 {
+            d.attempts
+        } else {
+            r.attempts
+        },
+        interval_ms: duration_field("reschedule.interval", &r.interval, d.interval_ms)?,
+        delay_ms: duration_field("reschedule.delay", &r.delay, d.delay_ms)?,
+        delay_function,
+        max_delay_ms: duration_field("reschedule.max_delay", &r.max_delay, d.max_delay_ms)?,
+        unlimited: r.unlimited,
+        after_ms: duration_field("reschedule.after", &r.after, d.after_ms)?,
+    };
+    if p.attempts > 1_000 {
+        return Err(ResourceError::invalid(
+            "reschedule.attempts",
+            "at most 1000 (or set unlimited)",
+        ));
+    }
+    Ok(p)
 }
 
 /// The spec as sent to another node (exact amounts, no placement hints).
@@ -160,6 +217,8 @@ pub fn spec_to_proto(s: &DeploySpec) -> pb::DeploySpec {
             RestartPolicy::Never => String::new(),
             other => other.text(),
         },
+        attempt: s.attempt,
+        home: s.home.clone(),
         ..Default::default()
     }
 }
@@ -233,9 +292,10 @@ pub fn from_unix(secs: f64) -> SystemTime {
 fn detail(s: &DeployState) -> String {
     match s {
         DeployState::Exited(code) => format!("exit code {code}"),
-        DeployState::Failed(why) | DeployState::Queued(why) | DeployState::Expired(why) => {
-            why.clone()
-        }
+        DeployState::Failed(why)
+        | DeployState::Queued(why)
+        | DeployState::Expired(why)
+        | DeployState::Rescheduling(why) => why.clone(),
         _ => String::new(),
     }
 }
@@ -254,6 +314,7 @@ fn state_from(name: &str, detail: &str) -> DeployState {
         "failed" => DeployState::Failed(detail.to_string()),
         "queued" => DeployState::Queued(detail.to_string()),
         "expired" => DeployState::Expired(detail.to_string()),
+        "rescheduling" => DeployState::Rescheduling(detail.to_string()),
         "stopped" => DeployState::Stopped,
         _ => DeployState::Pending,
     }
@@ -274,6 +335,18 @@ pub fn deployment_to_proto(d: &Deployment, owner_id: &str) -> pb::Deployment {
         home_id: String::new(),
         labels: d.labels.clone().into_iter().collect(),
         restarts: d.restarts,
+        attempt: d.attempt,
+        attempts: d
+            .attempts
+            .iter()
+            .map(|a| pb::Attempt {
+                attempt: a.attempt,
+                provider_id: a.provider_id.clone(),
+                owner_id: a.owner_id.clone(),
+                placed_unix: unix_ms(a.at_ms),
+                ended: a.ended.clone(),
+            })
+            .collect(),
         history: d
             .history
             .iter()
@@ -305,6 +378,19 @@ pub fn deployment_from_proto(d: pb::Deployment) -> Deployment {
         lease: d.lease.map(lease_from_proto),
         labels: d.labels.into_iter().collect(),
         restarts: d.restarts,
+        attempt: d.attempt,
+        home: String::new(),
+        attempts: d
+            .attempts
+            .into_iter()
+            .map(|a| AttemptView {
+                attempt: a.attempt,
+                provider_id: a.provider_id,
+                owner_id: a.owner_id,
+                at_ms: ms_of(a.placed_unix),
+                ended: a.ended,
+            })
+            .collect(),
     }
 }
 

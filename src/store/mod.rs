@@ -119,6 +119,10 @@ pub enum Stored {
     Expired {
         reason: String,
     },
+    /// Its owner died: a replacement is being placed elsewhere.
+    Rescheduling {
+        reason: String,
+    },
     /// Intent written, the provider not yet answered.
     Placing,
     Pending,
@@ -154,6 +158,9 @@ impl Stored {
             DeployState::Expired(reason) => Stored::Expired {
                 reason: reason.clone(),
             },
+            DeployState::Rescheduling(reason) => Stored::Rescheduling {
+                reason: reason.clone(),
+            },
         }
     }
 
@@ -170,6 +177,7 @@ impl Stored {
             Stored::Stopped => DeployState::Stopped,
             Stored::Queued { reason } => DeployState::Queued(reason.clone()),
             Stored::Expired { reason } => DeployState::Expired(reason.clone()),
+            Stored::Rescheduling { reason } => DeployState::Rescheduling(reason.clone()),
         })
     }
 
@@ -212,7 +220,7 @@ pub struct QueuedRecord {
 /// A lease this node keeps as the owner of its deployment's provider. It
 /// outlives the container for a while, so that whoever asks learns that the
 /// lease ended it rather than that it vanished.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseRecord {
     /// The deployment id.
     pub id: String,
@@ -241,7 +249,7 @@ pub struct Change {
 ///
 /// The spec's environment is not kept: it may hold secrets, and a retry
 /// brings its own spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentRecord {
     /// The deployment id (derived from the request id).
     pub id: String,
@@ -265,6 +273,17 @@ pub struct DeploymentRecord {
     /// The labels it was deployed with.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The current placement's number (0 or 1: the first).
+    #[serde(default)]
+    pub attempt: u32,
+    /// Every placement before and including the current one.
+    #[serde(default)]
+    pub attempts: Vec<crate::resource::AttemptView>,
+    /// The whole spec, kept only for a deployment that may be placed again
+    /// elsewhere (a reschedule policy); its environment included, as a
+    /// queued deploy's is.
+    #[serde(default)]
+    pub spec: Option<DeploySpec>,
 }
 
 pub fn now_ms() -> u64 {
@@ -292,6 +311,9 @@ impl DeploymentRecord {
             history: Vec::new(),
             adopted: false,
             labels: Default::default(),
+            attempt: 0,
+            attempts: Vec::new(),
+            spec: None,
         }
     }
 
@@ -316,6 +338,27 @@ impl DeploymentRecord {
         self.history
             .last()
             .map_or(Stored::Placing, |c| c.state.clone())
+    }
+
+    /// Notes placement `n` on `provider` of `owner`: a new attempt, or the
+    /// same one tried on another candidate.
+    pub fn note_attempt(&mut self, n: u32, provider: &str, owner: &str) {
+        self.attempt = n;
+        let at_ms = now_ms();
+        match self.attempts.last_mut() {
+            Some(last) if last.attempt == n => {
+                last.provider_id = provider.to_string();
+                last.owner_id = owner.to_string();
+                last.at_ms = at_ms;
+            }
+            _ => self.attempts.push(crate::resource::AttemptView {
+                attempt: n,
+                provider_id: provider.to_string(),
+                owner_id: owner.to_string(),
+                at_ms,
+                ended: String::new(),
+            }),
+        }
     }
 
     /// Appends `state` unless it is already the current one.
@@ -380,6 +423,9 @@ impl DeploymentRecord {
             lease: None,
             labels: self.labels.clone(),
             restarts: 0,
+            attempt: self.attempt.max(1),
+            home: String::new(),
+            attempts: self.attempts.clone(),
         };
         for c in history {
             if d.history.last().map(|h| &h.state) != Some(&c.state) {

@@ -28,6 +28,9 @@ fn record(id: &str) -> DeploymentRecord {
         history: vec![],
         adopted: false,
         labels: Default::default(),
+        attempt: 0,
+        attempts: Vec::new(),
+        spec: None,
     };
     r.push(Stored::Placing);
     r
@@ -73,6 +76,9 @@ fn suite(store: &dyn Store) {
         lease: None,
         labels: Default::default(),
         restarts: 0,
+        attempt: 1,
+        home: String::new(),
+        attempts: Vec::new(),
     });
     store.put_deployment(&a2).unwrap();
     let back = store.deployment(&a.id).unwrap().unwrap();

@@ -131,6 +131,7 @@ impl HttpApi {
                 .map(|(s, n)| (s.to_string(), *n))
                 .collect(),
             lease: self.manager.leases().metrics().clone(),
+            failover: self.manager.failover_metrics().clone(),
         }
     }
 }

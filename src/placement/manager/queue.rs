@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::Manager;
 use crate::metrics::QueueMetrics;
 use crate::placement::pending::{self, QueueEntry};
-use crate::placement::place::Attempt;
+use crate::placement::place::{Attempt, Origin};
 use crate::placement::rank::{Index, Strategy};
 use crate::resource::{Candidate, ProgressSink, Resources};
 use crate::store::{now_ms, Stored};
@@ -141,7 +141,7 @@ impl Manager {
                 &ProgressSink::none(),
                 index,
                 &HashSet::new(),
-                Some(&rec),
+                Origin::Queued(&rec),
             )
             .await;
         let waited = now_ms().saturating_sub(q.enqueued_ms) as f64 / 1000.0;

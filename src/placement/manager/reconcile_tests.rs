@@ -102,6 +102,9 @@ fn record(req: &str, state: Stored) -> DeploymentRecord {
         history: vec![],
         adopted: false,
         labels: Default::default(),
+        attempt: 0,
+        attempts: Vec::new(),
+        spec: None,
     };
     r.push(Stored::Placing);
     r.push(state);

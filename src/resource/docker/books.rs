@@ -115,6 +115,9 @@ impl DockerProvider {
             lease: None,
             labels: f.labels.clone(),
             restarts: f.restarts,
+            attempt: f.attempt,
+            home: f.home.clone(),
+            attempts: Vec::new(),
         }
     }
 

@@ -161,6 +161,10 @@ impl DockerProvider {
         labels.insert(labels::GPUS.into(), gpus.join(","));
         labels.insert(labels::GPU_SHARED.into(), spec.gpu_shared.to_string());
         labels.insert(labels::RESTART.into(), spec.restart.text());
+        labels.insert(labels::ATTEMPT.into(), spec.attempt.max(1).to_string());
+        if !spec.home.is_empty() {
+            labels.insert(labels::HOME.into(), spec.home.clone());
+        }
 
         let mut bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
         for p in &spec.ports {

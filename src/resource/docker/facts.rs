@@ -29,6 +29,9 @@ pub(super) struct Facts {
     pub(super) labels: std::collections::BTreeMap<String, String>,
     /// Restarts the engine made (inspect only; a listing does not say).
     pub(super) restarts: u32,
+    /// Which placement of the deployment, and its home, from the labels.
+    pub(super) attempt: u32,
+    pub(super) home: String,
 }
 
 impl Facts {
@@ -111,6 +114,8 @@ impl Facts {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             restarts: 0,
+            attempt: num(labels::ATTEMPT) as u32,
+            home: labels.get(labels::HOME).cloned().unwrap_or_default(),
         })
         .map(|f| f.settled(labels))
     }

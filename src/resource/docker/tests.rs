@@ -109,6 +109,8 @@ fn seeded_history_follows_the_engine() {
         finished: Some(UNIX_EPOCH + Duration::from_secs(12)),
         labels: Default::default(),
         restarts: 0,
+        attempt: 0,
+        home: String::new(),
     };
     let states: Vec<DeployState> = f.seed_history().into_iter().map(|c| c.state).collect();
     assert_eq!(

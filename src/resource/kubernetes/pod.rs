@@ -141,7 +141,13 @@ pub(crate) fn build_pod(
     labels.insert(labels::PROVIDER.into(), label_value(&owner.provider));
     labels.insert(labels::NODE.into(), label_value(&owner.node));
     labels.insert(labels::REQUEST.into(), label_value(&spec.request_id));
-    let mut annotations = BTreeMap::from([(labels::REQUEST.to_string(), spec.request_id.clone())]);
+    let mut annotations = BTreeMap::from([
+        (labels::REQUEST.to_string(), spec.request_id.clone()),
+        (labels::ATTEMPT.to_string(), spec.attempt.max(1).to_string()),
+    ]);
+    if !spec.home.is_empty() {
+        annotations.insert(labels::HOME.into(), spec.home.clone());
+    }
     if !spec.name.is_empty() {
         annotations.insert(labels::NAME.into(), spec.name.clone());
     }
@@ -307,6 +313,7 @@ fn at(t: Option<&Time>) -> SystemTime {
 /// tell: created, started, ended.
 pub(crate) fn to_deployment(pod: &Pod, provider_id: &str) -> Deployment {
     let meta = &pod.metadata;
+    let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k));
     let request_id = meta
         .annotations
         .as_ref()
@@ -371,6 +378,11 @@ pub(crate) fn to_deployment(pod: &Pod, provider_id: &str) -> Deployment {
         restarts: main
             .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
             .unwrap_or(0),
+        attempt: annotation(labels::ATTEMPT)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
+        home: annotation(labels::HOME).cloned().unwrap_or_default(),
+        attempts: Vec::new(),
     };
     if d.state() != state {
         d.history.push(StateChange {

@@ -1,0 +1,222 @@
+//! Failover, the home's side: a deployment whose owner node the gossip
+//! layer declared dead (not merely suspect) is placed again elsewhere,
+//! once its reschedule policy's grace has passed, through the normal path
+//! (ranking, the owner's admission), avoiding the dead node. The next
+//! attempt's number is written durably before the replacement is placed,
+//! and travels with it (a container label, the lease), so the old owner,
+//! should it come back, can tell that its copy is stale.
+//!
+//! A deployment without a policy is reported lost (failed, with why).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Manager;
+use crate::placement::place::{Attempt, Origin};
+use crate::resource::{ProgressSink, ReschedulePolicy};
+use crate::store::{now_ms, DeploymentRecord, Stored};
+
+/// When each deployment's owner was first seen gone, by deployment id.
+#[derive(Default)]
+pub(crate) struct Watch {
+    gone_since: HashMap<String, u64>,
+}
+
+/// How long a deployment without a policy waits before it is reported lost.
+const LOST_AFTER_MS: u64 = 10_000;
+
+fn is_watched(r: &DeploymentRecord, me: &str) -> bool {
+    r.placed_on.is_placed()
+        && r.placed_on.owner_id != me
+        && !r.adopted
+        && match r.state() {
+            Stored::Rescheduling { .. } => true,
+            s => !s.is_final() && s != Stored::Stopping,
+        }
+}
+
+impl Manager {
+    /// Watches the owners of what this node placed until `cancel`.
+    pub async fn run_reschedule(self: Arc<Self>, tick: Duration, cancel: CancellationToken) {
+        let mut watch = Watch::default();
+        let mut ticks = tokio::time::interval(tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            self.reschedule_round(&mut watch).await;
+        }
+    }
+
+    /// One look at every watched deployment; returns how many were placed again.
+    pub(crate) async fn reschedule_round(&self, watch: &mut Watch) -> usize {
+        let ring = self.ring();
+        // Alone in its view (just started, or cut off): nobody is dead yet.
+        if ring.len() <= 1 {
+            watch.gone_since.clear();
+            return 0;
+        }
+        let now = now_ms();
+        let watched = self.book.select(|r| is_watched(r, &self.node_id));
+        let ids: HashSet<&str> = watched.iter().map(|r| r.id.as_str()).collect();
+        watch.gone_since.retain(|id, _| ids.contains(id.as_str()));
+        let mut placed = 0;
+        for rec in watched {
+            let alive = ring.member(&rec.placed_on.owner_id).is_some()
+                && !matches!(rec.state(), Stored::Rescheduling { .. });
+            if alive {
+                watch.gone_since.remove(&rec.id);
+                continue;
+            }
+            let since = *watch.gone_since.entry(rec.id.clone()).or_insert(now);
+            let policy = rec.spec.as_ref().and_then(|s| s.reschedule);
+            match policy {
+                None if now.saturating_sub(since) >= LOST_AFTER_MS => {
+                    self.report_lost(rec).await;
+                }
+                Some(p) if self.due(&rec, &p, since, now) => {
+                    if self.replace(rec).await {
+                        placed += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        placed
+    }
+
+    /// Whether the grace and the policy's delay have passed, and the policy
+    /// allows another replacement.
+    fn due(&self, rec: &DeploymentRecord, p: &ReschedulePolicy, since: u64, now: u64) -> bool {
+        if now.saturating_sub(since) < p.after_ms {
+            return false;
+        }
+        // Replacements so far: every attempt after the first.
+        let earlier: Vec<u64> = rec.attempts.iter().skip(1).map(|a| a.at_ms).collect();
+        let last = rec.attempts.last().map_or(0, |a| a.at_ms);
+        let n = earlier.len() as u32 + 1;
+        now.saturating_sub(last) >= p.delay(n) && p.allows(&earlier, now)
+    }
+
+    /// Places the next attempt of `rec` elsewhere; true when it runs.
+    async fn replace(&self, rec: DeploymentRecord) -> bool {
+        let Some(mut spec) = rec.spec.clone() else {
+            return false;
+        };
+        let _held = self.inflight.lock(&rec.request_id).await;
+        let Some(mut rec) = self
+            .book
+            .get(&rec.id)
+            .filter(|r| is_watched(r, &self.node_id))
+        else {
+            return false;
+        };
+        let dead = rec.placed_on.owner_id.clone();
+        let why = format!("its owner node {dead} was declared dead");
+        // The next attempt's number is durable before anyone hears of it.
+        if !matches!(rec.state(), Stored::Rescheduling { .. }) {
+            if let Some(last) = rec.attempts.last_mut() {
+                last.ended = why.clone();
+            }
+            rec.attempt = rec.attempt.max(1) + 1;
+            rec.push(Stored::Rescheduling {
+                reason: format!("{why}; placing attempt {} elsewhere", rec.attempt),
+            });
+            if let Err(e) = self.book.persist(&rec).await {
+                warn!(deployment = %rec.id, error = %e, "cannot record a reschedule; tried again next round");
+                return false;
+            }
+            self.failover.reschedules.inc();
+        }
+        spec.attempt = rec.attempt;
+        spec.home = self.node_id.clone();
+        let strategy = self.strategy;
+        let index = self.registry.index();
+        // Not back onto the dead node, even if a stale view still lists it.
+        let avoid: HashSet<String> = index
+            .candidates()
+            .iter()
+            .filter(|c| c.owner_id == dead)
+            .map(|c| c.id.clone())
+            .chain([rec.placed_on.provider_id.clone()])
+            .collect();
+        let need = crate::placement::feasible::Need {
+            resources: spec.resources,
+            gpu_model: spec.gpu_model.as_deref(),
+            required_labels: Some(&spec.required_labels),
+            region: None,
+            provider_id: None,
+        };
+        let result = self
+            .placer()
+            .attempt(
+                &rec.id,
+                &spec,
+                &need,
+                strategy,
+                &ProgressSink::none(),
+                &index,
+                &avoid,
+                Origin::Replacing(&rec),
+            )
+            .await;
+        match result {
+            Ok(Attempt::Placed(placed)) => {
+                info!(deployment = %rec.id, attempt = rec.attempt, from = %dead, to = %placed.placement.owner_id, "deployment rescheduled");
+                self.audit(
+                    "reschedule",
+                    "placed",
+                    serde_json::json!({"deployment": rec.id, "attempt": rec.attempt, "from": dead, "provider": placed.placement.provider_id, "owner": placed.placement.owner_id}),
+                );
+                true
+            }
+            Ok(Attempt::Refused(refused)) => {
+                let verdict = need.explain(index.candidates());
+                let reason = format!(
+                    "{why}; attempt {} waits for a provider: {}",
+                    rec.attempt, verdict.text
+                );
+                rec.push(Stored::Rescheduling { reason });
+                if let Err(e) = self.book.persist(&rec).await {
+                    warn!(deployment = %rec.id, error = %e, "cannot record why a reschedule waits");
+                }
+                info!(deployment = %rec.id, refused = refused.len(), "no provider took the replacement yet");
+                false
+            }
+            Err(e) => {
+                warn!(deployment = %rec.id, error = %e, "reschedule failed");
+                false
+            }
+        }
+    }
+
+    /// A deployment whose owner died and that may not move: failed, lost.
+    async fn report_lost(&self, rec: DeploymentRecord) {
+        let _held = self.inflight.lock(&rec.request_id).await;
+        let Some(mut rec) = self
+            .book
+            .get(&rec.id)
+            .filter(|r| is_watched(r, &self.node_id))
+        else {
+            return;
+        };
+        let reason = format!(
+            "lost: its owner node {} was declared dead (deploy with a reschedule policy to have it placed again)",
+            rec.placed_on.owner_id
+        );
+        rec.push(Stored::Failed { reason });
+        match self.book.persist(&rec).await {
+            Ok(()) => {
+                self.failover.lost.inc();
+            }
+            Err(e) => warn!(deployment = %rec.id, error = %e, "cannot record a lost deployment"),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Failover across real nodes on 127.0.0.1 with in-memory providers: when
+//! the owner of a deployment dies (killed, no goodbye), its home places the
+//! next attempt elsewhere once the gossip layer declares the owner dead and
+//! the policy's grace has passed; the attempt is recorded and carried with
+//! the replacement; without a policy the deployment is reported lost.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use iarnet::config::Config;
+use iarnet::node::{self, NodeHandle, ProviderSetup};
+use iarnet::proto::resource as pb;
+use iarnet::proto::resource::resource_service_client::ResourceServiceClient;
+use iarnet::resource::memory::MemoryProvider;
+use iarnet::resource::{Provider, Resources};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+type Api = ResourceServiceClient<tonic::transport::Channel>;
+
+fn provider(id: &str) -> Arc<MemoryProvider> {
+    Arc::new(MemoryProvider::new(
+        id,
+        Resources {
+            cpu_millis: 4_000,
+            memory_bytes: 4 << 30,
+            ..Resources::ZERO
+        },
+        BTreeMap::new(),
+    ))
+}
+
+async fn start(id: &str, seeds: &[String], providers: Vec<Arc<dyn Provider>>) -> NodeHandle {
+    let mut cfg = Config::loopback(id);
+    cfg.initial_peers = seeds.to_vec();
+    node::start_with(cfg, ProviderSetup::Given(providers))
+        .await
+        .expect("node starts on 127.0.0.1:0")
+}
+
+async fn deploy(api: &mut Api, spec: pb::DeploySpec) -> pb::Deployment {
+    let mut stream = api.deploy(spec).await.unwrap().into_inner();
+    let mut deployment = None;
+    while let Some(ev) = stream.next().await {
+        if let Some(pb::deploy_event::Event::Deployment(d)) = ev.unwrap().event {
+            deployment = Some(d);
+        }
+    }
+    deployment.expect("a deploy ends with its deployment")
+}
+
+async fn get(api: &mut Api, id: &str) -> pb::Deployment {
+    api.get_deployment(pb::GetDeploymentRequest { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A home without a provider and three owners, all seeing each other.
+async fn mesh(tag: &str) -> (NodeHandle, Vec<(NodeHandle, Arc<MemoryProvider>)>) {
+    let home = start(&format!("{tag}-home"), &[], Vec::new()).await;
+    let seed = [home.advertise_addr()];
+    let mut owners = Vec::new();
+    for i in 0..3 {
+        let p = provider(&format!("{tag}-p{i}"));
+        let n = start(
+            &format!("{tag}-o{i}"),
+            &seed,
+            vec![p.clone() as Arc<dyn Provider>],
+        )
+        .await;
+        owners.push((n, p));
+    }
+    common::wait_until("the home to see all three providers", WAIT, || {
+        match home.manager().candidates().len() {
+            3 => Ok(()),
+            n => Err(format!("{n} providers")),
+        }
+    })
+    .await;
+    (home, owners)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_owners_deployment_is_placed_again_elsewhere_as_the_next_attempt() {
+    let (home, mut owners) = mesh("fo").await;
+    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
+        .await
+        .unwrap();
+    let d = deploy(
+        &mut api,
+        pb::DeploySpec {
+            request_id: "fo-web".into(),
+            image: "iarnet-test/busybox:1".into(),
+            cpu: "1".into(),
+            memory: "64Mi".into(),
+            reschedule: Some(pb::Reschedule {
+                after: "1s".into(),
+                delay: "100ms".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!((d.attempt, d.state.as_str()), (1, "running"));
+    let first = d.owner_id.clone();
+    let i = owners.iter().position(|(n, _)| n.id() == first).unwrap();
+    let (dead, _) = owners.remove(i);
+    let killed = Instant::now();
+    dead.kill();
+
+    let moved = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = get(&mut api, "fo-web").await;
+            if got.attempt == 2 && got.state == "running" {
+                break got;
+            }
+            assert!(Instant::now() < deadline, "never rescheduled: {got:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    println!(
+        "failover: owner killed -> attempt 2 running in {:?} (gossip interval {:?}, grace 1s)",
+        killed.elapsed(),
+        home.config().gossip.interval
+    );
+    assert_ne!(moved.owner_id, first, "not back on the dead node");
+    assert!(owners.iter().any(|(n, _)| n.id() == moved.owner_id));
+    assert_eq!(moved.attempts.len(), 2, "{:?}", moved.attempts);
+    assert_eq!(moved.attempts[0].owner_id, first);
+    assert!(
+        moved.attempts[0].ended.contains("declared dead"),
+        "{:?}",
+        moved.attempts
+    );
+    assert!(moved.attempts[1].ended.is_empty());
+    // The replacement carries its attempt and home with it.
+    let (_, p) = owners
+        .iter()
+        .find(|(n, _)| n.id() == moved.owner_id)
+        .unwrap();
+    let on_owner = p.status(&d.id).await.unwrap();
+    assert_eq!(
+        (on_owner.attempt, on_owner.home.as_str()),
+        (2, home.id().as_str())
+    );
+    assert_eq!(home.manager().failover_metrics().reschedules.get(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_policy_a_dead_owners_deployment_is_reported_lost() {
+    let (home, mut owners) = mesh("lost").await;
+    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
+        .await
+        .unwrap();
+    let d = deploy(
+        &mut api,
+        pb::DeploySpec {
+            request_id: "lost-1".into(),
+            image: "iarnet-test/busybox:1".into(),
+            cpu: "1".into(),
+            memory: "64Mi".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let i = owners
+        .iter()
+        .position(|(n, _)| n.id() == d.owner_id)
+        .unwrap();
+    owners.remove(i).0.kill();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = get(&mut api, "lost-1").await;
+        if got.state == "failed" {
+            assert!(got.reason.starts_with("lost: its owner node"), "{got:?}");
+            assert_eq!(got.attempt, 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reported lost: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
