@@ -82,9 +82,7 @@ impl Manager {
                     self.report_lost(rec).await;
                 }
                 Some(p) if self.due(&rec, &p, since, now) => {
-                    if self.replace(rec).await {
-                        placed += 1;
-                    }
+                    placed += usize::from(self.replace(rec).await);
                 }
                 _ => {}
             }
