@@ -187,3 +187,92 @@ async fn without_a_policy_a_dead_owners_deployment_is_reported_lost() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_back_from_the_dead_stops_its_stale_attempt() {
+    let home = start("fe-home", &[], Vec::new()).await;
+    let seed = [home.advertise_addr()];
+    let p1 = provider("fe-p1");
+    let p2 = provider("fe-p2");
+    let store1: Arc<dyn iarnet::store::Store> = Arc::new(iarnet::store::MemoryStore::new());
+    let cfg1 = || {
+        let mut c = Config::loopback("fe-o1");
+        c.initial_peers = seed.to_vec();
+        c
+    };
+    let o1 = node::start_with_store(
+        cfg1(),
+        ProviderSetup::Given(vec![p1.clone() as Arc<dyn Provider>]),
+        store1.clone(),
+    )
+    .await
+    .unwrap();
+    let _o2 = start("fe-o2", &seed, vec![p2.clone() as Arc<dyn Provider>]).await;
+    common::wait_until("the home to see both providers", WAIT, || {
+        match home.manager().candidates().len() {
+            2 => Ok(()),
+            n => Err(format!("{n} providers")),
+        }
+    })
+    .await;
+    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
+        .await
+        .unwrap();
+    let d = deploy(
+        &mut api,
+        pb::DeploySpec {
+            request_id: "fe-svc".into(),
+            image: "iarnet-test/busybox:1".into(),
+            cpu: "1".into(),
+            memory: "64Mi".into(),
+            provider_id: "fe-p1".into(),
+            reschedule: Some(pb::Reschedule {
+                after: "500ms".into(),
+                delay: "100ms".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(d.owner_id, "fe-o1");
+
+    // o1 vanishes, its container still "running" (its provider lives on).
+    o1.kill();
+    let deadline = Instant::now() + WAIT;
+    while get(&mut api, "fe-svc").await.attempt != 2 {
+        assert!(Instant::now() < deadline, "never rescheduled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(p2.status(&d.id).await.unwrap().attempt, 2);
+    assert_eq!(
+        p1.status(&d.id).await.unwrap().attempt,
+        1,
+        "two copies for now"
+    );
+
+    // o1 comes back: it learns that attempt 2 exists and stops its copy.
+    let o1 = node::start_with_store(
+        cfg1(),
+        ProviderSetup::Given(vec![p1.clone() as Arc<dyn Provider>]),
+        store1,
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while p1.status(&d.id).await.is_ok() {
+        assert!(Instant::now() < deadline, "the stale attempt kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        p2.status(&d.id).await.unwrap().attempt,
+        2,
+        "the current one runs on"
+    );
+    assert_eq!(o1.manager().failover_metrics().fenced.get(), 1);
+    let got = get(&mut api, "fe-svc").await;
+    assert_eq!(
+        (got.attempt, got.owner_id.as_str(), got.state.as_str()),
+        (2, "fe-o2", "running")
+    );
+}

@@ -116,6 +116,26 @@ impl Directory for DirectoryApi {
         Ok(Response::new(answer_to_proto(&answer?)))
     }
 
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckReply>, Status> {
+        self.caller(&request, &request.get_ref().from)?;
+        let req = request.into_inner();
+        if req.deployments.len() > MAX_LOCATIONS {
+            return Err(Status::invalid_argument(format!(
+                "{} deployments in one check; the limit is {MAX_LOCATIONS}",
+                req.deployments.len()
+            )));
+        }
+        Ok(Response::new(pb::CheckReply {
+            verdicts: self
+                .manager
+                .check_attempts(&req.from, req.deployments)
+                .await,
+        }))
+    }
+
     async fn list_local(
         &self,
         request: Request<pb::ListLocalRequest>,

@@ -157,6 +157,15 @@ impl DirectoryCaller for NodeCaller {
     ) -> Result<dpb::ListLocalReply, tonic::Status> {
         directory_call!(self, addr, req, timeout, list_local, "directory.list")
     }
+
+    async fn check(
+        &self,
+        addr: &str,
+        req: dpb::CheckRequest,
+        timeout: Duration,
+    ) -> Result<dpb::CheckReply, tonic::Status> {
+        directory_call!(self, addr, req, timeout, check, "directory.check")
+    }
 }
 
 impl NodeCaller {

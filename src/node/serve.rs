@@ -216,6 +216,12 @@ pub async fn serve(
     tasks.spawn(
         manager
             .clone()
+            .run_fencing(interval, cancel.child_token())
+            .instrument(tracing::info_span!(parent: &span, "fencing")),
+    );
+    tasks.spawn(
+        manager
+            .clone()
             .run_leases(cancel.child_token())
             .instrument(tracing::info_span!(parent: &span, "leases")),
     );

@@ -29,6 +29,7 @@ use crate::store::{DeploymentRecord, MemoryStore, ProviderRecord, Store, StoreEr
 use crate::sync::KeyLocks;
 
 mod anywhere;
+mod fencing;
 mod leases;
 mod listing;
 mod queue;

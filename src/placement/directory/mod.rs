@@ -57,6 +57,12 @@ pub trait DirectoryCaller: Send + Sync + 'static {
         req: pb::ListLocalRequest,
         timeout: Duration,
     ) -> Result<pb::ListLocalReply, tonic::Status>;
+    async fn check(
+        &self,
+        addr: &str,
+        req: pb::CheckRequest,
+        timeout: Duration,
+    ) -> Result<pb::CheckReply, tonic::Status>;
 }
 
 /// The directory state of one node.
