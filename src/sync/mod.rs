@@ -1,11 +1,13 @@
 //! Small concurrency vocabulary shared by the resource plane, placement,
-//! security and the API surfaces: one lock per key, a token bucket, and a
-//! poison-tolerant mutex lock.
+//! security and the API surfaces: one lock per key, a token bucket, a
+//! worker loop's ticker, and a poison-tolerant mutex lock.
 
 mod key_lock;
+mod ticker;
 mod token_bucket;
 
 pub use key_lock::{KeyGuard, KeyLocks};
+pub use ticker::Ticker;
 pub use token_bucket::TokenBucket;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use super::Manager;
 use crate::proto::directory as pb;
 use crate::store::Stored;
+use crate::sync::Ticker;
 
 /// Deployments per check call.
 const CHECK_BATCH: usize = 500;
@@ -28,15 +29,9 @@ impl Manager {
     /// Checks this node's foreign-homed copies until `cancel`.
     pub async fn run_fencing(self: Arc<Self>, tick: Duration, cancel: CancellationToken) {
         let mut known: HashSet<(String, u64)> = HashSet::new();
-        let mut ticks = tokio::time::interval(tick);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = Ticker::new(tick);
         let mut since_round = ROUND_EVERY;
-        loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        while ticker.tick(&cancel).await {
             let ring = self.ring();
             let now: HashSet<(String, u64)> = ring
                 .members()

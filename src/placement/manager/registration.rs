@@ -15,7 +15,9 @@ use crate::placement::directory::{
     location_from_proto, location_to_proto, Holding, Location, Member, NodeRef, Registrant, Ring,
 };
 use crate::proto::directory as pb;
+use crate::resource::{Candidate, Deployment};
 use crate::store::{now_ms, DeploymentRecord};
+use crate::sync::Ticker;
 
 /// How long a deployment that ended stays registered: its home still
 /// answers for it from its record, and a lookup a while later finds it.
@@ -39,6 +41,19 @@ fn node(m: &Member) -> NodeRef {
     NodeRef {
         id: m.id.clone(),
         addr: m.addr.clone(),
+    }
+}
+
+/// A deployment one of this node's providers runs, as its owner registers it.
+fn owner_location(d: Deployment, c: &Candidate, me: &NodeRef) -> Location {
+    Location {
+        deployment_id: d.id,
+        request_id: d.request_id,
+        home: None,
+        owner: Some(me.clone()),
+        provider_id: c.id.clone(),
+        provider_name: c.name.clone(),
+        provider_kind: c.kind.as_str().to_string(),
     }
 }
 
@@ -111,15 +126,7 @@ impl Manager {
                 list.into_iter()
                     .filter(|d| !d.state().is_final())
                     .map(|d| Holding {
-                        location: Location {
-                            deployment_id: d.id,
-                            request_id: d.request_id,
-                            home: None,
-                            owner: Some(me.clone()),
-                            provider_id: c.id.clone(),
-                            provider_name: c.name.clone(),
-                            provider_kind: c.kind.as_str().to_string(),
-                        },
+                        location: owner_location(d, &c, me),
                         by: Registrant::Owner,
                     }),
             );
@@ -132,14 +139,8 @@ impl Manager {
 
     /// Registers what changed every `tick`, until `cancel`.
     pub async fn run_directory(self: Arc<Self>, tick: Duration, cancel: CancellationToken) {
-        let mut ticks = tokio::time::interval(tick);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        let mut ticker = Ticker::new(tick);
+        while ticker.tick(&cancel).await {
             self.register_round().await;
         }
     }
@@ -248,15 +249,7 @@ impl Manager {
         }
         for (p, c) in self.registry.local_candidates() {
             if let Ok(d) = p.status(id).await {
-                return Some(Location {
-                    deployment_id: d.id,
-                    request_id: d.request_id,
-                    home: None,
-                    owner: Some(me.clone()),
-                    provider_id: c.id.clone(),
-                    provider_name: c.name.clone(),
-                    provider_kind: c.kind.as_str().to_string(),
-                });
+                return Some(owner_location(d, &c, me));
             }
         }
         None

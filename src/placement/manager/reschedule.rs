@@ -19,6 +19,7 @@ use super::Manager;
 use crate::placement::place::{Attempt, Origin};
 use crate::resource::{ProgressSink, ReschedulePolicy};
 use crate::store::{now_ms, DeploymentRecord, Stored};
+use crate::sync::Ticker;
 
 /// When each deployment's owner was first seen gone, by deployment id.
 #[derive(Default)]
@@ -43,16 +44,24 @@ impl Manager {
     /// Watches the owners of what this node placed until `cancel`.
     pub async fn run_reschedule(self: Arc<Self>, tick: Duration, cancel: CancellationToken) {
         let mut watch = Watch::default();
-        let mut ticks = tokio::time::interval(tick);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        let mut ticker = Ticker::new(tick);
+        while ticker.tick(&cancel).await {
             self.reschedule_round(&mut watch).await;
         }
+    }
+
+    /// `rec` as the book holds it now, under its request's lock, if it is
+    /// still watched (a stop or a finished try may have come first).
+    async fn watched_now(
+        &self,
+        rec: &DeploymentRecord,
+    ) -> Option<(crate::sync::KeyGuard<'_>, DeploymentRecord)> {
+        let held = self.inflight.lock(&rec.request_id).await;
+        let now = self
+            .book
+            .get(&rec.id)
+            .filter(|r| is_watched(r, &self.node_id))?;
+        Some((held, now))
     }
 
     /// One look at every watched deployment; returns how many were placed again.
@@ -108,12 +117,7 @@ impl Manager {
         let Some(mut spec) = rec.spec.clone() else {
             return false;
         };
-        let _held = self.inflight.lock(&rec.request_id).await;
-        let Some(mut rec) = self
-            .book
-            .get(&rec.id)
-            .filter(|r| is_watched(r, &self.node_id))
-        else {
+        let Some((_held, mut rec)) = self.watched_now(&rec).await else {
             return false;
         };
         let dead = rec.placed_on.owner_id.clone();
@@ -197,12 +201,7 @@ impl Manager {
 
     /// A deployment whose owner died and that may not move: failed, lost.
     async fn report_lost(&self, rec: DeploymentRecord) {
-        let _held = self.inflight.lock(&rec.request_id).await;
-        let Some(mut rec) = self
-            .book
-            .get(&rec.id)
-            .filter(|r| is_watched(r, &self.node_id))
-        else {
+        let Some((_held, mut rec)) = self.watched_now(&rec).await else {
             return;
         };
         let reason = format!(
