@@ -452,7 +452,7 @@ async fn deploy_posts_the_expected_pod() {
     );
     assert_eq!(
         meta["annotations"],
-        json!({"iarnet.request": "req-1", "iarnet.name": "trainer"})
+        json!({"iarnet.request": "req-1", "iarnet.name": "trainer", "iarnet.attempt": "1"})
     );
     let pod = &posted["spec"];
     assert_eq!(pod["restartPolicy"], "Never");
