@@ -13,6 +13,9 @@ mod docker_support;
 #[path = "support/grpcurl.rs"]
 mod grpcurl_support;
 
+#[path = "ops/services.rs"]
+mod services;
+
 use docker_support::{ensure_test_image, Cleanup, TEST_IMAGE};
 use grpcurl_support::grpcurl;
 

@@ -7,3 +7,4 @@ pub mod directory;
 pub mod http;
 pub mod peer;
 pub mod resources;
+pub mod services;

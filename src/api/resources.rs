@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use serde_json::{json, Value};
 
+use crate::api::services::service_to_proto;
 use crate::audit::Audit;
 use crate::placement::manager::{Answer, Filter, Op, DEFAULT_PAGE, LIST_DEADLINE, MAX_PAGE};
 use crate::placement::{Manager, PlaceOptions, QueueEntry};
@@ -90,7 +91,7 @@ fn sum(caps: impl Iterator<Item = Capacity>) -> Capacity {
     .unwrap_or_default()
 }
 
-fn progress_event(p: Progress) -> pb::DeployEvent {
+pub(super) fn progress_event(p: Progress) -> pb::DeployEvent {
     use pb::deploy_event::Event;
     pb::DeployEvent {
         event: Some(match p {
@@ -267,8 +268,31 @@ impl ResourceService for ResourceApi {
             s
         };
         let opts = PlaceOptions::from_proto(&raw).map_err(|e| refused(e.into()))?;
+        let replicas = raw.replicas;
+        if !raw.service.is_empty() {
+            return Err(refused(Status::invalid_argument(
+                "service: set by the home node for its replicas; deploy with replicas instead",
+            )));
+        }
         let spec = spec_from_proto(raw).map_err(|e| refused(e.into()))?;
         crate::resource::validate::validate(&spec).map_err(|e| refused(e.into()))?;
+        if spec.spread.is_some() && replicas == 0 {
+            return Err(refused(Status::invalid_argument(
+                "spread: keeps the replicas of a service apart; set replicas too",
+            )));
+        }
+        if replicas > 0 {
+            let (tx, rx) = mpsc::channel(64);
+            let (manager, audit, stop) =
+                (self.manager.clone(), self.audit.clone(), self.stop.clone());
+            self.deploys.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = crate::api::services::deploy_service(&manager, &audit, &who, spec, opts, replicas, tx) => {}
+                }
+            });
+            return Ok(Response::new(ReceiverStream::new(rx).boxed()));
+        }
         let audit = self.audit.clone();
         let asked = json!({"request_id": spec.request_id, "image": spec.image, "resources": spec.resources.to_string()});
         let (tx, rx) = mpsc::channel(64);
@@ -517,6 +541,54 @@ impl ResourceService for ResourceApi {
         let who = who(&request);
         let req = request.into_inner();
         self.lease(LeaseOp::Release, &who, req.id, req.epoch).await
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let id = request.into_inner().id;
+        let v = self.manager.service(&id).await?;
+        Ok(Response::new(service_to_proto(&v, self.manager.node_id())))
+    }
+
+    async fn list_services(
+        &self,
+        _request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let node = self.manager.node_id();
+        let services = self
+            .manager
+            .services()
+            .await
+            .iter()
+            .map(|v| service_to_proto(v, node))
+            .collect();
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn scale(
+        &self,
+        request: Request<pb::ScaleRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let who = who(&request);
+        let req = request.into_inner();
+        let scaled = self
+            .manager
+            .scale(&req.id, req.replicas)
+            .await
+            .map_err(Status::from);
+        let (result, error) = outcome(&scaled);
+        self.audit.record(
+            "scale",
+            &who,
+            result,
+            json!({"service": req.id, "replicas": req.replicas, "error": error}),
+        );
+        Ok(Response::new(service_to_proto(
+            &scaled?,
+            self.manager.node_id(),
+        )))
     }
 }
 

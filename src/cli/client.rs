@@ -92,6 +92,8 @@ pub enum Command {
         #[arg(long)]
         epoch: Option<u64>,
     },
+    #[command(flatten)]
+    Service(super::services::ServiceCommand),
     /// Create the mesh's CA and node certificates for mutual TLS.
     #[command(subcommand)]
     Cert(super::cert::CertCommand),
@@ -267,6 +269,19 @@ pub struct DeployArgs {
     /// delay_function=exponential,max_delay=5m,interval=1h,unlimited=true.
     #[arg(long, value_name = "on|KEY=VALUE,...")]
     pub reschedule: Option<String>,
+    /// Run N copies as a service (see `iarnet services`, `iarnet scale`);
+    /// each is placed again when its owner dies.
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u32>,
+    /// Keep the replicas apart: node, provider or a provider label key.
+    #[arg(long, default_value = "", value_name = "node|provider|LABEL")]
+    pub spread: String,
+    /// Most replicas one spread value may hold above the emptiest (default 1).
+    #[arg(long, value_name = "N")]
+    pub max_skew: Option<u32>,
+    /// schedule-anyway (default) or do-not-schedule (wait rather than break the skew).
+    #[arg(long, default_value = "")]
+    pub when_unsatisfiable: String,
     /// Idempotency key: the same id never starts a second container. Default: random.
     #[arg(long)]
     pub request_id: Option<String>,
@@ -343,7 +358,7 @@ impl Target {
         Ok(Some(tls))
     }
 
-    async fn connect(&self) -> Result<Channel, ClientError> {
+    pub(super) async fn connect(&self) -> Result<Channel, ClientError> {
         let url = self.url();
         let unreachable = |why: String| ClientError::Unreachable {
             addr: url.clone(),
@@ -368,7 +383,7 @@ impl Target {
         })
     }
 
-    fn request<T>(&self, body: T) -> Request<T> {
+    pub(super) fn request<T>(&self, body: T) -> Request<T> {
         let mut r = self.stream_request(body);
         r.set_timeout(self.timeout);
         r
@@ -387,7 +402,7 @@ impl Target {
 }
 
 /// A status that means "nobody answered" is reported as unreachable.
-fn rpc(target: &Target, s: Status) -> ClientError {
+pub(super) fn rpc(target: &Target, s: Status) -> ClientError {
     if s.code() == Code::Unavailable && s.message().contains("connect") {
         ClientError::Unreachable {
             addr: target.url(),
@@ -448,6 +463,7 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
             }
         }
         Command::Deploy(args) => deploy(*args, &mut out).await?,
+        Command::Service(c) => super::services::run(c, &mut out).await?,
         Command::Deployments(args) => list_deployments(args, &mut out).await?,
         Command::Queue { target } => {
             let mut api = ResourceServiceClient::new(target.connect().await?);
@@ -635,7 +651,10 @@ fn lease_answer(
     }
 }
 
-fn json_line(out: &mut impl Write, value: &impl serde::Serialize) -> Result<(), ClientError> {
+pub(super) fn json_line(
+    out: &mut impl Write,
+    value: &impl serde::Serialize,
+) -> Result<(), ClientError> {
     let text = serde_json::to_string(value).map_err(std::io::Error::other)?;
     writeln!(out, "{text}")?;
     Ok(())
@@ -752,6 +771,10 @@ impl DeployArgs {
             lease_holder: self.lease_holder.clone(),
             restart: self.restart.clone(),
             reschedule: self.reschedule.as_deref().map(reschedule).transpose()?,
+            replicas: self.replicas.unwrap_or(0),
+            spread: self.spread.clone(),
+            max_skew: self.max_skew.unwrap_or(0),
+            when_unsatisfiable: self.when_unsatisfiable.clone(),
             ..Default::default()
         })
     }
@@ -797,6 +820,7 @@ async fn deploy(args: DeployArgs, out: &mut impl Write) -> Result<(), ClientErro
                     writeln!(out, "  refused first: {r}")?;
                 }
             }
+            Some(Event::Service(s)) => out.write_all(super::services::service(&s).as_bytes())?,
             Some(Event::Deployment(d)) if d.state == "queued" => {
                 writeln!(
                     out,

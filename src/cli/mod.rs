@@ -5,6 +5,7 @@
 mod cert;
 pub mod client;
 mod render;
+mod services;
 
 use std::path::PathBuf;
 

@@ -8,7 +8,7 @@ use crate::proto::admin::{ListPeersResponse, NodeInfo};
 use crate::proto::resource as pb;
 
 /// Columns padded to their widest cell; the last column is not padded.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -45,6 +45,11 @@ pub struct PriorityLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
 }
@@ -142,6 +147,8 @@ pub struct FailoverMetrics {
     pub lost: Counter,
     /// Stale attempts an owner stopped because a newer one runs elsewhere.
     pub fenced: Counter,
+    /// Scale calls that changed a service's wanted count.
+    pub scales: Counter,
 }
 
 /// What an owner's leases did since start (atomic handles, shared with the scrape).
@@ -186,6 +193,8 @@ pub struct Snapshot {
     pub leases: Vec<(String, u64)>,
     pub lease: LeaseMetrics,
     pub failover: FailoverMetrics,
+    /// Services kept at this node: (service id, wanted replicas, skew).
+    pub services: Vec<(String, u64, u64)>,
 }
 
 impl Metrics {
@@ -339,6 +348,31 @@ impl Metrics {
             "Stale attempts stopped because a newer attempt runs elsewhere",
             s.failover.fenced.clone(),
         );
+        r.register(
+            "service_scales",
+            "Scale calls on services kept at this node",
+            s.failover.scales.clone(),
+        );
+        let wanted: Vec<(String, u64)> = s
+            .services
+            .iter()
+            .map(|(id, n, _)| (id.clone(), *n))
+            .collect();
+        let skew: Vec<(String, u64)> = s
+            .services
+            .iter()
+            .map(|(id, _, k)| (id.clone(), *k))
+            .collect();
+        r.register(
+            "service_replicas",
+            "Replicas each service kept at this node should have",
+            gauges(&wanted, |service| ServiceLabel { service }),
+        );
+        r.register(
+            "service_skew",
+            "The largest difference in replicas between two spread values of each service",
+            gauges(&skew, |service| ServiceLabel { service }),
+        );
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &root);
@@ -434,6 +468,7 @@ mod tests {
             queued: vec![("batch".into(), 2)],
             leases: vec![("active".into(), 1)],
             queue_blocked: vec![("insufficient_cpu".into(), 2)],
+            services: vec![("web".into(), 3, 1)],
             process: Some(ProcessStats {
                 resident_memory_bytes: 1 << 20,
                 open_fds: 9,
@@ -461,6 +496,9 @@ mod tests {
             "iarnet_lease_renewals_total{by=\"owner\"} 0",
             "iarnet_lease_releases_total 0",
             "iarnet_lease_expiries_total 0",
+            "iarnet_service_replicas{service=\"web\"} 3",
+            "iarnet_service_skew{service=\"web\"} 1",
+            "iarnet_service_scales_total 0",
             "process_cpu_seconds_total 0",
             "process_start_time_seconds",
         ] {

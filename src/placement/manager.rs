@@ -36,12 +36,14 @@ mod queue;
 mod reconcile;
 mod registration;
 mod reschedule;
+mod services;
 pub use super::place::{PlaceOptions, Placed};
 use crate::resource::{DeploySpec, ProgressSink};
 pub use anywhere::{Answer, Op};
 pub use listing::{Filter, MeshPage, DEFAULT_PAGE, LIST_DEADLINE, MAX_PAGE};
 pub use queue::TRIES_PER_PASS;
 pub use reconcile::Reconciled;
+pub use services::ServiceView;
 
 pub struct Manager {
     node_id: String,
@@ -68,6 +70,8 @@ pub struct Manager {
     owned: Mutex<registration::Owned>,
     /// Failovers since start (see `reschedule.rs`).
     failover: crate::metrics::FailoverMetrics,
+    /// Services this node is the home of (see `services.rs`).
+    services: services::Services,
 }
 
 impl Manager {
@@ -91,6 +95,7 @@ impl Manager {
             book,
             Pending::default(),
             leases,
+            services::Services::default(),
         )
     }
 
@@ -115,6 +120,7 @@ impl Manager {
                 None => warn!(deployment = %q.id, "a queue entry without its record is ignored"),
             }
         }
+        let services = services::Services::restore(store.services()?);
         let leases = Leases::open(node_id, store)?;
         Ok(Manager::with_book(
             node_id,
@@ -125,6 +131,7 @@ impl Manager {
             book,
             Pending::restore(queued),
             leases,
+            services,
         ))
     }
 
@@ -138,6 +145,7 @@ impl Manager {
         book: Book,
         pending: Pending,
         leases: Leases,
+        services: services::Services,
     ) -> Manager {
         Manager {
             node_id: node_id.to_string(),
@@ -154,6 +162,7 @@ impl Manager {
             directory: Default::default(),
             owned: Default::default(),
             failover: Default::default(),
+            services,
         }
     }
 
@@ -250,10 +259,7 @@ impl Manager {
         if !matches!(rec.state(), Stored::Queued { .. }) {
             return rec.to_deployment();
         }
-        let reason = self
-            .pending
-            .reason(&rec.id, self.registry.index().candidates())
-            .unwrap_or_default();
+        let reason = self.placer().queued_reason(&rec.id).unwrap_or_default();
         queued_view(rec, &reason)
     }
 

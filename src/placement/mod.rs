@@ -25,8 +25,10 @@ pub mod leases;
 pub mod manager;
 mod pending;
 mod place;
+mod place_spread;
 pub mod rank;
 pub mod registry;
+pub mod spread;
 #[cfg(test)]
 mod tests;
 

@@ -23,6 +23,24 @@ struct Inner {
     entries: HashMap<String, QueuedRecord>,
     /// The next arrival's sequence number, handed out before it is persisted.
     next_seq: u64,
+    /// Providers an entry may not use although it fits them: those a
+    /// strict spread rules out, kept current by the queue worker.
+    excluded: HashMap<String, HashSet<String>>,
+}
+
+impl Inner {
+    fn judge(&self) -> Entries<'_> {
+        Entries {
+            entries: &self.entries,
+            excluded: &self.excluded,
+        }
+    }
+}
+
+/// Whether `q` is a replica under a strict spread (its usable providers
+/// depend on where its siblings run).
+fn spread_bound(q: &QueuedRecord) -> bool {
+    q.spec.replica_of.is_some() && q.spec.spread.as_ref().is_some_and(|s| s.strict)
 }
 
 #[derive(Default)]
@@ -75,15 +93,23 @@ pub fn reason(verdict: &Verdict, position: usize, of: usize) -> String {
     format!("{text}; position {position} of {of} in the queue")
 }
 
-struct Entries<'a>(&'a HashMap<String, QueuedRecord>);
+struct Entries<'a> {
+    entries: &'a HashMap<String, QueuedRecord>,
+    excluded: &'a HashMap<String, HashSet<String>>,
+}
 
 impl Judge for Entries<'_> {
     fn fit(&self, id: &str, c: &Candidate) -> Fit {
-        self.0.get(id).map_or(Fit::Never, |q| q.need().fit(c))
+        if self.excluded.get(id).is_some_and(|x| x.contains(&c.id)) {
+            return Fit::Never;
+        }
+        self.entries.get(id).map_or(Fit::Never, |q| q.need().fit(c))
     }
 
     fn need(&self, id: &str) -> Resources {
-        self.0.get(id).map_or(Resources::ZERO, |q| q.spec.resources)
+        self.entries
+            .get(id)
+            .map_or(Resources::ZERO, |q| q.spec.resources)
     }
 }
 
@@ -134,7 +160,28 @@ impl Pending {
     pub fn remove(&self, id: &str) -> Option<QueuedRecord> {
         let mut inner = lock(&self.inner);
         inner.queue.remove(id);
+        inner.excluded.remove(id);
         inner.entries.remove(id)
+    }
+
+    /// The entries whose usable providers depend on their siblings.
+    pub fn spread_bound(&self) -> Vec<QueuedRecord> {
+        lock(&self.inner)
+            .entries
+            .values()
+            .filter(|q| spread_bound(q))
+            .cloned()
+            .collect()
+    }
+
+    /// Sets the providers entry `id` may not use (none: clears them).
+    pub fn exclude(&self, id: &str, providers: HashSet<String>) {
+        let mut inner = lock(&self.inner);
+        if providers.is_empty() || !inner.entries.contains_key(id) {
+            inner.excluded.remove(id);
+        } else {
+            inner.excluded.insert(id.to_string(), providers);
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<QueuedRecord> {
@@ -147,7 +194,7 @@ impl Pending {
     /// a provider do not claim it.
     pub fn spoken_for(&self, priority: Priority, candidates: &[Candidate]) -> HashSet<String> {
         let inner = lock(&self.inner);
-        let judge = Entries(&inner.entries);
+        let judge = inner.judge();
         let mut spoken = HashSet::new();
         for w in inner.queue.ordered() {
             if w.priority < priority || spoken.len() == candidates.len() {
@@ -227,7 +274,7 @@ impl Pending {
                 return Vec::new();
             }
             let on = if full { every } else { changed };
-            inner.queue.plan(on, &Entries(&inner.entries), budget)
+            inner.queue.plan(on, &inner.judge(), budget)
         };
         if tries.len() >= budget {
             self.full_pass.store(true, Ordering::Relaxed);

@@ -213,7 +213,7 @@ impl Placer<'_> {
             spoken
         };
         let refused = match self
-            .attempt(
+            .attempt_spread(
                 &id,
                 &spec,
                 &need,
@@ -228,9 +228,12 @@ impl Placer<'_> {
             Attempt::Placed(p) => return Ok(*p),
             Attempt::Refused(r) => r,
         };
-        let verdict = need.explain(index.candidates());
+        let mut verdict = need.explain(index.candidates());
         if verdict.never() && !opts.wait_for_capacity {
             return Err(ResourceError::NeverFits(verdict.text));
+        }
+        if let Some(why) = self.spread_reason(&id, &spec, &need, &index) {
+            verdict.text = format!("{}; {why}", verdict.text);
         }
         if opts.queue_timeout.is_zero() {
             return Err(no_placement(&spec, index.len(), &refused));
@@ -282,8 +285,9 @@ impl Placer<'_> {
                 rec.set_resources(spec.resources);
                 rec.labels = spec.labels.clone();
                 rec.note_attempt(spec.attempt.max(1), &c.id, &c.owner_id);
-                if spec.reschedule.is_some() {
-                    // Kept to place it again should its owner die.
+                if spec.reschedule.is_some() || spec.replica_of.is_some() {
+                    // Kept to place it again should its owner die, and
+                    // to find its siblings.
                     rec.spec = Some(spec.clone());
                 }
                 rec.push(Stored::Placing);
@@ -390,7 +394,9 @@ impl Placer<'_> {
         });
         self.book.enqueue(&q, &rec).await?;
         let priority = q.priority;
+        let forbidden = self.spread_forbids(id, &q.spec, &q.need(), &self.registry.index());
         self.pending.insert(q);
+        self.pending.exclude(id, forbidden);
         let (position, of) = self.pending.position(id).unwrap_or((1, 1));
         let reason = pending::reason(verdict, position, of);
         info!(deployment = %id, %priority, %reason, "deployment queued");
@@ -418,10 +424,7 @@ impl Placer<'_> {
         };
         if let Stored::Queued { reason } = rec.state() {
             // Already waiting: the same request answers the same entry.
-            let reason = self
-                .pending
-                .reason(id, self.registry.index().candidates())
-                .unwrap_or(reason);
+            let reason = self.queued_reason(id).unwrap_or(reason);
             return Ok(Some(Placed {
                 deployment: queued_view(&rec, &reason),
                 placement: pb::Placement {

@@ -37,3 +37,6 @@ pub const RESTART: &str = "iarnet.restart";
 pub const ATTEMPT: &str = "iarnet.attempt";
 /// The node that placed it, which its owner asks whether it is still current.
 pub const HOME: &str = "iarnet.home";
+/// The service a replica belongs to, and its index.
+pub const SERVICE: &str = "iarnet.service";
+pub const REPLICA: &str = "iarnet.replica";

@@ -412,6 +412,12 @@ pub struct DeploySpec {
     /// record says it was lost).
     #[serde(default)]
     pub reschedule: Option<ReschedulePolicy>,
+    /// The service this deployment is a replica of, set by its home.
+    #[serde(default)]
+    pub replica_of: Option<super::ReplicaOf>,
+    /// How the replicas of its service are kept apart.
+    #[serde(default)]
+    pub spread: Option<super::Spread>,
 }
 
 /// The life of a deployment.

@@ -95,10 +95,20 @@ pub fn spec_from_proto(s: pb::DeploySpec) -> Result<DeploySpec, ResourceError> {
         .as_ref()
         .map(reschedule_from_proto)
         .transpose()?;
+    let spread = crate::resource::Spread::parse(&s.spread, s.max_skew, &s.when_unsatisfiable)
+        .map_err(|(field, why)| ResourceError::invalid(field, why))?;
+    let replica_of = Some(s.service)
+        .filter(|svc| !svc.is_empty())
+        .map(|service| crate::resource::ReplicaOf {
+            service,
+            index: s.replica,
+        });
     Ok(DeploySpec {
         lease,
         restart,
         reschedule,
+        spread,
+        replica_of,
         attempt: s.attempt,
         home: s.home,
         resources: Resources {
@@ -219,6 +229,12 @@ pub fn spec_to_proto(s: &DeploySpec) -> pb::DeploySpec {
         },
         attempt: s.attempt,
         home: s.home.clone(),
+        service: s
+            .replica_of
+            .as_ref()
+            .map(|r| r.service.clone())
+            .unwrap_or_default(),
+        replica: s.replica_of.as_ref().map_or(0, |r| r.index),
         ..Default::default()
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{
     decode, encode, DeploymentRecord, IdentityRecord, LeaseRecord, ProviderRecord, QueuedRecord,
-    Store, StoreError,
+    ServiceRecord, Store, StoreError,
 };
 
 #[derive(Default)]
@@ -17,6 +17,7 @@ struct Tables {
     providers: BTreeMap<String, Vec<u8>>,
     queue: BTreeMap<String, Vec<u8>>,
     leases: BTreeMap<String, Vec<u8>>,
+    services: BTreeMap<String, Vec<u8>>,
     lease_epoch: u64,
     peers: Vec<String>,
 }
@@ -122,6 +123,24 @@ impl Store for MemoryStore {
 
     fn lease_epoch(&self) -> Result<u64, StoreError> {
         Ok(self.tables().lease_epoch)
+    }
+
+    fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        self.tables()
+            .services
+            .iter()
+            .map(|(k, b)| decode(k, b))
+            .collect()
+    }
+
+    fn put_service(&self, rec: &ServiceRecord) -> Result<(), StoreError> {
+        self.tables().services.insert(rec.id.clone(), encode(rec));
+        Ok(())
+    }
+
+    fn remove_service(&self, id: &str) -> Result<(), StoreError> {
+        self.tables().services.remove(id);
+        Ok(())
     }
 
     fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {

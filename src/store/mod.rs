@@ -235,6 +235,31 @@ pub struct LeaseRecord {
     pub last: Option<DeploymentRecord>,
 }
 
+/// A service kept by its home: the spec its replicas are made from and how
+/// many it should have; each replica is an ordinary deployment record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The service id: the request id of the deploy that made it.
+    pub id: String,
+    /// The replicas' spec, less their request id and replica index.
+    pub spec: DeploySpec,
+    pub replicas: u32,
+    #[serde(default)]
+    pub strategy: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub provider_id: Option<String>,
+    pub priority: Priority,
+    pub queue_timeout_ms: u64,
+    #[serde(default)]
+    pub wait_for_capacity: bool,
+    pub created_ms: u64,
+    /// Set when the service is stopped: its replicas are stopped too.
+    #[serde(default)]
+    pub stopped: bool,
+}
+
 /// One entry of a deployment's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
@@ -464,6 +489,11 @@ pub trait Store: Send + Sync + 'static {
     fn remove_lease(&self, id: &str) -> Result<(), StoreError>;
     /// The highest lease epoch ever granted here (0 before the first).
     fn lease_epoch(&self) -> Result<u64, StoreError>;
+
+    /// Every service this node is the home of.
+    fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
+    fn put_service(&self, rec: &ServiceRecord) -> Result<(), StoreError>;
+    fn remove_service(&self, id: &str) -> Result<(), StoreError>;
 
     fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
     fn put_provider(&self, rec: &ProviderRecord) -> Result<(), StoreError>;

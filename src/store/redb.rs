@@ -13,7 +13,7 @@ use ::redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 
 use super::{
     decode, encode, DeploymentRecord, IdentityRecord, LeaseRecord, ProviderRecord, QueuedRecord,
-    Store, StoreError,
+    ServiceRecord, Store, StoreError,
 };
 
 /// Singletons (identity, peers) by name.
@@ -22,6 +22,7 @@ const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployme
 const PROVIDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("providers");
 const QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("queue");
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 
 const IDENTITY_KEY: &str = "identity";
 const PEERS_KEY: &str = "peers";
@@ -79,6 +80,7 @@ impl RedbStore {
             txn.open_table(PROVIDERS)?;
             txn.open_table(QUEUE)?;
             txn.open_table(LEASES)?;
+            txn.open_table(SERVICES)?;
             Ok(())
         })?;
         Ok(store)
@@ -238,6 +240,21 @@ impl Store for RedbStore {
             .map(|b| decode(LEASE_EPOCH_KEY, &b))
             .transpose()
             .map(Option::unwrap_or_default)
+    }
+
+    fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        self.all(SERVICES)?
+            .iter()
+            .map(|(k, b)| decode(k, b))
+            .collect()
+    }
+
+    fn put_service(&self, rec: &ServiceRecord) -> Result<(), StoreError> {
+        self.put(SERVICES, &rec.id, &encode(rec))
+    }
+
+    fn remove_service(&self, id: &str) -> Result<(), StoreError> {
+        self.delete(SERVICES, id)
     }
 
     fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {

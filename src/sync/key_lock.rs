@@ -36,6 +36,23 @@ impl KeyLocks {
         }
     }
 
+    /// `key`'s lock if nobody holds it now.
+    pub fn try_lock(&self, key: &str) -> Option<KeyGuard<'_>> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let guard = slot.try_lock_owned().ok()?;
+        Some(KeyGuard {
+            locks: self,
+            key: key.to_string(),
+            guard: Some(guard),
+        })
+    }
+
     /// Keys held or waited for now.
     pub fn len(&self) -> usize {
         self.slots

@@ -4,6 +4,7 @@
 //! gRPC twin, so the two surfaces cannot disagree.
 
 mod registration;
+mod services;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -75,6 +76,9 @@ impl HttpApi {
             .route("/resource/deployments/{id}/renew", post(renew))
             .route("/resource/deployments/{id}/release", post(release))
             .route("/resource/queue", get(queue))
+            .route("/resource/services", get(services::services))
+            .route("/resource/services/{id}", get(services::service))
+            .route("/resource/services/{id}/scale", post(services::scale))
             .route("/peer/nodes", get(nodes).post(add_node))
             .fallback(not_found)
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -132,6 +136,7 @@ impl HttpApi {
                 .collect(),
             lease: self.manager.leases().metrics().clone(),
             failover: self.manager.failover_metrics().clone(),
+            services: self.manager.service_gauges(),
         }
     }
 }

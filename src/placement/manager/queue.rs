@@ -10,7 +10,7 @@
 //! homes racing for the same capacity cannot both win it: the loser's entry
 //! goes back to its place in line.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +91,7 @@ impl Manager {
     /// One pass over what changed; returns how many queued deploys ran.
     async fn pass(&self, seen: &mut Seen) -> usize {
         let index = self.registry.index();
+        self.exclude_by_spread(&index);
         let changed = seen.changed(&index);
         let tries = self
             .pending
@@ -105,6 +106,16 @@ impl Manager {
             seen.last.remove(&t.provider);
         }
         ran
+    }
+
+    /// Keeps each strict-spread replica's excluded providers current, so
+    /// it neither plans onto nor holds back a provider it may not use.
+    pub(crate) fn exclude_by_spread(&self, index: &Index) {
+        let placer = self.placer();
+        for q in self.pending.spread_bound() {
+            let forbidden = placer.spread_forbids(&q.id, &q.spec, &q.need(), index);
+            self.pending.exclude(&q.id, forbidden);
+        }
     }
 
     /// Tries one queued deploy on `provider`; true when it now runs.
@@ -131,8 +142,10 @@ impl Manager {
             .as_deref()
             .and_then(|s| Strategy::parse(s).ok())
             .unwrap_or(self.strategy);
-        let result = self
-            .placer()
+        let placer = self.placer();
+        // A strict spread may rule the planned provider out.
+        let forbidden = placer.spread_forbids(id, &q.spec, &need, index);
+        let result = placer
             .attempt(
                 id,
                 &q.spec,
@@ -140,7 +153,7 @@ impl Manager {
                 strategy,
                 &ProgressSink::none(),
                 index,
-                &HashSet::new(),
+                &forbidden,
                 Origin::Queued(&rec),
             )
             .await;
@@ -230,11 +243,17 @@ impl Manager {
         let index = self.registry.index();
         let entries = self.pending.ordered();
         let of = entries.len();
+        let placer = self.placer();
         entries
             .into_iter()
             .map(|e| {
-                let verdict = e.record.need().explain(index.candidates());
-                let reason = pending::reason(&verdict, e.position, of);
+                let need = e.record.need();
+                let verdict = need.explain(index.candidates());
+                let mut reason = pending::reason(&verdict, e.position, of);
+                let r = &e.record;
+                if let Some(why) = placer.spread_reason(&r.id, &r.spec, &need, &index) {
+                    reason = format!("{reason}; {why}");
+                }
                 (e, reason)
             })
             .collect()

@@ -47,6 +47,7 @@ impl Manager {
         let mut ticker = Ticker::new(tick);
         while ticker.tick(&cancel).await {
             self.reschedule_round(&mut watch).await;
+            self.service_round().await;
         }
     }
 
@@ -158,7 +159,7 @@ impl Manager {
         };
         let result = self
             .placer()
-            .attempt(
+            .attempt_spread(
                 &rec.id,
                 &spec,
                 &need,

@@ -165,6 +165,10 @@ impl DockerProvider {
         if !spec.home.is_empty() {
             labels.insert(labels::HOME.into(), spec.home.clone());
         }
+        if let Some(r) = &spec.replica_of {
+            labels.insert(labels::SERVICE.into(), r.service.clone());
+            labels.insert(labels::REPLICA.into(), r.index.to_string());
+        }
 
         let mut bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
         for p in &spec.ports {

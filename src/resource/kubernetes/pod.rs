@@ -141,6 +141,10 @@ pub(crate) fn build_pod(
     labels.insert(labels::PROVIDER.into(), label_value(&owner.provider));
     labels.insert(labels::NODE.into(), label_value(&owner.node));
     labels.insert(labels::REQUEST.into(), label_value(&spec.request_id));
+    if let Some(r) = &spec.replica_of {
+        labels.insert(labels::SERVICE.into(), label_value(&r.service));
+        labels.insert(labels::REPLICA.into(), r.index.to_string());
+    }
     let mut annotations = BTreeMap::from([
         (labels::REQUEST.to_string(), spec.request_id.clone()),
         (labels::ATTEMPT.to_string(), spec.attempt.max(1).to_string()),
