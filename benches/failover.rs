@@ -15,6 +15,11 @@
 //! defaults take about 50 s (heartbeat 10 s + grace 10 s + reschedule
 //! delay 30 s) and Kubernetes about 300 s (the not-ready toleration).
 //!
+//! A second part measures the duplicate check an owner makes on heal:
+//! calls, bytes and time for 1,000 deployments homed on another node
+//! (Directory/Check in batches of 500), against asking the home about
+//! each one (1,000 GetDeployment calls).
+//!
 //! `cargo bench --bench failover`            N = 5 and 64
 //! `cargo bench --bench failover -- --quick` N = 5 and 16
 //!
@@ -28,10 +33,13 @@ use futures::StreamExt;
 use iarnet::config::Config;
 use iarnet::mesh::Status;
 use iarnet::node::{self, NodeHandle, ProviderSetup};
+use iarnet::proto::directory as dpb;
+use iarnet::proto::directory::directory_client::DirectoryClient;
 use iarnet::proto::resource as pb;
 use iarnet::proto::resource::resource_service_client::ResourceServiceClient;
 use iarnet::resource::memory::MemoryProvider;
 use iarnet::resource::{Provider, Resources};
+use prost::Message;
 
 const GRACE: &str = "1s";
 const NOMAD_DEFAULT_S: f64 = 50.0;
@@ -225,10 +233,81 @@ async fn run(n: usize, trials: usize) {
     drop(home);
 }
 
+/// The duplicate check on heal: one owner running `n` deployments whose
+/// home is another node.
+async fn heal_check(n: usize) {
+    let (home, owners) = mesh("hc", 2).await;
+    let owner = &owners[0];
+    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(deploy(&mut api, &format!("hc-{i}")).await.id);
+    }
+    // The owner's own round, calls and all.
+    let t = Instant::now();
+    let stopped = owner.manager().fence_round().await;
+    let round = t.elapsed();
+    assert_eq!(stopped, 0, "nothing is stale here");
+    // The same batches by hand, to count their bytes.
+    let mut dir = DirectoryClient::connect(format!("http://{}", home.local_addr()))
+        .await
+        .unwrap();
+    let (mut calls, mut sent, mut received) = (0, 0, 0);
+    for batch in ids.chunks(500) {
+        let req = dpb::CheckRequest {
+            from: owner.id(),
+            deployments: batch
+                .iter()
+                .map(|id| dpb::AttemptOf {
+                    id: id.clone(),
+                    attempt: 1,
+                })
+                .collect(),
+        };
+        sent += req.encoded_len();
+        let reply = dir.check(req).await.unwrap().into_inner();
+        received += reply.encoded_len();
+        calls += 1;
+    }
+    // Baseline: one GetDeployment per copy.
+    let t = Instant::now();
+    let (mut b_sent, mut b_received) = (0, 0);
+    for id in &ids {
+        let req = pb::GetDeploymentRequest { id: id.clone() };
+        b_sent += req.encoded_len();
+        b_received += api
+            .get_deployment(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .encoded_len();
+    }
+    let one_by_one = t.elapsed();
+    println!(
+        "heal check, {n} foreign-homed deployments on one owner: {calls} Check calls, {:.1} KiB sent + {:.1} KiB received ({:.0} B per deployment), round {:.1} ms",
+        sent as f64 / 1024.0,
+        received as f64 / 1024.0,
+        (sent + received) as f64 / n as f64,
+        round.as_secs_f64() * 1000.0,
+    );
+    println!(
+        "       baseline one GetDeployment each: {n} calls, {:.1} KiB + {:.1} KiB, {:.1} ms; ratio {:.3}x calls, {:.3}x bytes, {:.3}x time",
+        b_sent as f64 / 1024.0,
+        b_received as f64 / 1024.0,
+        one_by_one.as_secs_f64() * 1000.0,
+        calls as f64 / n as f64,
+        (sent + received) as f64 / (b_sent + b_received) as f64,
+        round.as_secs_f64() / one_by_one.as_secs_f64(),
+    );
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     println!("failover: owner killed -> replacement running (in-memory providers, loopback)");
     run(5, 3).await;
     run(if quick { 16 } else { 64 }, 3).await;
+    heal_check(1_000).await;
 }
