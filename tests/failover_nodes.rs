@@ -276,3 +276,128 @@ async fn an_owner_back_from_the_dead_stops_its_stale_attempt() {
         (2, "fe-o2", "running")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_home_killed_during_a_reschedule_storm_loses_and_duplicates_nothing() {
+    const N: usize = 24;
+    let store: Arc<dyn iarnet::store::Store> = Arc::new(iarnet::store::MemoryStore::new());
+    let home_cfg = || {
+        let mut c = Config::loopback("st-home");
+        // The test reads every deployment every 100 ms.
+        c.security.rate_limit.token_rate = 1e6;
+        c.security.rate_limit.token_burst = 1e6;
+        c
+    };
+    let home = node::start_with_store(home_cfg(), ProviderSetup::Given(Vec::new()), store.clone())
+        .await
+        .unwrap();
+    let seed = [home.advertise_addr()];
+    let mut owners = Vec::new();
+    for i in 0..4 {
+        let p = Arc::new(MemoryProvider::new(
+            &format!("st-p{i}"),
+            Resources {
+                cpu_millis: 64_000,
+                memory_bytes: 64 << 30,
+                ..Resources::ZERO
+            },
+            BTreeMap::new(),
+        ));
+        let n = start(
+            &format!("st-o{i}"),
+            &seed,
+            vec![p.clone() as Arc<dyn Provider>],
+        )
+        .await;
+        owners.push((n, p));
+    }
+    common::wait_until("the home to see all four providers", WAIT, || {
+        match home.manager().candidates().len() {
+            4 => Ok(()),
+            n => Err(format!("{n} providers")),
+        }
+    })
+    .await;
+    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
+        .await
+        .unwrap();
+    for i in 0..N {
+        deploy(
+            &mut api,
+            pb::DeploySpec {
+                request_id: format!("st-{i}"),
+                image: "iarnet-test/busybox:1".into(),
+                cpu: "100m".into(),
+                memory: "16Mi".into(),
+                strategy: "round-robin".into(),
+                reschedule: Some(pb::Reschedule {
+                    after: "300ms".into(),
+                    delay: "10ms".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    // Two owners die: about half the deployments must move.
+    let doomed: Vec<String> = owners[..2].iter().map(|(n, _)| n.id()).collect();
+    let survivors: Vec<(NodeHandle, Arc<MemoryProvider>)> = owners.split_off(2);
+    for (n, _) in owners {
+        n.kill();
+    }
+    // Kill the home in the middle of the storm.
+    common::wait_until("the reschedule storm to begin", WAIT, || {
+        match home.manager().failover_metrics().reschedules.get() {
+            0 => Err("no reschedule yet".to_string()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    let moved_before = home.manager().failover_metrics().reschedules.get();
+    home.kill();
+    let home = node::start_with_store(
+        {
+            let mut c = home_cfg();
+            c.initial_peers = vec![survivors[0].0.advertise_addr()];
+            c
+        },
+        ProviderSetup::Given(Vec::new()),
+        store,
+    )
+    .await
+    .unwrap();
+    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
+        .await
+        .unwrap();
+    // Every acknowledged deployment runs again, on a survivor, exactly once.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, p) in &survivors {
+            for d in p.list().await.unwrap() {
+                if !d.state().is_final() {
+                    *copies.entry(d.request_id.clone()).or_default() += 1;
+                }
+            }
+        }
+        let mut all_running = true;
+        for i in 0..N {
+            let d = get(&mut api, &format!("st-{i}")).await;
+            all_running &= d.state == "running" && !doomed.contains(&d.owner_id);
+        }
+        if all_running && copies.len() == N {
+            assert!(
+                copies.values().all(|n| *n == 1),
+                "a deployment runs twice: {copies:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every deployment came back ({} of {N} on survivors; {moved_before} moved before the kill): {copies:?}",
+            copies.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
