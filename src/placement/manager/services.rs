@@ -6,7 +6,7 @@
 //! rescheduled on its own when its owner dies, and a replica that could
 //! not be placed at all is tried again by the service round.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tracing::{info, warn};
 
@@ -43,15 +43,20 @@ pub struct ServiceView {
 pub(crate) struct Services {
     records: std::sync::Mutex<BTreeMap<String, ServiceRecord>>,
     tried: std::sync::Mutex<HashMap<String, u64>>,
+    /// Services with a replica above the wanted count that did not stop.
+    unstopped: std::sync::Mutex<HashSet<String>>,
 }
 
 impl Services {
     pub(crate) fn restore(records: Vec<ServiceRecord>) -> Services {
+        let ids = records.iter().map(|r| r.id.clone()).collect();
         Services {
             records: std::sync::Mutex::new(
                 records.into_iter().map(|r| (r.id.clone(), r)).collect(),
             ),
             tried: Default::default(),
+            // A restart may have cut a scale down short.
+            unstopped: std::sync::Mutex::new(ids),
         }
     }
 
@@ -246,19 +251,28 @@ impl Manager {
                 .then(|| (of.index, r.id.clone()))
         });
         beyond.sort_by_key(|b| std::cmp::Reverse(b.0));
+        let mut all = true;
         for (index, id) in beyond {
             match self.stop(&id).await {
                 Ok(_) => info!(service = %rec.id, index, "replica stopped by a scale down"),
                 Err(e) => {
+                    all = false;
                     warn!(service = %rec.id, index, error = %e, "cannot stop a replica; tried again later")
                 }
             }
+        }
+        let mut unstopped = lock(&self.services.unstopped);
+        if all {
+            unstopped.remove(&rec.id);
+        } else {
+            unstopped.insert(rec.id.clone());
         }
     }
 
     /// One look at every service: replicas that could not be placed are
     /// tried again (at most every few seconds each), and those above the
-    /// wanted count are stopped. Returns how many were placed.
+    /// wanted count that did not stop are stopped. Returns how many were
+    /// placed.
     pub(crate) async fn service_round(&self) -> usize {
         let now = now_ms();
         let mut placed = 0;
@@ -292,7 +306,9 @@ impl Manager {
                     }
                 }
             }
-            self.stop_beyond(&rec).await;
+            if lock(&self.services.unstopped).contains(&rec.id) {
+                self.stop_beyond(&rec).await;
+            }
         }
         placed
     }
