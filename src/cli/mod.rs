@@ -4,6 +4,7 @@
 
 mod cert;
 pub mod client;
+mod deploy;
 mod render;
 mod services;
 
