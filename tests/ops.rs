@@ -707,7 +707,9 @@ fn leases_on_the_real_engine_through_the_cli_the_http_api_and_metrics() {
     let status = wait_until("the lease to run out and stop the container", || {
         let o = node.cli(&["status", "cli-leased", "--output", "json"]);
         let v = json(&String::from_utf8_lossy(&o.stdout));
-        (v["state"] == "stopped").then_some(v)
+        // The lease says TERMINATED once the owner has recorded the stop,
+        // a moment after the engine reports it.
+        (v["state"] == "stopped" && v["lease"]["seed_state"] == "TERMINATED").then_some(v)
     });
     assert!(
         status["reason"]
