@@ -294,15 +294,7 @@ async fn a_home_killed_during_a_reschedule_storm_loses_and_duplicates_nothing() 
     let seed = [home.advertise_addr()];
     let mut owners = Vec::new();
     for i in 0..4 {
-        let p = Arc::new(MemoryProvider::new(
-            &format!("st-p{i}"),
-            Resources {
-                cpu_millis: 64_000,
-                memory_bytes: 64 << 30,
-                ..Resources::ZERO
-            },
-            BTreeMap::new(),
-        ));
+        let p = provider(&format!("st-p{i}"));
         let n = start(
             &format!("st-o{i}"),
             &seed,
