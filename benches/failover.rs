@@ -263,6 +263,7 @@ async fn heal_check(n: usize) {
                 .map(|id| dpb::AttemptOf {
                     id: id.clone(),
                     attempt: 1,
+                    ..Default::default()
                 })
                 .collect(),
         };

@@ -16,7 +16,9 @@ use iarnet::resource::docker::{DockerProvider, DockerSettings};
 use iarnet::resource::kubernetes::{KubeSettings, KubernetesProvider};
 use iarnet::resource::memory::MemoryProvider;
 use iarnet::resource::validate::deployment_id;
-use iarnet::resource::{DeploySpec, LogOptions, ProgressSink, Provider, Resources};
+use iarnet::resource::{
+    DeploySpec, LogOptions, Priority, PriorityClass, ProgressSink, Provider, Resources,
+};
 use tonic::Code;
 
 use docker_support::{ensure_test_image, suffix, Cleanup, TEST_IMAGE};
@@ -103,7 +105,13 @@ async fn suite(p: &dyn Provider, image: &str) {
 
     // A deploy is named after its request and holds what it asked for.
     let rid = format!("web-{tag}");
-    let web = spec(image, &rid, 250);
+    let mut web = spec(image, &rid, 250);
+    // Preemptible: its priority travels with it, for its owner to compare.
+    web.preemptible = true;
+    web.priority = Priority {
+        class: PriorityClass::Batch,
+        value: -3,
+    };
     let d = p.deploy(&web, ProgressSink::none()).await.expect("deploy");
     assert_eq!(d.id, deployment_id(&rid));
     assert_eq!(d.request_id, rid);
@@ -128,6 +136,10 @@ async fn suite(p: &dyn Provider, image: &str) {
         (s.id.as_str(), s.request_id.as_str()),
         (d.id.as_str(), rid.as_str())
     );
+    assert_eq!(s.preemptible, Some(web.priority), "kept with the workload");
+    let all = p.list().await.expect("list");
+    let listed_web = all.iter().find(|x| x.id == d.id).expect("listed");
+    assert_eq!(listed_web.preemptible, Some(web.priority));
     assert_eq!(listed(p, &d.id).await, 1);
     let mut logs = p
         .logs(&d.id, LogOptions::default())

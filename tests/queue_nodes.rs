@@ -489,3 +489,127 @@ async fn never_fits_is_refused_and_waiting_for_capacity_runs_once_a_bigger_node_
         (b.id().as_str(), "running")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_that_may_preempt_evicts_one_victim_on_another_node_which_waits_at_its_home() {
+    let provider = Arc::new(MemoryProvider::new("pp", cpus(2), BTreeMap::new()));
+    let b = start_with(
+        "pre-b",
+        &[],
+        vec![provider.clone() as Arc<dyn Provider>],
+        true,
+    )
+    .await;
+    let a = start_with("pre-a", &[b.advertise_addr()], Vec::new(), true).await;
+    sees_free(&a, "pp", 2000).await;
+    let mut api = client(&a).await;
+    for (req, value) in [("low-0", -5), ("low-1", 0)] {
+        let (_, d) = deploy(
+            &mut api,
+            pb::DeploySpec {
+                priority: "batch".into(),
+                priority_value: value,
+                preemptible: true,
+                ..pb_spec(req, "1")
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (d.state.as_str(), d.preemptible),
+            ("running", true),
+            "{d:?}"
+        );
+        assert_eq!(d.priority, format!("batch:{value}"));
+    }
+    wait_until("A to see pp full", WAIT, || {
+        match a.manager().candidates().iter().find(|c| c.id == "pp") {
+            Some(c) if c.capacity.available().cpu_millis == 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // A bad policy is refused, naming the field, and changes nothing.
+    let bad = deploy(
+        &mut api,
+        pb::DeploySpec {
+            preemption_policy: "always".into(),
+            ..pb_spec("urgent", "1")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("preemption_policy"), "{bad:?}");
+
+    let (placement, d) = deploy(
+        &mut api,
+        pb::DeploySpec {
+            preemption_policy: "lower-priority".into(),
+            ..pb_spec("urgent", "1")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(d.state, "running", "{d:?}");
+    assert!(placement.reason.contains("evicting"), "{placement:?}");
+    // Only the lowest went; it waits at its home, saying why.
+    let by = deployment_id("urgent");
+    let reader = api.clone();
+    let status = |id: &'static str| {
+        let mut api = reader.clone();
+        async move {
+            api.get_deployment(pb::GetDeploymentRequest {
+                id: deployment_id(id),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    for _ in 0..600 {
+        if status("low-0").await.state == "queued" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let victim = status("low-0").await;
+    assert_eq!(victim.state, "queued", "{victim:?}");
+    assert!(
+        victim.reason.starts_with(&format!("preempted by {by}")),
+        "{victim:?}"
+    );
+    assert_eq!(victim.attempt, 2);
+    assert_eq!(status("low-1").await.state, "running");
+    let on_b: Vec<String> = provider
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.state().is_final())
+        .map(|d| d.request_id)
+        .collect();
+    assert_eq!(on_b.len(), 2, "{on_b:?}");
+    assert!(b.metrics().await.contains("iarnet_preemptions_total 1"));
+    assert!(a
+        .metrics()
+        .await
+        .contains("iarnet_preempted_requeued_total 1"));
+
+    // Room returns: the victim runs again, as its next attempt.
+    api.stop(pb::StopRequest { id: by.clone() }).await.unwrap();
+    for _ in 0..600 {
+        if status("low-0").await.state == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back = status("low-0").await;
+    assert_eq!(
+        (back.state.as_str(), back.attempt),
+        ("running", 2),
+        "{back:?}"
+    );
+    assert_eq!(back.attempts[0].ended, format!("preempted by {by}"));
+}

@@ -112,6 +112,14 @@ pub struct DeployArgs {
     /// schedule-anyway (default) or do-not-schedule (wait rather than break the skew).
     #[arg(long, default_value = "")]
     pub when_unsatisfiable: String,
+    /// Owners may evict it for work that outranks it (another class, or
+    /// 10 points higher in its class); it then waits in the queue again.
+    #[arg(long)]
+    pub preemptible: bool,
+    /// never (default) or lower-priority: when nothing has room, evict
+    /// preemptible work this request outranks, no more than it needs.
+    #[arg(long, default_value = "", value_name = "never|lower-priority")]
+    pub preemption_policy: String,
     /// Idempotency key: the same id never starts a second container. Default: random.
     #[arg(long)]
     pub request_id: Option<String>,
@@ -238,6 +246,8 @@ impl DeployArgs {
             spread: self.spread.clone(),
             max_skew: self.max_skew.unwrap_or(0),
             when_unsatisfiable: self.when_unsatisfiable.clone(),
+            preemptible: self.preemptible,
+            preemption_policy: self.preemption_policy.clone(),
             ..Default::default()
         })
     }

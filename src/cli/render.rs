@@ -309,6 +309,26 @@ pub fn deployment(d: &pb::Deployment) -> String {
     if let Some(l) = &d.lease {
         out.push_str(&format!("{}\n", lease_line(l)));
     }
+    if d.preemptible {
+        out.push_str(&format!("preemptible: yes, at priority {}\n", d.priority));
+    }
+    if d.attempts.len() > 1 {
+        out.push_str("attempts:\n");
+        for a in &d.attempts {
+            out.push_str(&format!(
+                "  #{} {} on {} at {}{}\n",
+                a.attempt,
+                a.provider_id,
+                a.owner_id,
+                humantime::format_rfc3339_seconds(crate::resource::wire::from_unix(a.placed_unix)),
+                if a.ended.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", a.ended)
+                }
+            ));
+        }
+    }
     out.push_str("history:\n");
     for h in &d.history {
         let at = crate::resource::wire::from_unix(h.at_unix);

@@ -149,6 +149,10 @@ pub struct FailoverMetrics {
     pub fenced: Counter,
     /// Scale calls that changed a service's wanted count.
     pub scales: Counter,
+    /// Deployments this node evicted, as an owner, to admit higher-priority work.
+    pub preemptions: Counter,
+    /// Deployments of this home queued again after an owner evicted them.
+    pub preempted_requeued: Counter,
 }
 
 /// What an owner's leases did since start (atomic handles, shared with the scrape).
@@ -347,6 +351,16 @@ impl Metrics {
             "fenced_attempts",
             "Stale attempts stopped because a newer attempt runs elsewhere",
             s.failover.fenced.clone(),
+        );
+        r.register(
+            "preemptions",
+            "Deployments this node evicted from its providers to admit higher-priority work",
+            s.failover.preemptions.clone(),
+        );
+        r.register(
+            "preempted_requeued",
+            "Deployments of this home queued again after an owner preempted them",
+            s.failover.preempted_requeued.clone(),
         );
         r.register(
             "service_scales",

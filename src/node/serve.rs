@@ -222,6 +222,12 @@ pub async fn serve(
     tasks.spawn(
         manager
             .clone()
+            .run_preemptions(interval, cancel.child_token())
+            .instrument(tracing::info_span!(parent: &span, "preemption")),
+    );
+    tasks.spawn(
+        manager
+            .clone()
             .run_leases(cancel.child_token())
             .instrument(tracing::info_span!(parent: &span, "leases")),
     );

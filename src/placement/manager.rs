@@ -18,6 +18,7 @@ use super::leased::Leased;
 use super::leases::Leases;
 use super::pending::Pending;
 use super::place::{queued_view, Outcomes, Placer};
+use super::preempting::Preempting;
 use super::rank::{Index, Strategy};
 use super::registry::{Discovery, Registry};
 use crate::audit::Audit;
@@ -32,6 +33,7 @@ mod anywhere;
 mod fencing;
 mod leases;
 mod listing;
+mod preemption;
 mod queue;
 mod reconcile;
 mod registration;
@@ -72,6 +74,10 @@ pub struct Manager {
     failover: crate::metrics::FailoverMetrics,
     /// Services this node is the home of (see `services.rs`).
     services: services::Services,
+    /// Evictions by this node's providers, reported to their homes (see
+    /// `preemption.rs`).
+    evicted_tx: tokio::sync::mpsc::UnboundedSender<super::preempting::Evicted>,
+    evicted_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<super::preempting::Evicted>>>,
 }
 
 impl Manager {
@@ -147,7 +153,10 @@ impl Manager {
         leases: Leases,
         services: services::Services,
     ) -> Manager {
+        let (evicted_tx, evicted_rx) = preemption::channel();
         Manager {
+            evicted_tx,
+            evicted_rx,
             node_id: node_id.to_string(),
             strategy,
             registry: Registry::new(node_id, discovery, allow_remote_access),
@@ -205,13 +214,14 @@ impl Manager {
 
     /// Adds one of this node's providers and advertises it; an external
     /// one is recorded so that the next start reconnects it. The node keeps
-    /// the leases of what runs on it.
+    /// the leases of what runs on it, and may evict preemptible work.
     pub async fn add_provider(
         &self,
         provider: Arc<dyn Provider>,
         tier: Tier,
     ) -> Result<ProviderDescriptor, ResourceError> {
-        let provider = Arc::new(Leased::new(provider, self.leases.clone()));
+        let leased = Arc::new(Leased::new(provider, self.leases.clone()));
+        let provider = Arc::new(Preempting::new(leased, self.evicted_tx.clone()));
         let desc = self.registry.add(provider, tier).await?;
         if tier == Tier::External {
             // The endpoint is already stripped of credentials (see

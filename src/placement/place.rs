@@ -19,7 +19,10 @@ use super::registry::Registry;
 use crate::lifecycle::priority::Priority;
 use crate::proto::resource as pb;
 use crate::resource::validate::{deployment_id, validate};
-use crate::resource::{Candidate, DeploySpec, Deployment, ProgressSink, ResourceError};
+use crate::resource::wire::priority_from_proto;
+use crate::resource::{
+    Candidate, DeploySpec, Deployment, PreemptionPolicy, ProgressSink, ResourceError,
+};
 use crate::store::{now_ms, DeploymentRecord, PlacedOn, QueuedRecord, Stored};
 use crate::sync::{lock, KeyLocks};
 
@@ -38,6 +41,8 @@ pub struct PlaceOptions {
     pub region: Option<String>,
     pub provider_id: Option<String>,
     pub priority: Priority,
+    /// Whether owners may evict lower-priority work to admit it.
+    pub preemption: PreemptionPolicy,
     /// How long it may wait in the queue; zero refuses it at once.
     pub queue_timeout: Duration,
     /// Wait even when no provider in the mesh could ever hold it.
@@ -56,19 +61,15 @@ impl PlaceOptions {
             "" => None,
             s => Some(Strategy::parse(s).map_err(|why| ResourceError::invalid("strategy", why))?),
         };
-        let priority = Priority::from_parts(&raw.priority, raw.priority_value).map_err(|why| {
-            let field = if why.starts_with("unknown priority") {
-                "priority"
-            } else {
-                "priority_value"
-            };
-            ResourceError::invalid(field, why)
-        })?;
+        let priority = priority_from_proto(&raw.priority, raw.priority_value)?;
+        let preemption = PreemptionPolicy::parse(&raw.preemption_policy)
+            .map_err(|why| ResourceError::invalid("preemption_policy", why))?;
         Ok(PlaceOptions {
             strategy,
             region: Some(raw.region.clone()).filter(|r| !r.is_empty()),
             provider_id: Some(raw.provider_id.clone()).filter(|p| !p.is_empty()),
             priority,
+            preemption,
             queue_timeout: queue_timeout(&raw.queue_timeout)?,
             wait_for_capacity: raw.wait_for_capacity,
         })
@@ -176,8 +177,11 @@ impl Placer<'_> {
             // Held by its home unless the client named a holder.
             lease.holder = self.node_id.to_string();
         }
-        // The home says which placement this is; a client cannot.
+        // The home says which placement this is, and owners preempt only
+        // on the pass that asks them to; a client sets neither.
         spec.home = self.node_id.to_string();
+        spec.priority = opts.priority;
+        spec.preemption = PreemptionPolicy::Never;
         spec.attempt = self
             .book
             .get(&deployment_id(&spec.request_id))
@@ -232,6 +236,14 @@ impl Placer<'_> {
         if verdict.never() && !opts.wait_for_capacity {
             return Err(ResourceError::NeverFits(verdict.text));
         }
+        if opts.preemption == PreemptionPolicy::LowerPriority {
+            if let Some(placed) = self
+                .place_by_preemption(&id, &spec, &need, strategy, &progress, &index)
+                .await?
+            {
+                return Ok(placed);
+            }
+        }
         if let Some(why) = self.spread_reason(&id, &spec, &need, &index) {
             verdict.text = format!("{}; {why}", verdict.text);
         }
@@ -285,9 +297,9 @@ impl Placer<'_> {
                 rec.set_resources(spec.resources);
                 rec.labels = spec.labels.clone();
                 rec.note_attempt(spec.attempt.max(1), &c.id, &c.owner_id);
-                if spec.reschedule.is_some() || spec.replica_of.is_some() {
-                    // Kept to place it again should its owner die, and
-                    // to find its siblings.
+                if spec.reschedule.is_some() || spec.replica_of.is_some() || spec.preemptible {
+                    // Kept to place it again should its owner die or
+                    // evict it, and to find its siblings.
                     rec.spec = Some(spec.clone());
                 }
                 rec.push(Stored::Placing);

@@ -86,8 +86,17 @@ impl Placer<'_> {
     /// Why queued deploy `id` waits now, its spread included.
     pub(crate) fn queued_reason(&self, id: &str) -> Option<String> {
         let index = self.registry.index();
-        let reason = self.pending.reason(id, index.candidates())?;
+        let mut reason = self.pending.reason(id, index.candidates())?;
         let q = self.pending.get(id)?;
+        // A deployment an owner evicted says so while it waits again.
+        if let Some(ended) = self
+            .book
+            .get(id)
+            .and_then(|r| r.attempts.last().map(|a| a.ended.clone()))
+            .filter(|e| e.starts_with("preempted by"))
+        {
+            reason = format!("{ended}; {reason}");
+        }
         Some(match self.spread_reason(id, &q.spec, &q.need(), &index) {
             Some(why) => format!("{reason}; {why}"),
             None => reason,

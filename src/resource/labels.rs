@@ -40,3 +40,6 @@ pub const HOME: &str = "iarnet.home";
 /// The service a replica belongs to, and its index.
 pub const SERVICE: &str = "iarnet.service";
 pub const REPLICA: &str = "iarnet.replica";
+/// Set on preemptible workloads: their priority (`batch:-5`), which an
+/// owner compares before it evicts one.
+pub const PREEMPTIBLE: &str = "iarnet.preemptible";

@@ -163,6 +163,7 @@ impl Provider for MemoryProvider {
             attempt: spec.attempt.max(1),
             home: spec.home.clone(),
             attempts: Vec::new(),
+            preemptible: spec.preemptible.then_some(spec.priority),
         };
         for s in [
             DeployState::Pending,

@@ -26,6 +26,7 @@ pub mod labels;
 pub mod lease;
 pub mod ledger;
 pub mod memory;
+pub mod priority;
 pub mod provider;
 pub mod quantity;
 pub mod service;
@@ -36,6 +37,7 @@ pub mod wire;
 
 pub use error::ResourceError;
 pub use lease::{LeaseState, LeaseTerms, LeaseView};
+pub use priority::{PreemptionPolicy, Priority, PriorityClass};
 pub use provider::{LogOptions, LogStream, ProgressSink, Provider};
 pub use quantity::Quantity;
 pub use service::{ReplicaOf, Spread, SpreadKey};

@@ -418,6 +418,17 @@ pub struct DeploySpec {
     /// How the replicas of its service are kept apart.
     #[serde(default)]
     pub spread: Option<super::Spread>,
+    /// Its place in line, set by its home from the request; an owner
+    /// compares it when it preempts.
+    #[serde(default)]
+    pub priority: super::Priority,
+    /// An owner may evict it for work that outranks it.
+    #[serde(default)]
+    pub preemptible: bool,
+    /// Whether this deploy may evict preemptible work. Its home sets it
+    /// only on the pass that asks owners to preempt.
+    #[serde(default)]
+    pub preemption: super::PreemptionPolicy,
 }
 
 /// The life of a deployment.
@@ -522,6 +533,9 @@ pub struct Deployment {
     pub home: String,
     /// Every placement of the deployment, as its home recorded them.
     pub attempts: Vec<AttemptView>,
+    /// Its priority when it may be evicted for work that outranks it;
+    /// None when it may not.
+    pub preemptible: Option<super::Priority>,
 }
 
 /// One placement of a deployment: where, and why it moved on.

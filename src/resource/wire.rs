@@ -71,6 +71,21 @@ fn quantity(field: &str, text: &str, millis: bool) -> Result<u64, ResourceError>
     u64::try_from(v).map_err(|_| ResourceError::invalid(field, format!("{text:?} is too large")))
 }
 
+/// The request's `priority` and `priority_value`, each error naming its field.
+pub fn priority_from_proto(
+    class: &str,
+    value: i64,
+) -> Result<crate::resource::Priority, ResourceError> {
+    crate::resource::Priority::from_parts(class, value).map_err(|why| {
+        let field = if why.starts_with("unknown priority") {
+            "priority"
+        } else {
+            "priority_value"
+        };
+        ResourceError::invalid(field, why)
+    })
+}
+
 /// A spec from the API or a CallProvider payload; quantities are parsed here.
 pub fn spec_from_proto(s: pb::DeploySpec) -> Result<DeploySpec, ResourceError> {
     let mut ports = Vec::new();
@@ -103,7 +118,13 @@ pub fn spec_from_proto(s: pb::DeploySpec) -> Result<DeploySpec, ResourceError> {
             service,
             index: s.replica,
         });
+    let priority = priority_from_proto(&s.priority, s.priority_value)?;
+    let preemption = crate::resource::PreemptionPolicy::parse(&s.preemption_policy)
+        .map_err(|why| ResourceError::invalid("preemption_policy", why))?;
     Ok(DeploySpec {
+        priority,
+        preemptible: s.preemptible,
+        preemption,
         lease,
         restart,
         reschedule,
@@ -235,6 +256,13 @@ pub fn spec_to_proto(s: &DeploySpec) -> pb::DeploySpec {
             .map(|r| r.service.clone())
             .unwrap_or_default(),
         replica: s.replica_of.as_ref().map_or(0, |r| r.index),
+        priority: s.priority.class.as_str().to_string(),
+        priority_value: s.priority.value,
+        preemptible: s.preemptible,
+        preemption_policy: match s.preemption {
+            crate::resource::PreemptionPolicy::Never => String::new(),
+            p => p.as_str().to_string(),
+        },
         ..Default::default()
     }
 }
@@ -352,6 +380,8 @@ pub fn deployment_to_proto(d: &Deployment, owner_id: &str) -> pb::Deployment {
         labels: d.labels.clone().into_iter().collect(),
         restarts: d.restarts,
         attempt: d.attempt,
+        preemptible: d.preemptible.is_some(),
+        priority: d.preemptible.map(|p| p.label()).unwrap_or_default(),
         attempts: d
             .attempts
             .iter()
@@ -396,6 +426,9 @@ pub fn deployment_from_proto(d: pb::Deployment) -> Deployment {
         restarts: d.restarts,
         attempt: d.attempt,
         home: String::new(),
+        preemptible: Some(&d.priority)
+            .filter(|_| d.preemptible)
+            .map(|p| crate::resource::Priority::from_label(p).unwrap_or_default()),
         attempts: d
             .attempts
             .into_iter()

@@ -451,6 +451,11 @@ impl DeploymentRecord {
             attempt: self.attempt.max(1),
             home: String::new(),
             attempts: self.attempts.clone(),
+            preemptible: self
+                .spec
+                .as_ref()
+                .filter(|s| s.preemptible)
+                .map(|s| s.priority),
         };
         for c in history {
             if d.history.last().map(|h| &h.state) != Some(&c.state) {

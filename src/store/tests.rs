@@ -79,6 +79,7 @@ fn suite(store: &dyn Store) {
         attempt: 1,
         home: String::new(),
         attempts: Vec::new(),
+        preemptible: None,
     });
     store.put_deployment(&a2).unwrap();
     let back = store.deployment(&a.id).unwrap().unwrap();

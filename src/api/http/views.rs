@@ -284,6 +284,27 @@ pub struct DeploymentView {
     pub history: Vec<StateChangeView>,
     /// Its lease; null when it holds none.
     pub lease: Option<LeaseJson>,
+    /// Restarts its restart policy made.
+    pub restarts: u32,
+    /// The current placement, and every placement with where it ran and
+    /// why it moved on (its owner died, it was preempted).
+    pub attempt: u32,
+    pub attempts: Vec<AttemptJson>,
+    /// Owners may evict it for work that outranks it; `priority` is then
+    /// its place in line (`batch:-5`).
+    pub preemptible: bool,
+    pub priority: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptJson {
+    pub attempt: u32,
+    pub provider_id: String,
+    pub owner_id: String,
+    /// Seconds since the Unix epoch.
+    pub placed: f64,
+    /// Why a later attempt replaced it; empty for the current one.
+    pub ended: String,
 }
 
 /// A lease as the owner answered for it (instants in Unix seconds on the
@@ -351,6 +372,21 @@ impl From<&pb::Deployment> for DeploymentView {
                 })
                 .collect(),
             lease: d.lease.as_ref().map(LeaseJson::from),
+            restarts: d.restarts,
+            attempt: d.attempt,
+            attempts: d
+                .attempts
+                .iter()
+                .map(|a| AttemptJson {
+                    attempt: a.attempt,
+                    provider_id: a.provider_id.clone(),
+                    owner_id: a.owner_id.clone(),
+                    placed: a.placed_unix,
+                    ended: a.ended.clone(),
+                })
+                .collect(),
+            preemptible: d.preemptible,
+            priority: d.priority.clone(),
         }
     }
 }

@@ -84,6 +84,7 @@ impl Manager {
                         .map(|(_, id, attempt)| pb::AttemptOf {
                             id: id.clone(),
                             attempt: *attempt,
+                            ..Default::default()
                         })
                         .collect(),
                 };
@@ -153,6 +154,10 @@ impl Manager {
                 continue;
             };
             let current = rec.attempt.max(1);
+            if !a.preempted_by.is_empty() && rec.placed_on.owner_id == from {
+                self.requeue_preempted(&a.id, a.attempt, &a.preempted_by)
+                    .await;
+            }
             let stale = a.attempt < current;
             let lost =
                 matches!(rec.state(), Stored::Failed { reason } if reason.starts_with("lost:"));

@@ -88,6 +88,7 @@ fn options(rec: &ServiceRecord) -> PlaceOptions {
         region: rec.region.clone(),
         provider_id: rec.provider_id.clone(),
         priority: rec.priority,
+        preemption: rec.spec.preemption,
         queue_timeout: std::time::Duration::from_millis(rec.queue_timeout_ms),
         wait_for_capacity: rec.wait_for_capacity,
     }

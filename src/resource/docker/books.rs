@@ -118,6 +118,7 @@ impl DockerProvider {
             attempt: f.attempt,
             home: f.home.clone(),
             attempts: Vec::new(),
+            preemptible: f.preemptible,
         }
     }
 

@@ -165,6 +165,9 @@ impl DockerProvider {
         if !spec.home.is_empty() {
             labels.insert(labels::HOME.into(), spec.home.clone());
         }
+        if spec.preemptible {
+            labels.insert(labels::PREEMPTIBLE.into(), spec.priority.label());
+        }
         if let Some(r) = &spec.replica_of {
             labels.insert(labels::SERVICE.into(), r.service.clone());
             labels.insert(labels::REPLICA.into(), r.index.to_string());

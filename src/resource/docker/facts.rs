@@ -32,6 +32,8 @@ pub(super) struct Facts {
     /// Which placement of the deployment, and its home, from the labels.
     pub(super) attempt: u32,
     pub(super) home: String,
+    /// Its priority when it may be evicted, from its label.
+    pub(super) preemptible: Option<crate::resource::Priority>,
 }
 
 impl Facts {
@@ -116,6 +118,9 @@ impl Facts {
             restarts: 0,
             attempt: num(labels::ATTEMPT) as u32,
             home: labels.get(labels::HOME).cloned().unwrap_or_default(),
+            preemptible: labels
+                .get(labels::PREEMPTIBLE)
+                .and_then(|p| crate::resource::Priority::from_label(p)),
         })
         .map(|f| f.settled(labels))
     }

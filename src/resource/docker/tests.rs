@@ -111,6 +111,7 @@ fn seeded_history_follows_the_engine() {
         restarts: 0,
         attempt: 0,
         home: String::new(),
+        preemptible: None,
     };
     let states: Vec<DeployState> = f.seed_history().into_iter().map(|c| c.state).collect();
     assert_eq!(

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::capacity::{pod_requests, GPU_PRODUCT_LABEL, GPU_RESOURCE};
 use crate::resource::labels;
+use crate::resource::priority::Priority;
 use crate::resource::types::{DeploySpec, DeployState, Deployment, RestartPolicy, StateChange};
 use crate::resource::validate::stable_hex;
 
@@ -151,6 +152,9 @@ pub(crate) fn build_pod(
     ]);
     if !spec.home.is_empty() {
         annotations.insert(labels::HOME.into(), spec.home.clone());
+    }
+    if spec.preemptible {
+        annotations.insert(labels::PREEMPTIBLE.into(), spec.priority.label());
     }
     if !spec.name.is_empty() {
         annotations.insert(labels::NAME.into(), spec.name.clone());
@@ -387,6 +391,7 @@ pub(crate) fn to_deployment(pod: &Pod, provider_id: &str) -> Deployment {
             .unwrap_or(0),
         home: annotation(labels::HOME).cloned().unwrap_or_default(),
         attempts: Vec::new(),
+        preemptible: annotation(labels::PREEMPTIBLE).and_then(|p| Priority::from_label(p)),
     };
     if d.state() != state {
         d.history.push(StateChange {
