@@ -189,6 +189,84 @@ async fn without_a_policy_a_dead_owners_deployment_is_reported_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_stops_what_asked_for_it_once_its_home_stayed_away_that_long() {
+    let p = provider("sad-p");
+    let owner = start("sad-o", &[], vec![p.clone() as Arc<dyn Provider>]).await;
+    let home = start("sad-home", &[owner.advertise_addr()], Vec::new()).await;
+    common::wait_until("the home to see the provider", WAIT, || {
+        match home.manager().candidates().len() {
+            1 => Ok(()),
+            n => Err(format!("{n} providers")),
+        }
+    })
+    .await;
+    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
+        .await
+        .unwrap();
+    let spec = |id: &str, after: &str| pb::DeploySpec {
+        request_id: id.into(),
+        image: "iarnet-test/busybox:1".into(),
+        cpu: "1".into(),
+        memory: "64Mi".into(),
+        stop_after_disconnect: after.into(),
+        ..Default::default()
+    };
+    // Bad input names the field and places nothing.
+    let bad = api.deploy(spec("bad", "soon")).await;
+    let bad = match bad {
+        Err(s) => s,
+        Ok(stream) => stream
+            .into_inner()
+            .next()
+            .await
+            .expect("an answer")
+            .unwrap_err(),
+    };
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("stop_after_disconnect"), "{bad:?}");
+    assert_eq!(deploy(&mut api, spec("keeps", "")).await.state, "running");
+    assert_eq!(
+        deploy(&mut api, spec("gives-up", "2s")).await.state,
+        "running"
+    );
+
+    let state = |req: &str| {
+        futures::executor::block_on(p.list())
+            .unwrap()
+            .into_iter()
+            .find(|d| d.request_id == req)
+            .map(|d| d.state())
+    };
+    assert!(state("gives-up").is_some_and(|s| !s.is_final()));
+    let killed = Instant::now();
+    home.kill();
+    // Stopped is removed from the provider, as Docker removes the container.
+    common::wait_until(
+        "the owner to stop what asked for it",
+        WAIT,
+        || match state("gives-up") {
+            None => Ok(()),
+            Some(s) => Err(format!("{s:?}")),
+        },
+    )
+    .await;
+    // Not before the home was declared dead and 2 s more had passed.
+    assert!(killed.elapsed() >= Duration::from_secs(2));
+    assert!(
+        state("keeps").is_some_and(|s| !s.is_final()),
+        "work that did not ask keeps running"
+    );
+    println!(
+        "stop_after_disconnect 2s: stopped {:?} after the home was killed",
+        killed.elapsed()
+    );
+    assert!(owner
+        .metrics()
+        .await
+        .contains("iarnet_disconnect_stops_total 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_owner_back_from_the_dead_stops_its_stale_attempt() {
     let home = start("fe-home", &[], Vec::new()).await;
     let seed = [home.advertise_addr()];

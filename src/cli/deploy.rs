@@ -120,6 +120,10 @@ pub struct DeployArgs {
     /// preemptible work this request outranks, no more than it needs.
     #[arg(long, default_value = "", value_name = "never|lower-priority")]
     pub preemption_policy: String,
+    /// Its owner stops it once its home has been out of reach this long,
+    /// e.g. 30s (a partition's minority gives up what the majority moved).
+    #[arg(long, default_value = "", value_name = "DURATION")]
+    pub stop_after_disconnect: String,
     /// Idempotency key: the same id never starts a second container. Default: random.
     #[arg(long)]
     pub request_id: Option<String>,
@@ -248,6 +252,7 @@ impl DeployArgs {
             when_unsatisfiable: self.when_unsatisfiable.clone(),
             preemptible: self.preemptible,
             preemption_policy: self.preemption_policy.clone(),
+            stop_after_disconnect: self.stop_after_disconnect.clone(),
             ..Default::default()
         })
     }

@@ -153,6 +153,9 @@ pub struct FailoverMetrics {
     pub preemptions: Counter,
     /// Deployments of this home queued again after an owner evicted them.
     pub preempted_requeued: Counter,
+    /// Deployments this owner stopped because their home stayed out of
+    /// reach past their `stop_after_disconnect`.
+    pub disconnect_stops: Counter,
 }
 
 /// What an owner's leases did since start (atomic handles, shared with the scrape).
@@ -351,6 +354,11 @@ impl Metrics {
             "fenced_attempts",
             "Stale attempts stopped because a newer attempt runs elsewhere",
             s.failover.fenced.clone(),
+        );
+        r.register(
+            "disconnect_stops",
+            "Deployments stopped by their owner because their home stayed out of reach past stop_after_disconnect",
+            s.failover.disconnect_stops.clone(),
         );
         r.register(
             "preemptions",

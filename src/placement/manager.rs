@@ -30,6 +30,7 @@ use crate::store::{DeploymentRecord, MemoryStore, ProviderRecord, Store, StoreEr
 use crate::sync::KeyLocks;
 
 mod anywhere;
+mod disconnect;
 mod fencing;
 mod leases;
 mod listing;

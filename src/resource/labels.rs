@@ -43,3 +43,5 @@ pub const REPLICA: &str = "iarnet.replica";
 /// Set on preemptible workloads: their priority (`batch:-5`), which an
 /// owner compares before it evicts one.
 pub const PREEMPTIBLE: &str = "iarnet.preemptible";
+/// Milliseconds its home may be out of reach before its owner stops it.
+pub const STOP_AFTER_DISCONNECT: &str = "iarnet.stop_after_disconnect_ms";

@@ -164,6 +164,7 @@ impl Provider for MemoryProvider {
             home: spec.home.clone(),
             attempts: Vec::new(),
             preemptible: spec.preemptible.then_some(spec.priority),
+            stop_after_disconnect_ms: spec.stop_after_disconnect_ms,
         };
         for s in [
             DeployState::Pending,

@@ -429,6 +429,10 @@ pub struct DeploySpec {
     /// only on the pass that asks owners to preempt.
     #[serde(default)]
     pub preemption: super::PreemptionPolicy,
+    /// Its owner stops it once its home has been out of reach this long
+    /// (ms); None keeps it running.
+    #[serde(default)]
+    pub stop_after_disconnect_ms: Option<u64>,
 }
 
 /// The life of a deployment.
@@ -536,6 +540,8 @@ pub struct Deployment {
     /// Its priority when it may be evicted for work that outranks it;
     /// None when it may not.
     pub preemptible: Option<super::Priority>,
+    /// Its owner stops it once its home has been out of reach this long (ms).
+    pub stop_after_disconnect_ms: Option<u64>,
 }
 
 /// One placement of a deployment: where, and why it moved on.

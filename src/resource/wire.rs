@@ -121,7 +121,26 @@ pub fn spec_from_proto(s: pb::DeploySpec) -> Result<DeploySpec, ResourceError> {
     let priority = priority_from_proto(&s.priority, s.priority_value)?;
     let preemption = crate::resource::PreemptionPolicy::parse(&s.preemption_policy)
         .map_err(|why| ResourceError::invalid("preemption_policy", why))?;
+    let stop_after_disconnect_ms = match s.stop_after_disconnect.trim() {
+        "" => None,
+        text => {
+            let d = humantime::parse_duration(text).map_err(|e| {
+                ResourceError::invalid(
+                    "stop_after_disconnect",
+                    format!("{text:?} is not a duration ({e}): write e.g. \"30s\" or \"5m\", or leave it empty to keep running"),
+                )
+            })?;
+            if d < std::time::Duration::from_secs(1) {
+                return Err(ResourceError::invalid(
+                    "stop_after_disconnect",
+                    format!("{text:?} is shorter than 1s: a blip would stop the work; use at least a few gossip rounds"),
+                ));
+            }
+            Some(d.as_millis() as u64)
+        }
+    };
     Ok(DeploySpec {
+        stop_after_disconnect_ms,
         priority,
         preemptible: s.preemptible,
         preemption,
@@ -259,6 +278,10 @@ pub fn spec_to_proto(s: &DeploySpec) -> pb::DeploySpec {
         priority: s.priority.class.as_str().to_string(),
         priority_value: s.priority.value,
         preemptible: s.preemptible,
+        stop_after_disconnect: s
+            .stop_after_disconnect_ms
+            .map(|ms| format!("{ms}ms"))
+            .unwrap_or_default(),
         preemption_policy: match s.preemption {
             crate::resource::PreemptionPolicy::Never => String::new(),
             p => p.as_str().to_string(),
@@ -429,6 +452,7 @@ pub fn deployment_from_proto(d: pb::Deployment) -> Deployment {
         preemptible: Some(&d.priority)
             .filter(|_| d.preemptible)
             .map(|p| crate::resource::Priority::from_label(p).unwrap_or_default()),
+        stop_after_disconnect_ms: None,
         attempts: d
             .attempts
             .into_iter()

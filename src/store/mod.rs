@@ -456,6 +456,7 @@ impl DeploymentRecord {
                 .as_ref()
                 .filter(|s| s.preemptible)
                 .map(|s| s.priority),
+            stop_after_disconnect_ms: self.spec.as_ref().and_then(|s| s.stop_after_disconnect_ms),
         };
         for c in history {
             if d.history.last().map(|h| &h.state) != Some(&c.state) {

@@ -80,6 +80,7 @@ fn suite(store: &dyn Store) {
         home: String::new(),
         attempts: Vec::new(),
         preemptible: None,
+        stop_after_disconnect_ms: None,
     });
     store.put_deployment(&a2).unwrap();
     let back = store.deployment(&a.id).unwrap().unwrap();

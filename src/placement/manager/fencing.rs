@@ -5,6 +5,8 @@
 //! every few rounds. A copy whose home has placed a newer attempt elsewhere
 //! is stopped. The home answers from its durable record; a copy it does
 //! not know is left alone (a wiped home must not stop the mesh's work).
+//! The same loop stops copies whose home stayed away past their
+//! `stop_after_disconnect` (see `disconnect.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::disconnect::Disconnected;
 use super::Manager;
 use crate::proto::directory as pb;
 use crate::store::Stored;
@@ -26,9 +29,12 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const ROUND_EVERY: u32 = 30;
 
 impl Manager {
-    /// Checks this node's foreign-homed copies until `cancel`.
+    /// Checks this node's foreign-homed copies until `cancel`, and stops
+    /// those whose home stayed out of reach past their
+    /// `stop_after_disconnect` (see `disconnect.rs`).
     pub async fn run_fencing(self: Arc<Self>, tick: Duration, cancel: CancellationToken) {
         let mut known: HashSet<(String, u64)> = HashSet::new();
+        let mut disconnected = Disconnected::default();
         let mut ticker = Ticker::new(tick);
         let mut since_round = ROUND_EVERY;
         while ticker.tick(&cancel).await {
@@ -40,7 +46,11 @@ impl Manager {
                 .collect();
             // Someone joined or came back: their copies may be stale.
             let heard_again = now.difference(&known).next().is_some();
+            let ids: HashSet<String> = now.iter().map(|(id, _)| id.clone()).collect();
+            let lost_member = known.iter().any(|(id, _)| !ids.contains(id));
             known = now;
+            self.disconnect_round(&mut disconnected, &ids, lost_member)
+                .await;
             since_round += 1;
             if heard_again || since_round >= ROUND_EVERY {
                 since_round = 0;

@@ -119,6 +119,7 @@ impl DockerProvider {
             home: f.home.clone(),
             attempts: Vec::new(),
             preemptible: f.preemptible,
+            stop_after_disconnect_ms: f.stop_after_disconnect_ms,
         }
     }
 

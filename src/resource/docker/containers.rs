@@ -168,6 +168,9 @@ impl DockerProvider {
         if spec.preemptible {
             labels.insert(labels::PREEMPTIBLE.into(), spec.priority.label());
         }
+        if let Some(ms) = spec.stop_after_disconnect_ms {
+            labels.insert(labels::STOP_AFTER_DISCONNECT.into(), ms.to_string());
+        }
         if let Some(r) = &spec.replica_of {
             labels.insert(labels::SERVICE.into(), r.service.clone());
             labels.insert(labels::REPLICA.into(), r.index.to_string());

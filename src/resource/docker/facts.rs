@@ -34,6 +34,7 @@ pub(super) struct Facts {
     pub(super) home: String,
     /// Its priority when it may be evicted, from its label.
     pub(super) preemptible: Option<crate::resource::Priority>,
+    pub(super) stop_after_disconnect_ms: Option<u64>,
 }
 
 impl Facts {
@@ -121,6 +122,9 @@ impl Facts {
             preemptible: labels
                 .get(labels::PREEMPTIBLE)
                 .and_then(|p| crate::resource::Priority::from_label(p)),
+            stop_after_disconnect_ms: labels
+                .get(labels::STOP_AFTER_DISCONNECT)
+                .and_then(|ms| ms.parse().ok()),
         })
         .map(|f| f.settled(labels))
     }

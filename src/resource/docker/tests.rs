@@ -112,6 +112,7 @@ fn seeded_history_follows_the_engine() {
         attempt: 0,
         home: String::new(),
         preemptible: None,
+        stop_after_disconnect_ms: None,
     };
     let states: Vec<DeployState> = f.seed_history().into_iter().map(|c| c.state).collect();
     assert_eq!(

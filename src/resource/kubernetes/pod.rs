@@ -156,6 +156,9 @@ pub(crate) fn build_pod(
     if spec.preemptible {
         annotations.insert(labels::PREEMPTIBLE.into(), spec.priority.label());
     }
+    if let Some(ms) = spec.stop_after_disconnect_ms {
+        annotations.insert(labels::STOP_AFTER_DISCONNECT.into(), ms.to_string());
+    }
     if !spec.name.is_empty() {
         annotations.insert(labels::NAME.into(), spec.name.clone());
     }
@@ -392,6 +395,8 @@ pub(crate) fn to_deployment(pod: &Pod, provider_id: &str) -> Deployment {
         home: annotation(labels::HOME).cloned().unwrap_or_default(),
         attempts: Vec::new(),
         preemptible: annotation(labels::PREEMPTIBLE).and_then(|p| Priority::from_label(p)),
+        stop_after_disconnect_ms: annotation(labels::STOP_AFTER_DISCONNECT)
+            .and_then(|ms| ms.parse().ok()),
     };
     if d.state() != state {
         d.history.push(StateChange {
