@@ -212,3 +212,98 @@ async fn killed_owners_replicas_come_back_on_the_survivors_spread_kept() {
     assert!(bad.message().contains("when_unsatisfiable"), "{bad:?}");
     drop(survivors);
 }
+
+/// What `node`'s own provider has reserved, holds included, as it says now.
+fn own_reserved_cpu(node: &NodeHandle) -> u64 {
+    node.manager()
+        .candidates()
+        .iter()
+        .find(|c| c.owner_id == node.id())
+        .map_or(0, |c| c.capacity.reserved.cpu_millis)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gang_over_owners_starts_whole_or_is_refused_holding_nothing() {
+    let (home, owners) = mesh("gang").await;
+    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
+        .await
+        .unwrap();
+    let gang = |id: &str, cpu: &str| pb::DeploySpec {
+        request_id: id.into(),
+        image: "iarnet-test/busybox:1".into(),
+        cpu: cpu.into(),
+        memory: "64Mi".into(),
+        replicas: 3,
+        gang: true,
+        gang_timeout: "5s".into(),
+        spread: "node".into(),
+        when_unsatisfiable: "do-not-schedule".into(),
+        ..Default::default()
+    };
+    // Room for all: three owners each prepare, then all start.
+    let (s, placements) = deploy_service(&mut api, gang("trio", "3")).await;
+    assert_eq!(placements, 3);
+    assert_eq!((s.replicas, s.running), (3, 3), "{s:?}");
+    let on: HashSet<String> = owners_of(&s).into_iter().collect();
+    assert_eq!(on.len(), 3, "{on:?}");
+    for o in &owners {
+        let want = if on.contains(&o.id()) { 3000 } else { 0 };
+        assert_eq!(
+            own_reserved_cpu(o),
+            want,
+            "{}: held once, taken once",
+            o.id()
+        );
+    }
+    common::wait_until("the home to see the gang's room taken", WAIT, || {
+        let free: Vec<u64> = home
+            .manager()
+            .candidates()
+            .iter()
+            .map(|c| c.capacity.available().cpu_millis)
+            .filter(|f| *f >= 4000)
+            .collect();
+        match free.len() {
+            2 => Ok(()),
+            n => Err(format!("{n} owners with 4 CPUs free")),
+        }
+    })
+    .await;
+
+    // Room for two of three: refused at once, nothing held, no service.
+    let mut stream = api.deploy(gang("too-big", "4")).await.unwrap().into_inner();
+    let e = loop {
+        match stream.next().await.expect("an answer") {
+            Err(e) => break e,
+            Ok(_) => continue,
+        }
+    };
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("room for 2 now"), "{e:?}");
+    let missing = api
+        .get_service(pb::GetServiceRequest {
+            id: "too-big".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    for o in &owners {
+        let want = if on.contains(&o.id()) { 3000 } else { 0 };
+        assert_eq!(own_reserved_cpu(o), want, "{}: nothing left held", o.id());
+    }
+    // Gang without replicas is named.
+    let bad = api
+        .deploy(pb::DeploySpec {
+            replicas: 0,
+            spread: String::new(),
+            when_unsatisfiable: String::new(),
+            ..gang("solo", "1")
+        })
+        .await;
+    let bad = match bad {
+        Err(s) => s,
+        Ok(s) => s.into_inner().next().await.unwrap().unwrap_err(),
+    };
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().starts_with("gang"), "{bad:?}");
+}

@@ -281,6 +281,11 @@ impl ResourceService for ResourceApi {
                 "spread: keeps the replicas of a service apart; set replicas too",
             )));
         }
+        if opts.gang.is_some() && replicas == 0 {
+            return Err(refused(Status::invalid_argument(
+                "gang: places the replicas of a service all or nothing; set replicas too",
+            )));
+        }
         if replicas > 0 {
             let (tx, rx) = mpsc::channel(64);
             let (manager, audit, stop) =

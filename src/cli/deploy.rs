@@ -112,6 +112,13 @@ pub struct DeployArgs {
     /// schedule-anyway (default) or do-not-schedule (wait rather than break the skew).
     #[arg(long, default_value = "")]
     pub when_unsatisfiable: String,
+    /// With --replicas: all start or none; each owner holds room for its
+    /// replica until all agreed (a hold lapses after --gang-timeout).
+    #[arg(long)]
+    pub gang: bool,
+    /// How long owners hold a gang's room (default 10s, 100ms to 5m).
+    #[arg(long, default_value = "", value_name = "DURATION")]
+    pub gang_timeout: String,
     /// Owners may evict it for work that outranks it (another class, or
     /// 10 points higher in its class); it then waits in the queue again.
     #[arg(long)]
@@ -253,6 +260,8 @@ impl DeployArgs {
             preemptible: self.preemptible,
             preemption_policy: self.preemption_policy.clone(),
             stop_after_disconnect: self.stop_after_disconnect.clone(),
+            gang: self.gang,
+            gang_timeout: self.gang_timeout.clone(),
             ..Default::default()
         })
     }

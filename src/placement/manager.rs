@@ -21,6 +21,7 @@ use super::place::{queued_view, Outcomes, Placer};
 use super::preempting::Preempting;
 use super::rank::{Index, Strategy};
 use super::registry::{Discovery, Registry};
+use super::reserving::Reserving;
 use crate::audit::Audit;
 use crate::resource::{
     Candidate, DeployState, Deployment, LogOptions, LogStream, Provider, ProviderDescriptor,
@@ -32,6 +33,7 @@ use crate::sync::KeyLocks;
 mod anywhere;
 mod disconnect;
 mod fencing;
+mod gang;
 mod leases;
 mod listing;
 mod preemption;
@@ -215,14 +217,16 @@ impl Manager {
 
     /// Adds one of this node's providers and advertises it; an external
     /// one is recorded so that the next start reconnects it. The node keeps
-    /// the leases of what runs on it, and may evict preemptible work.
+    /// the leases of what runs on it, may evict preemptible work, and holds
+    /// room for gangs.
     pub async fn add_provider(
         &self,
         provider: Arc<dyn Provider>,
         tier: Tier,
     ) -> Result<ProviderDescriptor, ResourceError> {
         let leased = Arc::new(Leased::new(provider, self.leases.clone()));
-        let provider = Arc::new(Preempting::new(leased, self.evicted_tx.clone()));
+        let preempting = Arc::new(Preempting::new(leased, self.evicted_tx.clone()));
+        let provider = Arc::new(Reserving::new(preempting));
         let desc = self.registry.add(provider, tier).await?;
         if tier == Tier::External {
             // The endpoint is already stripped of credentials (see

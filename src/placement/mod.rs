@@ -30,6 +30,7 @@ mod place_spread;
 pub mod preempting;
 pub mod rank;
 pub mod registry;
+pub mod reserving;
 pub mod spread;
 #[cfg(test)]
 mod tests;

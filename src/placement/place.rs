@@ -47,6 +47,9 @@ pub struct PlaceOptions {
     pub queue_timeout: Duration,
     /// Wait even when no provider in the mesh could ever hold it.
     pub wait_for_capacity: bool,
+    /// With replicas: placed all or nothing, each owner holding room this
+    /// long for its replica until the home commits (see `gang.rs`).
+    pub gang: Option<Duration>,
 }
 
 /// How long a deploy waits in the queue when it does not say.
@@ -72,10 +75,11 @@ impl PlaceOptions {
             preemption,
             queue_timeout: queue_timeout(&raw.queue_timeout)?,
             wait_for_capacity: raw.wait_for_capacity,
+            gang: gang_timeout(raw.gang, &raw.gang_timeout)?,
         })
     }
 
-    fn need<'a>(&'a self, spec: &'a DeploySpec) -> Need<'a> {
+    pub(crate) fn need<'a>(&'a self, spec: &'a DeploySpec) -> Need<'a> {
         Need {
             resources: spec.resources,
             gpu_model: spec.gpu_model.as_deref(),
@@ -173,19 +177,7 @@ impl Placer<'_> {
         progress: ProgressSink,
     ) -> Result<Placed, ResourceError> {
         validate(&spec)?;
-        if let Some(lease) = spec.lease.as_mut().filter(|l| l.holder.is_empty()) {
-            // Held by its home unless the client named a holder.
-            lease.holder = self.node_id.to_string();
-        }
-        // The home says which placement this is, and owners preempt only
-        // on the pass that asks them to; a client sets neither.
-        spec.home = self.node_id.to_string();
-        spec.priority = opts.priority;
-        spec.preemption = PreemptionPolicy::Never;
-        spec.attempt = self
-            .book
-            .get(&deployment_id(&spec.request_id))
-            .map_or(1, |r| r.attempt.max(1));
+        self.stamp(&mut spec, &opts);
         let strategy = opts.strategy.unwrap_or(self.strategy);
         let id = deployment_id(&spec.request_id);
         let _held = self.inflight.lock(&spec.request_id).await;
@@ -251,6 +243,63 @@ impl Placer<'_> {
             return Err(no_placement(&spec, index.len(), &refused));
         }
         self.enqueue(&id, spec, &opts, &verdict).await
+    }
+
+    /// What the home writes into a spec before any owner sees it.
+    fn stamp(&self, spec: &mut DeploySpec, opts: &PlaceOptions) {
+        if let Some(lease) = spec.lease.as_mut().filter(|l| l.holder.is_empty()) {
+            // Held by its home unless the client named a holder.
+            lease.holder = self.node_id.to_string();
+        }
+        // The home says which placement this is, and owners preempt only
+        // on the pass that asks them to; a client sets neither.
+        spec.home = self.node_id.to_string();
+        spec.priority = opts.priority;
+        spec.preemption = PreemptionPolicy::Never;
+        spec.attempt = self
+            .book
+            .get(&deployment_id(&spec.request_id))
+            .map_or(1, |r| r.attempt.max(1));
+    }
+
+    /// Places `spec` on `c`, whose owner holds room for it (a gang's
+    /// commit): the view's idea of its free capacity is not consulted.
+    pub(crate) async fn place_on(
+        &self,
+        mut spec: DeploySpec,
+        opts: &PlaceOptions,
+        c: &Candidate,
+        progress: ProgressSink,
+    ) -> Result<Placed, ResourceError> {
+        validate(&spec)?;
+        self.stamp(&mut spec, opts);
+        let strategy = opts.strategy.unwrap_or(self.strategy);
+        let id = deployment_id(&spec.request_id);
+        let _held = self.inflight.lock(&spec.request_id).await;
+        if let Some(placed) = self.retry(&id, &spec, strategy, &progress).await? {
+            return Ok(placed);
+        }
+        let mut held = c.clone();
+        held.capacity.reserved = crate::resource::Resources::default();
+        held.capacity.deployments = 0;
+        let index = Index::build(vec![held]);
+        let need = opts.need(&spec);
+        match self
+            .attempt(
+                &id,
+                &spec,
+                &need,
+                strategy,
+                &progress,
+                &index,
+                &HashSet::new(),
+                Origin::Fresh,
+            )
+            .await?
+        {
+            Attempt::Placed(p) => Ok(*p),
+            Attempt::Refused(refused) => Err(no_placement(&spec, 1, &refused)),
+        }
     }
 
     /// One pass: rank, record the intent, deploy, try the next.
@@ -486,6 +535,41 @@ impl Placer<'_> {
             }
         }
     }
+}
+
+/// How long a gang's owners hold room when the request does not say.
+pub const DEFAULT_GANG_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a gang may have room held.
+pub const MAX_GANG_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The hold of a gang, or None when the request is not one.
+fn gang_timeout(gang: bool, text: &str) -> Result<Option<Duration>, ResourceError> {
+    let text = text.trim();
+    if !gang {
+        if !text.is_empty() {
+            return Err(ResourceError::invalid(
+                "gang_timeout",
+                "applies to a gang only: set gang (and replicas) too, or leave it empty",
+            ));
+        }
+        return Ok(None);
+    }
+    if text.is_empty() {
+        return Ok(Some(DEFAULT_GANG_TIMEOUT));
+    }
+    let d = humantime::parse_duration(text).map_err(|e| {
+        ResourceError::invalid(
+            "gang_timeout",
+            format!("{text:?} is not a duration ({e}): write e.g. \"10s\""),
+        )
+    })?;
+    if d < Duration::from_millis(100) || d > MAX_GANG_TIMEOUT {
+        return Err(ResourceError::invalid(
+            "gang_timeout",
+            format!("{text:?} is out of range: use 100ms to 5m"),
+        ));
+    }
+    Ok(Some(d))
 }
 
 /// `"10m"`, `"90s"`, `"0"` (fail at once); empty is the default.

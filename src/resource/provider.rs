@@ -1,6 +1,8 @@
 //! The one trait every provider implements: Docker, Kubernetes, the
 //! in-memory twin, and the proxy for a provider owned by another node.
 
+use std::time::Duration;
+
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 
@@ -89,6 +91,23 @@ pub trait Provider: Send + Sync + 'static {
         _epoch: Option<u64>,
     ) -> Result<Deployment, ResourceError> {
         Err(no_leases(self.id(), deployment_id))
+    }
+
+    /// Holds room for `spec` for `ttl` without starting it (a gang's
+    /// prepare): a deploy of the same request within `ttl` takes that
+    /// room; after it the hold lapses by itself. Only a node's own
+    /// providers (wrapped in a hold keeper) and proxies to them hold room.
+    async fn prepare(&self, spec: &DeploySpec, _ttl: Duration) -> Result<(), ResourceError> {
+        Err(ResourceError::Precondition(format!(
+            "provider {} holds no room for gangs, so {:?} cannot be prepared",
+            self.id(),
+            spec.request_id
+        )))
+    }
+
+    /// Gives back room `prepare` held; nothing when none is held.
+    async fn abort(&self, _deployment_id: &str) -> Result<(), ResourceError> {
+        Ok(())
     }
 }
 

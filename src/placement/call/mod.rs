@@ -38,10 +38,14 @@ pub enum ProviderMethod {
     RenewLease,
     /// `LeaseCall` → `Deployment`.
     ReleaseLease,
+    /// `PrepareCall` → `PrepareReply`: hold room for a gang's replica.
+    Prepare,
+    /// `AbortCall` → `AbortReply`: give that room back.
+    Abort,
 }
 
 impl ProviderMethod {
-    pub const ALL: [ProviderMethod; 7] = [
+    pub const ALL: [ProviderMethod; 9] = [
         ProviderMethod::Capacity,
         ProviderMethod::Deploy,
         ProviderMethod::Status,
@@ -49,6 +53,8 @@ impl ProviderMethod {
         ProviderMethod::Stop,
         ProviderMethod::RenewLease,
         ProviderMethod::ReleaseLease,
+        ProviderMethod::Prepare,
+        ProviderMethod::Abort,
     ];
 
     /// The name on the wire.
@@ -61,6 +67,8 @@ impl ProviderMethod {
             ProviderMethod::Stop => "stop",
             ProviderMethod::RenewLease => "renew_lease",
             ProviderMethod::ReleaseLease => "release_lease",
+            ProviderMethod::Prepare => "prepare",
+            ProviderMethod::Abort => "abort",
         }
     }
 
@@ -82,6 +90,8 @@ impl ProviderMethod {
                 | ProviderMethod::Stop
                 | ProviderMethod::RenewLease
                 | ProviderMethod::ReleaseLease
+                | ProviderMethod::Prepare
+                | ProviderMethod::Abort
         )
     }
 }

@@ -276,6 +276,33 @@ impl Provider for RemoteProvider {
             .await
     }
 
+    async fn prepare(&self, spec: &DeploySpec, ttl: Duration) -> Result<(), ResourceError> {
+        let _: pb::PrepareReply = self
+            .call(
+                ProviderMethod::Prepare,
+                pb::PrepareCall {
+                    spec: Some(spec_to_proto(spec)),
+                    ttl_ms: ttl.as_millis() as u64,
+                },
+                CALL_TIMEOUT,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn abort(&self, deployment_id: &str) -> Result<(), ResourceError> {
+        let _: pb::AbortReply = self
+            .call(
+                ProviderMethod::Abort,
+                pb::AbortCall {
+                    deployment_id: deployment_id.to_string(),
+                },
+                CALL_TIMEOUT,
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn stop(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {
         let d: pb::Deployment = self
             .call(

@@ -22,6 +22,9 @@ fn decode<M: Message + Default>(method: ProviderMethod, payload: &[u8]) -> Resul
     })
 }
 
+/// The longest a remote caller may have room held (a gang's prepare).
+const MAX_HOLD_MS: u64 = 300_000;
+
 /// Runs `method` on one of this node's own providers for another node.
 pub async fn serve_call(
     registry: &Registry,
@@ -42,7 +45,7 @@ pub async fn serve_call(
     };
     let Some(method) = ProviderMethod::parse(method) else {
         return Err(Status::unimplemented(format!(
-            "method {method:?} is not a provider operation: use capacity, deploy, status, logs, stop, renew_lease or release_lease"
+            "method {method:?} is not a provider operation: use capacity, deploy, status, logs, stop, renew_lease, release_lease, prepare or abort"
         )));
     };
     let bytes = match method {
@@ -84,6 +87,24 @@ pub async fn serve_call(
             let d = p.release_lease(&call.deployment_id, epoch).await?;
             registry.changed(&*p).await;
             deployment_to_proto(&d, me).encode_to_vec()
+        }
+        ProviderMethod::Prepare => {
+            let call: pb::PrepareCall = decode(method, payload)?;
+            let spec = spec_from_proto(
+                call.spec
+                    .ok_or_else(|| Status::invalid_argument("PrepareCall.spec is missing"))?,
+            )?;
+            validate(&spec)?;
+            let ttl = std::time::Duration::from_millis(call.ttl_ms.clamp(1, MAX_HOLD_MS));
+            p.prepare(&spec, ttl).await?;
+            registry.changed(&*p).await;
+            pb::PrepareReply {}.encode_to_vec()
+        }
+        ProviderMethod::Abort => {
+            let call: pb::AbortCall = decode(method, payload)?;
+            p.abort(&call.deployment_id).await?;
+            registry.changed(&*p).await;
+            pb::AbortReply {}.encode_to_vec()
         }
         ProviderMethod::Logs => {
             let call: pb::LogsCall = decode(method, payload)?;

@@ -91,6 +91,7 @@ fn options(rec: &ServiceRecord) -> PlaceOptions {
         preemption: rec.spec.preemption,
         queue_timeout: std::time::Duration::from_millis(rec.queue_timeout_ms),
         wait_for_capacity: rec.wait_for_capacity,
+        gang: None,
     }
 }
 
@@ -154,7 +155,21 @@ impl Manager {
         };
         self.put_service(&rec).await?;
         let mut placed = Vec::new();
-        for index in 0..replicas {
+        let gang = opts.gang.filter(|_| fresh);
+        if let Some(hold) = gang {
+            let specs = (0..replicas).map(|i| replica_spec(&rec, i)).collect();
+            match self
+                .place_gang(specs, &options(&rec), hold, progress.clone())
+                .await
+            {
+                Ok(p) => placed = p,
+                Err(e) => {
+                    self.forget_service(&id).await;
+                    return Err(e);
+                }
+            }
+        }
+        for index in (0..replicas).filter(|_| gang.is_none()) {
             match self
                 .deploy(replica_spec(&rec, index), options(&rec), progress.clone())
                 .await
