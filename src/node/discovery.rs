@@ -101,7 +101,9 @@ macro_rules! directory_call {
             let mut r = tonic::Request::new($req);
             r.set_timeout($timeout);
             match tokio::time::timeout($timeout, client.$method(r)).await {
-                Ok(r) => r.map(tonic::Response::into_inner),
+                Ok(r) => r
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| unreachable($addr, s)),
                 Err(_) => Err(tonic::Status::deadline_exceeded(format!(
                     "{} to {} took longer than {:?}",
                     $label, $addr, $timeout
@@ -149,6 +151,22 @@ impl DirectoryCaller for NodeCaller {
         directory_call!(self, addr, req, timeout, forward, "directory.forward")
     }
 
+    async fn forward_service(
+        &self,
+        addr: &str,
+        req: dpb::ForwardServiceRequest,
+        timeout: Duration,
+    ) -> Result<rpb::Service, tonic::Status> {
+        directory_call!(
+            self,
+            addr,
+            req,
+            timeout,
+            forward_service,
+            "directory.forward_service"
+        )
+    }
+
     async fn list_local(
         &self,
         addr: &str,
@@ -179,10 +197,51 @@ impl NodeCaller {
         let mut req = tonic::Request::new(request);
         req.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.call_provider(req)).await {
-            Ok(r) => r.map(tonic::Response::into_inner),
+            Ok(r) => r
+                .map(tonic::Response::into_inner)
+                .map_err(|s| unreachable(owner_addr, s)),
             Err(_) => Err(tonic::Status::deadline_exceeded(format!(
                 "CallProvider to {owner_addr} took longer than {timeout:?}"
             ))),
         }
+    }
+}
+
+/// A call that broke in transport (the peer died mid-call, its connection
+/// reset) is UNAVAILABLE, as with a peer that never answered: callers then
+/// fall back or try elsewhere. tonic reports such breaks as INTERNAL or
+/// UNKNOWN with the transport error as source; a status the peer sent back
+/// has none.
+fn unreachable(addr: &str, status: tonic::Status) -> tonic::Status {
+    use std::error::Error as _;
+    match status.code() {
+        tonic::Code::Internal | tonic::Code::Unknown if status.source().is_some() => {
+            tonic::Status::unavailable(format!("{addr} broke off the call: {}", status.message()))
+        }
+        _ => status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_broken_in_transport_is_unavailable_and_a_peers_answer_is_kept() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(broken.code(), tonic::Code::Unknown);
+        let s = unreachable("10.0.0.1:7000", broken);
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains("10.0.0.1:7000"), "{}", s.message());
+
+        let answered = tonic::Status::internal("provider backend error: disk full");
+        let s = unreachable("10.0.0.1:7000", answered);
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::Internal, "provider backend error: disk full")
+        );
     }
 }

@@ -41,6 +41,7 @@ mod queue;
 mod reconcile;
 mod registration;
 mod reschedule;
+mod service_anywhere;
 mod services;
 pub use super::place::{PlaceOptions, Placed};
 use crate::resource::{DeploySpec, ProgressSink};
@@ -48,6 +49,7 @@ pub use anywhere::{Answer, Op};
 pub use listing::{Filter, MeshPage, DEFAULT_PAGE, LIST_DEADLINE, MAX_PAGE};
 pub use queue::TRIES_PER_PASS;
 pub use reconcile::Reconciled;
+pub use service_anywhere::ServiceAnswer;
 pub use services::ServiceView;
 
 pub struct Manager {
@@ -308,6 +310,14 @@ impl Manager {
         if let Some(rec) = stored.as_ref().filter(|r| !r.placed_on.is_placed()) {
             return Ok((self.unplaced_view(rec), self.node_id.clone()));
         }
+        if let Some(rec) = stored
+            .as_ref()
+            .filter(|r| self.owner_gone(&r.placed_on.owner_id))
+        {
+            // Not a call that would wait out its timeout on a dead or
+            // cut-off node: the record's last word, as below.
+            return Ok((rec.to_deployment(), rec.placed_on.owner_id.clone()));
+        }
         let found = match self.book.find(&self.registry, id).await {
             Ok(f) => f.provider.status(&f.id).await.map(|d| (d, f.owner)),
             Err(e) => Err(e),
@@ -329,6 +339,17 @@ impl Manager {
             }
             (Err(e), _) => Err(e),
         }
+    }
+
+    /// Whether `owner` is another node that this node's view no longer
+    /// holds alive (alone in its view, just started or cut off, it holds
+    /// nobody gone).
+    fn owner_gone(&self, owner: &str) -> bool {
+        if owner == self.node_id {
+            return false;
+        }
+        let ring = self.ring();
+        ring.len() > 1 && ring.member(owner).is_none()
     }
 
     /// Failovers since start, for `/metrics`.
