@@ -118,8 +118,10 @@ async fn deploy_runs_a_labelled_limited_container_and_stop_removes_it() {
     }
 
     // What the engine itself says.
+    let name = p.container_name(&d.id);
+    assert!(name.starts_with(&format!("{}.", d.id)), "{name}");
     let c = docker
-        .inspect_container(&d.id, None::<InspectContainerOptions>)
+        .inspect_container(&name, None::<InspectContainerOptions>)
         .await
         .expect("the container exists");
     assert_eq!(c.state.as_ref().and_then(|s| s.running), Some(true));
@@ -160,7 +162,7 @@ async fn deploy_runs_a_labelled_limited_container_and_stop_removes_it() {
     let stopped = p.stop(&d.id).await.expect("stop");
     assert_eq!(stopped.state(), DeployState::Stopped);
     let err = docker
-        .inspect_container(&d.id, None::<InspectContainerOptions>)
+        .inspect_container(&name, None::<InspectContainerOptions>)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
@@ -305,6 +307,82 @@ async fn same_request_id_makes_exactly_one_container() {
         reserved(&twin).await,
         Resources::ZERO,
         "the twin sees them gone"
+    );
+}
+
+/// Two providers on one engine (two nodes on one host, or a deployment
+/// rescheduled from one to the other while the first still runs it): each
+/// keeps its own container of the same deployment and stops only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn providers_sharing_an_engine_each_run_their_own_copy() {
+    let (p, _cleanup) = provider("share1", limits()).await;
+    let (q, _cleanup_q) = provider("share2", limits()).await;
+    let docker = engine().await;
+    let one = spec(&format!("share-{}", suffix()), HELLO);
+    let a = p.deploy(&one, ProgressSink::none()).await.unwrap();
+    let b = q.deploy(&one, ProgressSink::none()).await.unwrap();
+    assert_eq!(a.id, b.id, "one deployment id");
+    assert_ne!(p.container_name(&a.id), q.container_name(&b.id));
+    let copies = containers_labelled(&docker, "iarnet.request", &one.request_id).await;
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    assert_eq!(p.list().await.unwrap().len(), 1);
+    assert_eq!(q.list().await.unwrap().len(), 1);
+
+    assert_eq!(p.stop(&a.id).await.unwrap().state(), DeployState::Stopped);
+    assert_eq!(p.status(&a.id).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(q.status(&b.id).await.unwrap().state(), DeployState::Running);
+    assert_eq!(
+        containers_labelled(&docker, "iarnet.request", &one.request_id)
+            .await
+            .len(),
+        1
+    );
+    q.stop(&b.id).await.unwrap();
+}
+
+/// A container named by deployment id alone (the naming of earlier
+/// releases) is still found, stopped and counted after an upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_container_named_by_an_earlier_release_is_still_managed() {
+    let (p, _cleanup) = provider("legacy", limits()).await;
+    let docker = engine().await;
+    let one = spec(&format!("legacy-{}", suffix()), HELLO);
+    let d = p.deploy(&one, ProgressSink::none()).await.unwrap();
+    // Rename it the way an earlier release named it, and look afresh.
+    docker
+        .rename_container(
+            &p.container_name(&d.id),
+            bollard::query_parameters::RenameContainerOptionsBuilder::default()
+                .name(&d.id)
+                .build(),
+        )
+        .await
+        .unwrap();
+    let fresh = DockerProvider::connect(settings(p.id(), limits()))
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh.status(&d.id).await.unwrap().state(),
+        DeployState::Running
+    );
+    assert_eq!(fresh.list().await.unwrap()[0].id, d.id);
+    assert_eq!(reserved(&fresh).await, one.resources);
+    // A retried deploy returns it rather than making a second one.
+    assert_eq!(
+        fresh.deploy(&one, ProgressSink::none()).await.unwrap().id,
+        d.id
+    );
+    assert_eq!(
+        containers_labelled(&docker, "iarnet.request", &one.request_id)
+            .await
+            .len(),
+        1
+    );
+    fresh.stop(&d.id).await.unwrap();
+    assert!(
+        containers_labelled(&docker, "iarnet.request", &one.request_id)
+            .await
+            .is_empty()
     );
 }
 
@@ -549,7 +627,11 @@ async fn a_failing_container_is_restarted_up_to_its_limit_then_failed() {
         "{listed:?}"
     );
     // What the engine was told.
-    let inspect = engine().await.inspect_container(&d.id, None).await.unwrap();
+    let inspect = engine()
+        .await
+        .inspect_container(&p.container_name(&d.id), None)
+        .await
+        .unwrap();
     let policy = inspect.host_config.unwrap().restart_policy.unwrap();
     assert_eq!(policy.maximum_retry_count, Some(2));
     assert_eq!(inspect.restart_count, Some(2));

@@ -17,7 +17,7 @@ use crate::resource::types::{Deployment, StateChange};
 pub(super) struct Books {
     pub(super) ledger: Ledger,
     pub(super) gpus: GpuPool,
-    /// States seen per deployment (container name).
+    /// States seen per deployment (by deployment id).
     pub(super) history: HashMap<String, Vec<StateChange>>,
     /// Keys a deploy or stop is working on: reconciliation leaves them alone.
     pub(super) busy: HashSet<String>,

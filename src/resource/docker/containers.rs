@@ -20,46 +20,66 @@ use crate::resource::error::ResourceError;
 use crate::resource::labels;
 use crate::resource::provider::ProgressSink;
 use crate::resource::types::{DeploySpec, DeployState, Progress, RestartPolicy, StateChange};
+use crate::resource::validate::stable_hex;
 
 impl DockerProvider {
-    /// The container named `key` if it is one of this provider's (None when
+    /// The engine's name for deployment `id`'s container here. It carries a
+    /// hash of the provider id: providers that share one engine (nodes on
+    /// one host, a deployment rescheduled from one to another) never take
+    /// each other's names.
+    pub fn container_name(&self, id: &str) -> String {
+        format!("{id}.{}", &stable_hex(&self.id)[..8])
+    }
+
+    /// Deployment `id`'s container if this provider has one (None when
     /// there is no such container).
-    pub(super) async fn inspect(&self, key: &str) -> Result<Option<Facts>, ResourceError> {
-        if !is_container_name(key) {
+    pub(super) async fn inspect(&self, id: &str) -> Result<Option<Facts>, ResourceError> {
+        if !is_container_name(id) {
             // Never put arbitrary text into an engine URL.
             return Ok(None);
         }
+        if let Some(f) = self.inspect_name(&self.container_name(id)).await? {
+            return Ok(Some(f));
+        }
+        // Made by a release that named containers by deployment id alone.
+        self.inspect_name(id).await
+    }
+
+    /// The container called `name` if it is one of this provider's.
+    async fn inspect_name(&self, name: &str) -> Result<Option<Facts>, ResourceError> {
         match self
             .docker
-            .inspect_container(key, None::<InspectContainerOptions>)
+            .inspect_container(name, None::<InspectContainerOptions>)
             .await
         {
             Ok(c) => Ok(Facts::from_inspect(&self.id, &c)),
             Err(e) if engine_status(&e) == Some(404) => Ok(None),
-            Err(e) => Err(self.engine_error(&format!("inspect {key}"), e)),
+            Err(e) => Err(self.engine_error(&format!("inspect {name}"), e)),
         }
     }
 
-    /// Like `inspect`, but a container that exists under another owner is an error.
+    /// Like `inspect`, but a container under this provider's name for `id`
+    /// that another provider labelled is an error.
     pub(super) async fn inspect_owned_or_free(
         &self,
-        key: &str,
+        id: &str,
     ) -> Result<Option<Facts>, ResourceError> {
+        let name = self.container_name(id);
         match self
             .docker
-            .inspect_container(key, None::<InspectContainerOptions>)
+            .inspect_container(&name, None::<InspectContainerOptions>)
             .await
         {
             Ok(c) => match Facts::from_inspect(&self.id, &c) {
                 Some(f) => Ok(Some(f)),
                 None => Err(ResourceError::Backend(format!(
-                    "a container named {key} exists on {} but is not provider {}'s \
-                     (another provider on the same engine took this request id?)",
+                    "a container named {name} exists on {} but is not provider {}'s \
+                     (was it made by hand?); remove it to deploy {id} here",
                     self.endpoint, self.id
                 ))),
             },
-            Err(e) if engine_status(&e) == Some(404) => Ok(None),
-            Err(e) => Err(self.engine_error(&format!("inspect {key}"), e)),
+            Err(e) if engine_status(&e) == Some(404) => self.inspect_name(id).await,
+            Err(e) => Err(self.engine_error(&format!("inspect {name}"), e)),
         }
     }
 
@@ -240,42 +260,43 @@ impl DockerProvider {
     ) -> Result<Option<Facts>, ResourceError> {
         self.ensure_image(&spec.image, progress, history).await?;
         push(history, progress, DeployState::Starting);
+        let name = self.container_name(key);
         if !self
-            .create_named(key, self.container_body(spec, gpus))
+            .create_named(&name, self.container_body(spec, gpus))
             .await?
         {
             return Ok(None);
         }
         *created = true;
         self.docker
-            .start_container(key, None)
+            .start_container(&name, None)
             .await
-            .map_err(|e| self.engine_error(&format!("start {key}"), e))?;
-        match self.inspect(key).await? {
+            .map_err(|e| self.engine_error(&format!("start {name}"), e))?;
+        match self.inspect_name(&name).await? {
             Some(f) => Ok(Some(f)),
             None => Err(ResourceError::Backend(format!(
-                "container {key} vanished right after it started"
+                "container {name} vanished right after it started"
             ))),
         }
     }
 
-    /// Creates the container named `key`; `Ok(false)` when a container of
+    /// Creates the container called `name`; `Ok(false)` when a container of
     /// that name exists already (a twin deploy made it). The engine holds a
     /// name a moment before the container can be inspected, so a conflict
     /// waits for the winner to show up, or for its create to fail and free
     /// the name, and then tries again.
     async fn create_named(
         &self,
-        key: &str,
+        name: &str,
         body: ContainerCreateBody,
     ) -> Result<bool, ResourceError> {
         let deadline = Instant::now() + NAME_RACE_WAIT;
         loop {
-            let opts = CreateContainerOptionsBuilder::default().name(key).build();
+            let opts = CreateContainerOptionsBuilder::default().name(name).build();
             match self.docker.create_container(Some(opts), body.clone()).await {
                 Ok(resp) => {
                     for w in resp.warnings.iter().filter(|w| !w.is_empty()) {
-                        warn!(deployment = key, warning = %w, "engine warning on create");
+                        warn!(container = name, warning = %w, "engine warning on create");
                     }
                     return Ok(true);
                 }
@@ -284,16 +305,16 @@ impl DockerProvider {
                     while Instant::now() < retry_at {
                         match self
                             .docker
-                            .inspect_container(key, None::<InspectContainerOptions>)
+                            .inspect_container(name, None::<InspectContainerOptions>)
                             .await
                         {
                             Ok(_) => return Ok(false),
                             Err(e) if engine_status(&e) == Some(404) => {}
-                            Err(e) => return Err(self.engine_error(&format!("inspect {key}"), e)),
+                            Err(e) => return Err(self.engine_error(&format!("inspect {name}"), e)),
                         }
                         if Instant::now() >= deadline {
                             return Err(ResourceError::Backend(format!(
-                                "the engine reports the name {key} in use, yet no such container appears"
+                                "the engine reports the name {name} in use, yet no such container appears"
                             )));
                         }
                         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -320,23 +341,23 @@ impl DockerProvider {
                         format!("the Docker engine refused it: {message}"),
                     ));
                 }
-                Err(e) => return Err(self.engine_error(&format!("create {key}"), e)),
+                Err(e) => return Err(self.engine_error(&format!("create {name}"), e)),
             }
         }
     }
 
-    /// Removes a container, ignoring "already gone".
-    pub(super) async fn remove(&self, key: &str) -> Result<(), ResourceError> {
+    /// Removes the container called `name`, ignoring "already gone".
+    pub(super) async fn remove(&self, name: &str) -> Result<(), ResourceError> {
         let opts = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(key, Some(opts)).await {
+        match self.docker.remove_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if engine_status(&e) == Some(404) => Ok(()),
             // 409: removal already in progress.
             Err(e) if engine_status(&e) == Some(409) => Ok(()),
-            Err(e) => Err(self.engine_error(&format!("remove {key}"), e)),
+            Err(e) => Err(self.engine_error(&format!("remove {name}"), e)),
         }
     }
 }

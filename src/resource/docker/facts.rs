@@ -15,7 +15,10 @@ use crate::resource::types::{DeployState, Resources, RestartPolicy, StateChange}
 /// What a container's labels and state say about a deployment.
 #[derive(Debug, Clone)]
 pub(super) struct Facts {
+    /// The deployment id.
     pub(super) key: String,
+    /// The container's name on the engine (see `container_name`).
+    pub(super) name: String,
     pub(super) request_id: String,
     pub(super) image: String,
     pub(super) resources: Resources,
@@ -68,7 +71,7 @@ impl Facts {
 
     pub(super) fn from_labels(
         provider: &str,
-        key: &str,
+        name: &str,
         labels: Option<&HashMap<String, String>>,
         image: String,
         state: DeployState,
@@ -96,7 +99,9 @@ impl Facts {
             })
             .unwrap_or_default();
         Some(Facts {
-            key: key.to_string(),
+            // Up to the provider scope; older releases named it by id alone.
+            key: name.split('.').next().unwrap_or(name).to_string(),
+            name: name.to_string(),
             request_id: labels.get(labels::REQUEST).cloned().unwrap_or_default(),
             image,
             resources: Resources {

@@ -1,8 +1,8 @@
 //! The Docker engine as a provider (bollard).
 //!
-//! Every container iarnet makes is named after its request
-//! (`validate::deployment_id(request_id)`) and carries its own
-//! books in labels:
+//! Every container iarnet makes is named after its request and its
+//! provider (`<validate::deployment_id(request_id)>.<8 hex of the provider
+//! id>`, see `container_name`) and carries its own books in labels:
 //!
 //! ```text
 //! iarnet.managed=true          iarnet.provider=<provider id>   iarnet.node=<node id>
@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The name makes deploys idempotent (a retry finds the container, a racing
-//! twin gets a name conflict); the labels let a restarted node rebuild its
+//! twin gets a name conflict) while providers sharing one engine keep apart
+//! (a deployment moved from one to the other is two containers); the labels let a restarted node rebuild its
 //! ledger and GPU assignments from the engine alone. A container that has
 //! exited holds nothing: its reservation is released as soon as it is seen
 //! exited, like a terminated Pod.

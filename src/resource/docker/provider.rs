@@ -72,9 +72,9 @@ impl Provider for DockerProvider {
             // Created but never started: the node died between the two
             // calls. Finish what the first attempt began.
             self.docker
-                .start_container(&key, None)
+                .start_container(&f.name, None)
                 .await
-                .map_err(|e| self.engine_error(&format!("start {key}"), e))?;
+                .map_err(|e| self.engine_error(&format!("start {}", f.name), e))?;
             let started = self.inspect(&key).await?.unwrap_or(f);
             return Ok(self.observe(&started));
         }
@@ -117,7 +117,7 @@ impl Provider for DockerProvider {
             }
             Err(e) => {
                 if created {
-                    if let Err(re) = self.remove(&key).await {
+                    if let Err(re) = self.remove(&self.container_name(&key)).await {
                         warn!(deployment = %key, error = %re, "cannot remove a half-made container");
                     }
                 }
@@ -161,9 +161,9 @@ impl Provider for DockerProvider {
         deployment_id: &str,
         opts: LogOptions,
     ) -> Result<LogStream, ResourceError> {
-        if self.inspect(deployment_id).await?.is_none() {
+        let Some(facts) = self.inspect(deployment_id).await? else {
             return Err(self.not_found(deployment_id));
-        }
+        };
         let tail = opts
             .tail
             .map_or_else(|| "all".to_string(), |n| n.to_string());
@@ -173,7 +173,7 @@ impl Provider for DockerProvider {
             .follow(opts.follow)
             .tail(&tail)
             .build();
-        let raw = self.docker.logs(deployment_id, Some(options)).boxed();
+        let raw = self.docker.logs(&facts.name, Some(options)).boxed();
         Ok(LogLines {
             raw,
             partial: [Vec::new(), Vec::new()],
@@ -193,7 +193,7 @@ impl Provider for DockerProvider {
         let opts = StopContainerOptionsBuilder::default()
             .t(STOP_GRACE_S)
             .build();
-        match self.docker.stop_container(deployment_id, Some(opts)).await {
+        match self.docker.stop_container(&facts.name, Some(opts)).await {
             Ok(()) => {}
             // Removed meanwhile: a concurrent stop won.
             Err(e) if engine_status(&e) == Some(404) => {
@@ -204,7 +204,7 @@ impl Provider for DockerProvider {
                 warn!(deployment = deployment_id, error = %chain(&e), "stop failed; removing by force");
             }
         }
-        self.remove(deployment_id).await?;
+        self.remove(&facts.name).await?;
         let mut d = self.observe(&facts);
         d.push_state(DeployState::Stopped);
         {

@@ -92,12 +92,39 @@ fn labels_make_facts_and_only_ours() {
     let f =
         Facts::from_labels("p1", "k", Some(&labels), "img".into(), DeployState::Running).unwrap();
     assert_eq!(f.resources.cpu_millis, 0, "bad labels never panic");
+
+    // The provider-scoped name and an earlier release's bare one.
+    let scoped = Facts::from_labels(
+        "p1",
+        "iarnet-00ff.1a2b3c4d",
+        Some(&labels),
+        "img".into(),
+        DeployState::Running,
+    )
+    .unwrap();
+    assert_eq!(
+        (scoped.key.as_str(), scoped.name.as_str()),
+        ("iarnet-00ff", "iarnet-00ff.1a2b3c4d")
+    );
+    let bare = Facts::from_labels(
+        "p1",
+        "iarnet-00ff",
+        Some(&labels),
+        "img".into(),
+        DeployState::Running,
+    )
+    .unwrap();
+    assert_eq!(
+        (bare.key.as_str(), bare.name.as_str()),
+        ("iarnet-00ff", "iarnet-00ff")
+    );
 }
 
 #[test]
 fn seeded_history_follows_the_engine() {
     let f = Facts {
         key: "k".into(),
+        name: "k".into(),
         request_id: "r".into(),
         image: "i".into(),
         resources: Resources::ZERO,
