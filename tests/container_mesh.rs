@@ -1,16 +1,19 @@
 //! Five iarnet nodes as containers of the image the Dockerfile builds, on
 //! this machine's Docker engine: convergence seen from outside with grpcurl,
-//! crash detection, a 2|3 partition and its healing, a restart as a new
-//! generation, a deploy through a node without a provider onto another
-//! node's Docker provider, and a rolling restart.
+//! crash detection, a 2|3 partition and its healing, replicas across the
+//! containers that the majority keeps running through the partition and
+//! that run exactly once after the heal, a restart as a new generation, a
+//! deploy through a node without a provider onto another node's Docker
+//! provider, and a rolling restart.
 //!
 //! One sequential test: it is expensive and each step starts from the state
 //! the last one left. Nodes a..e share network `mesh`; a and b are also on
 //! `left`, c, d and e on `right`, so taking a and b off `mesh` partitions the
-//! mesh (names then resolve only within each side). c and e mount the
-//! engine's socket and so each have an internal Docker provider; e is the
-//! node killed in step 2, so that its provider has something to vanish, and
-//! restarted with the same name before the 2|3 partition.
+//! mesh (names then resolve only within each side). b, c and e mount the
+//! engine's socket and so each have an internal Docker provider (one on the
+//! minority side, two on the majority); e is the node killed in step 2, so
+//! that its provider has something to vanish, and restarted with the same
+//! name before the 2|3 partition.
 
 #[path = "support/docker.rs"]
 mod docker_support;
@@ -19,7 +22,7 @@ mod grpcurl_support;
 #[path = "support/node_image.rs"]
 mod node_image;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,7 +46,7 @@ const D: usize = 3;
 const E: usize = 4;
 const ALL: [usize; 5] = [A, B, C, D, E];
 /// Nodes with the engine's socket: the only provider owners.
-const OWNERS: [usize; 2] = [C, E];
+const OWNERS: [usize; 3] = [B, C, E];
 
 /// Shorter than the shipped 1s so the steps take seconds.
 const INTERVAL: Duration = Duration::from_millis(250);
@@ -409,6 +412,58 @@ fn workloads(request_id: &str) -> Vec<String> {
     .collect()
 }
 
+/// A running container of a service replica, from its labels.
+#[derive(Debug)]
+struct ReplicaCopy {
+    node: String,
+    attempt: String,
+}
+
+/// The running containers of service `svc` by replica index.
+fn replica_copies(svc: &str) -> BTreeMap<String, Vec<ReplicaCopy>> {
+    let ids = docker_ok(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=iarnet.service={svc}"),
+    ]);
+    let mut copies: BTreeMap<String, Vec<ReplicaCopy>> = BTreeMap::new();
+    for id in ids.split_whitespace() {
+        let Ok(line) = docker(&[
+            "inspect",
+            "-f",
+            r#"{{.State.Running}} {{index .Config.Labels "iarnet.replica"}} {{index .Config.Labels "iarnet.node"}} {{index .Config.Labels "iarnet.attempt"}}"#,
+            id,
+        ]) else {
+            continue; // removed meanwhile
+        };
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let ["true", replica, node, attempt] = fields[..] {
+            copies
+                .entry(replica.to_string())
+                .or_default()
+                .push(ReplicaCopy {
+                    node: node.to_string(),
+                    attempt: attempt.to_string(),
+                });
+        }
+    }
+    copies
+}
+
+/// Every container of service `svc`, running or not.
+fn workloads_of_service(svc: &str) -> Vec<String> {
+    docker_ok(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=iarnet.service={svc}"),
+    ])
+    .split_whitespace()
+    .map(String::from)
+    .collect()
+}
+
 fn str_field<'v>(v: &'v Value, key: &str) -> &'v str {
     v.get(key).and_then(Value::as_str).unwrap_or_default()
 }
@@ -530,7 +585,7 @@ fn five_node_container_mesh_converges_detects_partitions_heals_restarts_and_depl
         "a, b, c and d to hold e dead and drop its provider",
         mesh.detect_limit,
         POLL,
-        || mesh.agree(&live, &live, &[E], &[C]),
+        || mesh.agree(&live, &live, &[E], &[B, C]),
     );
     mesh.log(&format!(
         "e killed: all others hold it dead, its provider gone, after {:.2}s (bound {:.2}s = {:.1} rounds, limit {:.1}s)",
@@ -561,7 +616,36 @@ fn five_node_container_mesh_converges_detects_partitions_heals_restarts_and_depl
         mesh.gens[E]
     ));
 
-    // ----- 3. partition a b | c d e and heal ------------------------------------
+    // ----- 3. replicas on b, c and e, placed through d ---------------------------
+    let svc = format!("{}-svc", mesh.run.prefix);
+    let mut body = deploy_body(&mesh.run, &svc);
+    body["replicas"] = json!(3);
+    body["spread"] = json!("node");
+    body["reschedule"] = json!({"after": "1s", "delay": "100ms"});
+    let events = call_ok(
+        &mesh.addr(D),
+        "iarnet.resource.v1.ResourceService/Deploy",
+        Some(&body),
+    );
+    let service = events
+        .iter()
+        .find_map(|e| e.get("service").cloned())
+        .unwrap_or_else(|| panic!("no service event in the Deploy stream: {events:?}"));
+    assert_eq!(service["running"], json!(3), "{service}");
+    let copies = replica_copies(&svc);
+    let nodes: BTreeSet<&str> = copies.values().flatten().map(|c| c.node.as_str()).collect();
+    let want: BTreeSet<&str> = OWNERS.iter().map(|&o| mesh.ids[o].as_str()).collect();
+    assert_eq!(nodes, want, "one replica on each of b, c and e: {copies:?}");
+    let on_b = copies
+        .iter()
+        .find(|(_, c)| c.iter().any(|c| c.node == mesh.ids[B]))
+        .map(|(index, _)| index.clone())
+        .expect("a replica on b");
+    mesh.log(&format!(
+        "service {svc}: 3 replicas through d, one container each on b, c and e (replica {on_b} on b)"
+    ));
+
+    // ----- 3'. partition a b | c d e and heal -----------------------------------
     let cut = Instant::now();
     disconnect(&mesh.net, &mesh.names[A]);
     disconnect(&mesh.net, &mesh.names[B]);
@@ -571,17 +655,57 @@ fn five_node_container_mesh_converges_detects_partitions_heals_restarts_and_depl
         POLL,
         || {
             mesh.assert_no_regression(&ALL, &ALL, &[], true);
-            let l = mesh.agree(&[A, B], &[A, B], &[C, D, E], &[]);
-            let r = mesh.agree(&[C, D, E], &[C, D, E], &[A, B], &OWNERS);
+            let l = mesh.agree(&[A, B], &[A, B], &[C, D, E], &[B]);
+            let r = mesh.agree(&[C, D, E], &[C, D, E], &[A, B], &[C, E]);
             match (l, r) {
                 (Ok(()), Ok(())) => Ok(()),
                 (l, r) => Err(format!("left: {l:?}\nright: {r:?}")),
             }
         },
     );
+    let detected = cut.elapsed();
     mesh.log(&format!(
         "partitioned: each side holds the other dead after {:.2}s",
-        cut.elapsed().as_secs_f64()
+        detected.as_secs_f64()
+    ));
+
+    // The majority replaces b's replica on c or e; b, cut off, runs on.
+    let replica_id = format!("{svc}-{on_b}");
+    let replaced = wait_until(
+        "d to run a replacement of b's replica on its side",
+        LIMIT,
+        POLL,
+        || {
+            let got = call(
+                &mesh.addr(D),
+                "iarnet.resource.v1.ResourceService/GetDeployment",
+                Some(&json!({"id": replica_id})),
+            )?
+            .remove(0);
+            let owner = str_field(&got, "ownerId");
+            if got["attempt"] == json!(2)
+                && (owner == mesh.ids[C] || owner == mesh.ids[E])
+                && str_field(&got, "state") == "running"
+            {
+                Ok(got)
+            } else {
+                Err(format!("replica {on_b} so far: {got}"))
+            }
+        },
+    );
+    let failover = cut.elapsed();
+    let copies = replica_copies(&svc);
+    assert_eq!(
+        copies[&on_b].len(),
+        2,
+        "b's stale copy and the replacement, for now: {copies:?}"
+    );
+    mesh.log(&format!(
+        "container-mesh failover: cut -> replacement running on {} after {:.2}s (detection {:.2}s, reschedule_after 1s, placement and start {:.2}s)",
+        mesh.short(str_field(&replaced, "ownerId")),
+        failover.as_secs_f64(),
+        detected.as_secs_f64(),
+        (failover.saturating_sub(detected + Duration::from_secs(1))).as_secs_f64(),
     ));
 
     // The side with the providers still places there; the other has nowhere.
@@ -620,22 +744,24 @@ fn five_node_container_mesh_converges_detects_partitions_heals_restarts_and_depl
             }
         },
     );
-    let refused = call(
+    // a sees only b's provider now: a deploy through it lands there.
+    let rid = format!("{}-left", mesh.run.prefix);
+    let mut body = deploy_body(&mesh.run, &rid);
+    // Fail fast: queued (the default), a miss would wait for the heal.
+    body["queue_timeout"] = json!("0");
+    let events = call_ok(
         &mesh.addr(A),
         "iarnet.resource.v1.ResourceService/Deploy",
-        Some(&{
-            // Fail fast: queued (the default), it would wait for the heal.
-            let mut body = deploy_body(&mesh.run, &format!("{}-nowhere", mesh.run.prefix));
-            body["queue_timeout"] = json!("0");
-            body
-        }),
-    )
-    .expect_err("a fail-fast deploy through a must fail while a cannot see any provider");
-    assert!(
-        refused.contains("ResourceExhausted"),
-        "a refused with: {refused}"
+        Some(&body),
     );
-    mesh.log("partitioned: d deployed on its side and stopped it; a refused (RESOURCE_EXHAUSTED)");
+    let (placement, deployment) = placed(&events);
+    assert_eq!(str_field(&placement, "ownerId"), mesh.ids[B], "{placement}");
+    call_ok(
+        &mesh.addr(A),
+        "iarnet.resource.v1.ResourceService/Stop",
+        Some(&json!({"id": str_field(&deployment, "id")})),
+    );
+    mesh.log("partitioned: d deployed on its side, a on b; both stopped");
 
     let healed = Instant::now();
     connect(&mesh.net, &mesh.names[A]);
@@ -660,6 +786,62 @@ fn five_node_container_mesh_converges_detects_partitions_heals_restarts_and_depl
     mesh.log(&format!(
         "12 rounds after healing: no stale generation came back, {suspicions} transient suspicions"
     ));
+
+    // b learns that its replica was replaced and stops its copy: each
+    // replica runs exactly once, and stays so.
+    wait_until(
+        "each replica to run exactly once after the heal",
+        LIMIT,
+        POLL,
+        || {
+            let copies = replica_copies(&svc);
+            let once = copies.len() == 3 && copies.values().all(|c| c.len() == 1);
+            if once {
+                Ok(())
+            } else {
+                Err(format!("running copies: {copies:?}"))
+            }
+        },
+    );
+    let fenced = healed.elapsed();
+    for _ in 0..8 {
+        let copies = replica_copies(&svc);
+        assert!(
+            copies.len() == 3 && copies.values().all(|c| c.len() == 1),
+            "a copy came back: {copies:?}"
+        );
+        assert_eq!(copies[&on_b][0].attempt, "2", "{copies:?}");
+        std::thread::sleep(INTERVAL);
+    }
+    let service = call_ok(
+        &mesh.addr(D),
+        "iarnet.resource.v1.ResourceService/GetService",
+        Some(&json!({"id": svc})),
+    )
+    .remove(0);
+    assert_eq!(service["running"], json!(3), "{service}");
+    mesh.log(&format!(
+        "healed: b stopped its stale copy; each replica runs exactly once {:.2}s after the heal",
+        fenced.as_secs_f64()
+    ));
+    call_ok(
+        &mesh.addr(D),
+        "iarnet.resource.v1.ResourceService/Scale",
+        Some(&json!({"id": svc, "replicas": 0})),
+    );
+    wait_until(
+        "the service's containers to be removed",
+        LIMIT,
+        POLL,
+        || {
+            let left = workloads_of_service(&svc);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("containers left: {left:?}"))
+            }
+        },
+    );
 
     // ----- 4'. a graceful restart of d: same id, new generation ---------------
     mesh.restart(D, &ALL, &[], &OWNERS);

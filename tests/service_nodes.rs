@@ -2,7 +2,7 @@
 //! replicas of a service spread over nodes; when the owners of two of
 //! three replicas die (killed, no goodbye), the home places each again on
 //! a survivor, keeping the spread; GetService, ListServices and Scale
-//! answer over gRPC.
+//! answer over gRPC, from the home or through any other node.
 
 mod common;
 
@@ -306,4 +306,88 @@ async fn a_gang_over_owners_starts_whole_or_is_refused_holding_nothing() {
     };
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().starts_with("gang"), "{bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_node_reads_and_scales_a_service_through_its_home() {
+    let (home, owners) = mesh("fwd").await;
+    let home_id = home.id();
+    let mut at_home = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
+        .await
+        .unwrap();
+    let (s, _) = deploy_service(
+        &mut at_home,
+        pb::DeploySpec {
+            request_id: "api".into(),
+            image: "iarnet-test/busybox:1".into(),
+            cpu: "1".into(),
+            memory: "64Mi".into(),
+            replicas: 3,
+            spread: "node".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(s.running, 3, "{s:?}");
+    // A node that neither placed the service nor keeps it.
+    let other = &owners[OWNERS - 1];
+    let mut elsewhere = ResourceServiceClient::connect(format!("http://{}", other.local_addr()))
+        .await
+        .unwrap();
+    let got = service(&mut elsewhere, "api").await;
+    assert_eq!(
+        (got.home_id.as_str(), got.replicas, got.running),
+        (home_id.as_str(), 3, 3),
+        "{got:?}"
+    );
+    assert_eq!(owners_of(&got), owners_of(&s));
+
+    let down = elsewhere
+        .scale(pb::ScaleRequest {
+            id: "api".into(),
+            replicas: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((down.replicas, down.running), (1, 1), "{down:?}");
+    let kept = service(&mut at_home, "api").await;
+    assert_eq!((kept.replicas, kept.running), (1, 1), "the home scaled it");
+
+    let missing = elsewhere
+        .get_service(pb::GetServiceRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert!(missing.message().contains("\"nope\""), "{missing:?}");
+    let bad = elsewhere
+        .scale(pb::ScaleRequest {
+            id: "api".into(),
+            replicas: 100_000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("replicas"), "{bad:?}");
+    assert_eq!(
+        service(&mut at_home, "api").await.replicas,
+        1,
+        "nothing changed"
+    );
+
+    // Its home gone, the service cannot be answered for: UNAVAILABLE, and why.
+    home.kill();
+    let deadline = Instant::now() + WAIT;
+    let gone = loop {
+        let e = elsewhere
+            .get_service(pb::GetServiceRequest { id: "api".into() })
+            .await
+            .unwrap_err();
+        if e.code() == tonic::Code::Unavailable {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "still {e:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(gone.message().contains(&home_id), "{gone:?}");
 }

@@ -10,6 +10,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::resources::answer_to_proto;
+use super::services::service_to_proto;
 use crate::node::shared::Shared;
 use crate::placement::manager::{Filter, Op};
 use crate::placement::Manager;
@@ -114,6 +115,41 @@ impl Directory for DirectoryApi {
             );
         }
         Ok(Response::new(answer_to_proto(&answer?)))
+    }
+
+    async fn forward_service(
+        &self,
+        request: Request<pb::ForwardServiceRequest>,
+    ) -> Result<Response<rpb::Service>, Status> {
+        let caller = self.caller(&request, &request.get_ref().from)?;
+        let req = request.into_inner();
+        let via = caller.map_or_else(|| format!("peer:{}", req.from), |c| c.to_string());
+        let who = if req.on_behalf_of.is_empty() {
+            via
+        } else {
+            format!("{} via {via}", req.on_behalf_of)
+        };
+        let answer = self
+            .manager
+            .local_service(&req.id, req.scale_to)
+            .await
+            .map_err(Status::from);
+        if let Some(replicas) = req.scale_to {
+            let (outcome, error) = match &answer {
+                Ok(_) => ("ok", String::new()),
+                Err(s) => ("failed", s.message().to_string()),
+            };
+            self.shared.audit.record(
+                "scale",
+                &who,
+                outcome,
+                json!({"service": req.id, "replicas": replicas, "forwarded": true, "error": error}),
+            );
+        }
+        Ok(Response::new(service_to_proto(
+            &answer?,
+            self.manager.node_id(),
+        )))
     }
 
     async fn check(

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 
 use crate::api::services::service_to_proto;
 use crate::audit::Audit;
-use crate::placement::manager::{Answer, Filter, Op, DEFAULT_PAGE, LIST_DEADLINE, MAX_PAGE};
+use crate::placement::manager::{
+    Answer, Filter, Op, ServiceAnswer, DEFAULT_PAGE, LIST_DEADLINE, MAX_PAGE,
+};
 use crate::placement::{Manager, PlaceOptions, QueueEntry};
 use crate::proto::resource as pb;
 use crate::proto::resource::resource_service_server::ResourceService;
@@ -34,6 +36,14 @@ pub struct ResourceApi {
 }
 
 impl ResourceApi {
+    /// A service as this node or its home answered for it.
+    fn service_answer(&self, answer: ServiceAnswer) -> pb::Service {
+        match answer {
+            ServiceAnswer::Here(v) => service_to_proto(&v, self.manager.node_id()),
+            ServiceAnswer::Home(p) => *p,
+        }
+    }
+
     pub fn new(
         manager: Arc<Manager>,
         audit: Arc<Audit>,
@@ -552,9 +562,10 @@ impl ResourceService for ResourceApi {
         &self,
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        let who = who(&request);
         let id = request.into_inner().id;
-        let v = self.manager.service(&id).await?;
-        Ok(Response::new(service_to_proto(&v, self.manager.node_id())))
+        let answer = self.manager.service_anywhere(&id, None, &who).await?;
+        Ok(Response::new(self.service_answer(answer)))
     }
 
     async fn list_services(
@@ -580,7 +591,7 @@ impl ResourceService for ResourceApi {
         let req = request.into_inner();
         let scaled = self
             .manager
-            .scale(&req.id, req.replicas)
+            .service_anywhere(&req.id, Some(req.replicas), &who)
             .await
             .map_err(Status::from);
         let (result, error) = outcome(&scaled);
@@ -590,10 +601,7 @@ impl ResourceService for ResourceApi {
             result,
             json!({"service": req.id, "replicas": req.replicas, "error": error}),
         );
-        Ok(Response::new(service_to_proto(
-            &scaled?,
-            self.manager.node_id(),
-        )))
+        Ok(Response::new(self.service_answer(scaled?)))
     }
 }
 

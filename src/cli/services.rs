@@ -1,5 +1,5 @@
 //! `iarnet services [ID]` and `iarnet scale ID N`: the services (deploys
-//! with `--replicas`) kept at a node.
+//! with `--replicas`) kept at a node; one of them, from any node.
 
 use std::io::Write;
 

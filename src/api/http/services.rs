@@ -1,5 +1,6 @@
-//! `/resource/services`: the services kept at this node, one of them, and
-//! `POST /resource/services/{id}/scale` with `{"replicas": N}`.
+//! `/resource/services`: the services kept at this node; one of them and
+//! `POST /resource/services/{id}/scale` with `{"replicas": N}`, answered
+//! by the service's home wherever it is.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -51,6 +51,12 @@ pub trait DirectoryCaller: Send + Sync + 'static {
         req: pb::ForwardRequest,
         timeout: Duration,
     ) -> Result<rpb::Deployment, tonic::Status>;
+    async fn forward_service(
+        &self,
+        addr: &str,
+        req: pb::ForwardServiceRequest,
+        timeout: Duration,
+    ) -> Result<rpb::Service, tonic::Status>;
     async fn list_local(
         &self,
         addr: &str,

@@ -31,7 +31,7 @@ const FALLBACK_FANOUT: usize = 64;
 const FALLBACK_CONCURRENCY: usize = 16;
 const FALLBACK_DEADLINE: Duration = Duration::from_secs(2);
 /// A forwarded call may stop a container (the engine's grace included).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A deployment as any node answers for it, with the node whose provider
 /// runs it (`owner`) and the node that placed it and keeps its record
