@@ -471,3 +471,93 @@ async fn a_home_killed_during_a_reschedule_storm_loses_and_duplicates_nothing() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replacement_with_nowhere_to_go_waits_in_the_queue_until_room_appears() {
+    let small = |id: &str| {
+        Arc::new(MemoryProvider::new(
+            id,
+            Resources {
+                cpu_millis: 1_000,
+                memory_bytes: 1 << 30,
+                ..Resources::ZERO
+            },
+            BTreeMap::new(),
+        ))
+    };
+    let home = start("nw-home", &[], Vec::new()).await;
+    let seed = [home.advertise_addr()];
+    let o1 = start("nw-o1", &seed, vec![provider("nw-p1") as Arc<dyn Provider>]).await;
+    let _o2 = start("nw-o2", &seed, vec![small("nw-p2") as Arc<dyn Provider>]).await;
+    common::wait_until("the home to see both providers", WAIT, || {
+        match home.manager().candidates().len() {
+            2 => Ok(()),
+            n => Err(format!("{n} providers")),
+        }
+    })
+    .await;
+    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
+        .await
+        .unwrap();
+    let d = deploy(
+        &mut api,
+        pb::DeploySpec {
+            request_id: "nw-big".into(),
+            image: "iarnet-test/busybox:1".into(),
+            cpu: "3".into(),
+            memory: "64Mi".into(),
+            reschedule: Some(pb::Reschedule {
+                after: "500ms".into(),
+                delay: "100ms".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(d.owner_id, o1.id());
+    o1.kill();
+
+    // Only 1 CPU left in the mesh: attempt 2 waits in the queue, saying why.
+    let deadline = Instant::now() + WAIT;
+    let queued = loop {
+        let got = get(&mut api, "nw-big").await;
+        if got.state == "queued" {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "never queued: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(queued.attempt, 2, "{queued:?}");
+    assert!(
+        queued
+            .reason
+            .starts_with("its owner node nw-o1 was declared dead; 0/1 providers can run it now"),
+        "{queued:?}"
+    );
+    assert!(
+        home.manager()
+            .queue()
+            .iter()
+            .any(|(e, _)| e.record.id == d.id),
+        "in the queue proper"
+    );
+
+    // A node with room joins: the queue places it there.
+    let o3 = start("nw-o3", &seed, vec![provider("nw-p3") as Arc<dyn Provider>]).await;
+    let deadline = Instant::now() + WAIT;
+    let placed = loop {
+        let got = get(&mut api, "nw-big").await;
+        if got.state == "running" {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "never placed: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (placed.attempt, placed.owner_id.as_str()),
+        (2, o3.id().as_str())
+    );
+    assert_eq!(placed.attempts.len(), 2, "{:?}", placed.attempts);
+    assert!(home.manager().queue().is_empty());
+}

@@ -88,12 +88,13 @@ impl Placer<'_> {
         let index = self.registry.index();
         let mut reason = self.pending.reason(id, index.candidates())?;
         let q = self.pending.get(id)?;
-        // A deployment an owner evicted says so while it waits again.
+        // A deployment that waits again (evicted, or its owner died) says
+        // why its last attempt ended.
         if let Some(ended) = self
             .book
             .get(id)
             .and_then(|r| r.attempts.last().map(|a| a.ended.clone()))
-            .filter(|e| e.starts_with("preempted by"))
+            .filter(|e| !e.is_empty())
         {
             reason = format!("{ended}; {reason}");
         }

@@ -151,8 +151,11 @@ async fn auto_renew_renews_exactly_max_renewals_times_then_expires() {
     .unwrap();
     let cancel = CancellationToken::new();
     let worker = tokio::spawn(m.clone().run_leases(cancel.clone()));
+    // The provider frees the room a moment before the lease is written
+    // off: wait for both.
     until("the lease to run out after its renewals", || async {
-        reserved_cpu(&p).await == 0
+        let ended = m.status("auto").await.ok().and_then(|(d, _)| d.lease);
+        reserved_cpu(&p).await == 0 && ended.is_some_and(|l| l.state == LeaseState::Expired)
     })
     .await;
     let (d, _) = m.status("auto").await.unwrap();

@@ -16,7 +16,7 @@ use super::Manager;
 use crate::placement::place::DEFAULT_QUEUE_TIMEOUT;
 use crate::placement::preempting::Evicted;
 use crate::proto::directory as pb;
-use crate::store::{now_ms, PlacedOn, QueuedRecord, Stored};
+use crate::store::{now_ms, Stored};
 
 /// How long an owner keeps trying to tell a home of an eviction.
 const REPORT_FOR: Duration = Duration::from_secs(600);
@@ -117,7 +117,7 @@ impl Manager {
             return;
         }
         let reason = format!("{PREEMPTED_BY} {by}");
-        let Some(mut spec) = rec.spec.clone() else {
+        let Some(spec) = rec.spec.clone() else {
             rec.push(Stored::Failed { reason });
             if let Err(e) = self.book.persist(&rec).await {
                 warn!(deployment = %id, error = %e, "cannot record a preempted deployment");
@@ -128,38 +128,19 @@ impl Manager {
             last.ended = reason.clone();
         }
         rec.attempt = attempt + 1;
-        rec.placed_on = PlacedOn::default();
-        rec.push(Stored::Queued {
-            reason: reason.clone(),
-        });
-        spec.attempt = rec.attempt;
-        let now = now_ms();
-        let q = QueuedRecord {
-            id: id.to_string(),
-            strategy: None,
-            region: None,
-            provider_id: None,
-            priority: spec.priority,
-            seq: self.pending.reserve_seq(),
-            enqueued_ms: now,
-            deadline_ms: Some(now.saturating_add(DEFAULT_QUEUE_TIMEOUT.as_millis() as u64)),
-            wait_for_capacity: false,
-            spec,
-        };
-        if let Err(e) = self.book.enqueue(&q, &rec).await {
-            warn!(deployment = %id, error = %e, "cannot queue a preempted deployment again");
+        let next = rec.attempt;
+        if !self
+            .requeue(rec, spec, reason, Some(DEFAULT_QUEUE_TIMEOUT))
+            .await
+        {
             return;
         }
-        let placer = self.placer();
-        let forbidden = placer.spread_forbids(id, &q.spec, &q.need(), &self.registry.index());
-        self.pending.insert(q);
-        self.pending.exclude(id, forbidden);
         self.failover.preempted_requeued.inc();
-        info!(deployment = %id, attempt = rec.attempt, %by, "preempted deployment queued again");
+        info!(deployment = %id, attempt = next, %by, "preempted deployment queued again");
         self.audit(
             "preempt",
             "requeued",
-            json!({"deployment": id, "attempt": rec.attempt, "by": by}),
+            json!({"deployment": id, "attempt": next, "by": by}),
         );
     }
 }

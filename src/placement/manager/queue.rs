@@ -23,8 +23,8 @@ use crate::metrics::QueueMetrics;
 use crate::placement::pending::{self, QueueEntry};
 use crate::placement::place::{Attempt, Origin};
 use crate::placement::rank::{Index, Strategy};
-use crate::resource::{Candidate, ProgressSink, Resources};
-use crate::store::{now_ms, Stored};
+use crate::resource::{Candidate, DeploySpec, ProgressSink, Resources};
+use crate::store::{now_ms, DeploymentRecord, PlacedOn, QueuedRecord, Stored};
 
 /// Tries one pass may start.
 pub const TRIES_PER_PASS: usize = 64;
@@ -239,6 +239,44 @@ impl Manager {
     }
 
     /// The queue in order, each with why it waits now.
+    /// Puts `rec`, given up where it ran, back in the queue at its next
+    /// attempt (`rec.attempt`, already raised), waiting with `reason`.
+    /// Without a deadline it waits for as long as it takes. False when the
+    /// store refused (the caller's state is then unchanged on disk).
+    pub(super) async fn requeue(
+        &self,
+        mut rec: DeploymentRecord,
+        mut spec: DeploySpec,
+        reason: String,
+        deadline: Option<Duration>,
+    ) -> bool {
+        rec.placed_on = PlacedOn::default();
+        rec.push(Stored::Queued { reason });
+        spec.attempt = rec.attempt;
+        let now = now_ms();
+        let q = QueuedRecord {
+            id: rec.id.clone(),
+            strategy: None,
+            region: None,
+            provider_id: None,
+            priority: spec.priority,
+            seq: self.pending.reserve_seq(),
+            enqueued_ms: now,
+            deadline_ms: deadline.map(|d| now.saturating_add(d.as_millis() as u64)),
+            wait_for_capacity: deadline.is_none(),
+            spec,
+        };
+        if let Err(e) = self.book.enqueue(&q, &rec).await {
+            warn!(deployment = %rec.id, error = %e, "cannot queue a deployment again");
+            return false;
+        }
+        let placer = self.placer();
+        let forbidden = placer.spread_forbids(&rec.id, &q.spec, &q.need(), &self.registry.index());
+        self.pending.insert(q);
+        self.pending.exclude(&rec.id, forbidden);
+        true
+    }
+
     pub fn queue(&self) -> Vec<(QueueEntry, String)> {
         let index = self.registry.index();
         let entries = self.pending.ordered();

@@ -181,16 +181,23 @@ impl Manager {
                 true
             }
             Ok(Attempt::Refused(refused)) => {
+                // Nothing fits now: the replacement waits in the queue, in
+                // priority order with the rest, for as long as it takes
+                // (Nomad's blocked evaluations).
                 let verdict = need.explain(index.candidates());
                 let reason = format!(
                     "{why}; attempt {} waits for a provider: {}",
                     rec.attempt, verdict.text
                 );
-                rec.push(Stored::Rescheduling { reason });
-                if let Err(e) = self.book.persist(&rec).await {
-                    warn!(deployment = %rec.id, error = %e, "cannot record why a reschedule waits");
+                let (id, attempt) = (rec.id.clone(), rec.attempt);
+                if self.requeue(rec, spec, reason, None).await {
+                    info!(deployment = %id, attempt, refused = refused.len(), "no provider took the replacement yet: queued");
+                    self.audit(
+                        "reschedule",
+                        "queued",
+                        serde_json::json!({"deployment": id, "attempt": attempt, "from": dead}),
+                    );
                 }
-                info!(deployment = %rec.id, refused = refused.len(), "no provider took the replacement yet");
                 false
             }
             Err(e) => {
