@@ -9,9 +9,20 @@
 //! 5-node convergence (all see all alive), crash detection after a kill (in
 //! seconds and gossip rounds), and the nodes' idle CPU and memory in the
 //! 5-node mesh. Nodes have no internal provider: this measures the mesh, not
-//! Docker connections. Figures are printed, never asserted: the machines
-//! are shared and noisy.
+//! Docker connections.
+//!
+//! Then failover in containers: a home without a provider and owners that
+//! mount the engine's socket (a Docker provider each); a deployment with
+//! `reschedule.after` 1 s, its owner container killed (`docker kill`), down
+//! time split into detection (kill → the home holds the owner dead), grace
+//! (→ the next attempt recorded) and placement with the container's start
+//! (→ running), against a plain deploy on the same mesh (request → running)
+//! and Nomad's and Kubernetes' defaults.
+//!
+//! Figures are printed, never asserted: the machines are shared and noisy.
 
+#[path = "../tests/support/docker.rs"]
+mod docker_support;
 #[path = "../tests/support/node_image.rs"]
 mod node_image;
 
@@ -19,9 +30,12 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use iarnet::proto::resource as pb;
+use iarnet::proto::resource::resource_service_client::ResourceServiceClient;
 use node_image::{
-    docker_ok, grpc_addr, ips, kill, list_peers, node_bin, node_image, serving, stats, NodeSpec,
-    Run,
+    docker_ok, get_node, grpc_addr, ips, kill, list_peers, node_bin, node_image, rt, serving,
+    stats, NodeSpec, Run, RUN_LABEL,
 };
 
 const INTERVAL: Duration = Duration::from_millis(250);
@@ -183,6 +197,194 @@ fn container_mesh(image: &str, measure_idle: bool) -> MeshFigures {
     }
 }
 
+// ----- failover in containers ------------------------------------------------
+
+const NOMAD_DEFAULT_S: f64 = 50.0;
+const KUBERNETES_DEFAULT_S: f64 = 300.0;
+
+/// One failover, in milliseconds.
+struct Phases {
+    detection: f64,
+    grace: f64,
+    placement: f64,
+}
+
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn deploy_spec(run: &Run, id: &str) -> pb::DeploySpec {
+    pb::DeploySpec {
+        request_id: id.into(),
+        image: docker_support_image(),
+        command: vec!["sh".into(), "-c".into()],
+        args: vec!["sleep 600".into()],
+        cpu: "100m".into(),
+        memory: "32Mi".into(),
+        labels: [(RUN_LABEL.to_string(), run.prefix.clone())].into(),
+        reschedule: Some(pb::Reschedule {
+            after: "1s".into(),
+            delay: "100ms".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The workload image the tests build locally (no registry).
+fn docker_support_image() -> String {
+    docker_support::ensure_test_image();
+    docker_support::TEST_IMAGE.to_string()
+}
+
+fn deploy(addr: &str, spec: pb::DeploySpec) -> pb::Deployment {
+    rt().block_on(async {
+        let mut api = ResourceServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("the home answers");
+        let mut events = api.deploy(spec).await.expect("deploy").into_inner();
+        let mut last = None;
+        while let Some(ev) = events.next().await {
+            if let Some(pb::deploy_event::Event::Deployment(d)) = ev.expect("deploy event").event {
+                last = Some(d);
+            }
+        }
+        last.expect("a deploy ends with its deployment")
+    })
+}
+
+fn get(addr: &str, id: &str) -> Option<pb::Deployment> {
+    rt().block_on(async {
+        let mut api = ResourceServiceClient::connect(format!("http://{addr}"))
+            .await
+            .ok()?;
+        api.get_deployment(pb::GetDeploymentRequest { id: id.into() })
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+    })
+}
+
+/// `trials` failovers on a home and `trials + 1` owners; the phases of
+/// each, and the median plain deploy (ms).
+fn container_failover(image: &str, trials: usize) -> (Vec<Phases>, f64) {
+    let run = Run::new("cfail");
+    let net = run.network("net");
+    let home = run.name("home");
+    let seeds = format!("{home}:50051");
+    let mut names = Vec::new();
+    for i in 0..=trials + 1 {
+        let short = if i == 0 {
+            "home".to_string()
+        } else {
+            format!("o{i}")
+        };
+        let name = run.name(&short);
+        let mut env = node_env(&name, &format!("{name}:50051"), &seeds);
+        if i > 0 {
+            env.retain(|(k, _)| k != "IARNET_DOCKER_HOST");
+        }
+        let spec = NodeSpec {
+            name: &short,
+            networks: vec![net.clone()],
+            env,
+            docker_socket: i > 0,
+        };
+        names.push(run.node(image, &spec));
+    }
+    let addrs: Vec<String> = ips(&names)
+        .into_iter()
+        .map(|mut nets| grpc_addr(&nets.remove(&net).expect("a started container has an IP")))
+        .collect();
+    time_until(|| converged(&addrs, names.len() as u32, 0)).expect("the mesh converges");
+    let ids: Vec<String> = addrs
+        .iter()
+        .map(|a| get_node(a).expect("node info").id)
+        .collect();
+    time_until(|| node_image::list_providers(&addrs[0]).is_ok_and(|p| p.len() == trials + 1))
+        .expect("the home sees every owner's Docker provider");
+
+    let mut plain = Vec::new();
+    for i in 0..5 {
+        let t = Instant::now();
+        let d = deploy(
+            &addrs[0],
+            deploy_spec(&run, &format!("{}-plain-{i}", run.prefix)),
+        );
+        assert_eq!(d.state, "running", "{d:?}");
+        plain.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    let mut phases = Vec::new();
+    let mut alive: Vec<usize> = (1..names.len()).collect();
+    for t in 0..trials {
+        let id = format!("{}-f{t}", run.prefix);
+        let d = deploy(&addrs[0], deploy_spec(&run, &id));
+        let Some(k) = alive.iter().position(|&i| ids[i] == d.owner_id) else {
+            panic!("placed on an unknown owner: {d:?}");
+        };
+        let victim = alive.remove(k);
+        let killed = unix_ms();
+        kill(&names[victim]);
+        // Watched apart: a status call may wait on the unreachable owner.
+        let (home_addr, dead_id) = (addrs[0].clone(), ids[victim].clone());
+        let detection = std::thread::spawn(move || {
+            time_until(|| {
+                list_peers(&home_addr, true).is_ok_and(|v| {
+                    v.peers
+                        .iter()
+                        .any(|p| p.id == dead_id && (p.state == "dead" || p.state == "left"))
+                })
+            })
+            .map(|_| unix_ms())
+        });
+        let done = time_until(|| {
+            get(&addrs[0], &id).is_some_and(|g| g.attempt >= 2 && g.state == "running")
+        });
+        done.expect("the deployment fails over");
+        let got = get(&addrs[0], &id).expect("the home answers");
+        let detected = detection.join().ok().flatten().unwrap_or(killed);
+        let intent = got
+            .attempts
+            .last()
+            .map_or(detected, |a| a.placed_unix * 1000.0);
+        let running = got
+            .history
+            .iter()
+            .rev()
+            .find(|c| c.state == "running")
+            .map_or(intent, |c| c.at_unix * 1000.0);
+        phases.push(Phases {
+            detection: detected - killed,
+            grace: intent - detected,
+            placement: running - intent,
+        });
+    }
+    (phases, median(plain))
+}
+
+fn print_failover(phases: &[Phases], plain_ms: f64) {
+    let med = |f: fn(&Phases) -> f64| median(phases.iter().map(f).collect());
+    let (d, g, p) = (med(|x| x.detection), med(|x| x.grace), med(|x| x.placement));
+    let total_s = (d + g + p) / 1000.0;
+    println!();
+    println!(
+        "failover in containers ({} kills, gossip {}ms, reschedule.after 1s, Docker providers):",
+        phases.len(),
+        INTERVAL.as_millis()
+    );
+    println!(
+        "  detection {d:.0} ms + grace {g:.0} ms + placement and container start {p:.0} ms = {total_s:.2} s down (medians)"
+    );
+    println!(
+        "  baseline plain deploy on the same mesh {plain_ms:.0} ms; down time {:.3}x of Nomad's defaults (~{NOMAD_DEFAULT_S:.0} s), {:.4}x of Kubernetes' (~{KUBERNETES_DEFAULT_S:.0} s)",
+        total_s / NOMAD_DEFAULT_S,
+        total_s / KUBERNETES_DEFAULT_S
+    );
+}
+
 // ----- processes on loopback (the baseline) ---------------------------------
 
 struct Procs(Vec<Child>);
@@ -325,6 +527,7 @@ fn main() {
     let p_start = process_startup();
     let c_mesh: Vec<MeshFigures> = (0..runs).map(|i| container_mesh(&image, i == 0)).collect();
     let p_mesh: Vec<MeshFigures> = (0..runs).map(|i| process_mesh(i == 0)).collect();
+    let (failovers, plain_ms) = container_failover(&image, runs);
 
     let interval = secs(INTERVAL);
     println!();
@@ -408,4 +611,5 @@ fn main() {
         "docker stats counts the cgroup: memory without page cache (the mapped binary is cache),"
     );
     println!("CPU including the image's HEALTHCHECK (`iarnet health` every 10s).");
+    print_failover(&failovers, plain_ms);
 }

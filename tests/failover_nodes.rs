@@ -451,11 +451,17 @@ async fn a_home_killed_during_a_reschedule_storm_loses_and_duplicates_nothing() 
                 }
             }
         }
-        let mut all_running = true;
+        let mut waiting = Vec::new();
         for i in 0..N {
             let d = get(&mut api, &format!("st-{i}")).await;
-            all_running &= d.state == "running" && !doomed.contains(&d.owner_id);
+            if d.state != "running" || doomed.contains(&d.owner_id) {
+                waiting.push(format!(
+                    "st-{i}: {} on {} attempt {} ({})",
+                    d.state, d.owner_id, d.attempt, d.reason
+                ));
+            }
         }
+        let all_running = waiting.is_empty();
         if all_running && copies.len() == N {
             assert!(
                 copies.values().all(|n| *n == 1),
@@ -465,7 +471,7 @@ async fn a_home_killed_during_a_reschedule_storm_loses_and_duplicates_nothing() 
         }
         assert!(
             Instant::now() < deadline,
-            "not every deployment came back ({} of {N} on survivors; {moved_before} moved before the kill): {copies:?}",
+            "not every deployment came back ({} of {N} on survivors; {moved_before} moved before the kill): {copies:?}\nwaiting: {waiting:#?}",
             copies.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

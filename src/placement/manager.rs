@@ -30,6 +30,10 @@ use crate::resource::{
 use crate::store::{DeploymentRecord, MemoryStore, ProviderRecord, Store, StoreError, Stored};
 use crate::sync::KeyLocks;
 
+/// How long a home waits for another node's answer on a status before it
+/// answers from its record (the owner may be suspect or cut off).
+const REMOTE_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 mod anywhere;
 mod disconnect;
 mod fencing;
@@ -319,6 +323,20 @@ impl Manager {
             return Ok((rec.to_deployment(), rec.placed_on.owner_id.clone()));
         }
         let found = match self.book.find(&self.registry, id).await {
+            Ok(f) if f.owner != self.node_id => {
+                // An owner that does not answer soon (suspect, cut off) is
+                // answered for from the record below, not waited out.
+                match tokio::time::timeout(REMOTE_STATUS_WAIT, f.provider.status(&f.id)).await {
+                    Ok(answer) => answer.map(|d| (d, f.owner)),
+                    Err(_) => Err(ResourceError::Unavailable {
+                        provider: f.provider.id().to_string(),
+                        reason: format!(
+                            "node {} did not answer within {REMOTE_STATUS_WAIT:?}",
+                            f.owner
+                        ),
+                    }),
+                }
+            }
             Ok(f) => f.provider.status(&f.id).await.map(|d| (d, f.owner)),
             Err(e) => Err(e),
         };

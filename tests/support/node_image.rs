@@ -510,7 +510,7 @@ pub fn detection_bound(interval: Duration, n: usize) -> Duration {
 
 // ----- gRPC to a node (blocking) ---------------------------------------------
 
-fn rt() -> &'static tokio::runtime::Runtime {
+pub fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_current_thread()
