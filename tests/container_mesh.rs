@@ -21,21 +21,24 @@ mod docker_support;
 mod grpcurl_support;
 #[path = "support/node_image.rs"]
 mod node_image;
+#[path = "support/workloads.rs"]
+mod workloads;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::Command;
+use std::collections::{BTreeSet, HashMap};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use iarnet::proto::admin::ListPeersResponse;
 use serde_json::{json, Value};
 
-use docker_support::{ensure_test_image, TEST_IMAGE};
+use docker_support::ensure_test_image;
 use grpcurl_support::grpcurl;
 use node_image::{
     connect, detection_bound, disconnect, docker, docker_ok, get_node, grpc_addr, ips, kill,
     list_peers, list_providers, node_image, serving, start, stop, wait_until, NodeSpec, Run,
-    RUN_LABEL,
+};
+use workloads::{
+    call, call_ok, deploy_body, placed, replica_copies, str_field, workloads, workloads_of_service,
 };
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
@@ -351,121 +354,6 @@ impl Mesh {
         ));
         blips
     }
-}
-
-/// A grpcurl call from the host: the messages it printed, or its stderr.
-fn call(addr: &str, method: &str, body: Option<&Value>) -> Result<Vec<Value>, String> {
-    let mut cmd = Command::new(grpcurl());
-    cmd.args(["-plaintext", "-max-time", "60"]);
-    if let Some(body) = body {
-        cmd.arg("-d").arg(body.to_string());
-    }
-    let out = cmd.arg(addr).arg(method).output().expect("grpcurl runs");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::Deserializer::from_str(&text)
-        .into_iter::<Value>()
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("grpcurl printed unparsable JSON ({e}):\n{text}"))
-}
-
-#[track_caller]
-fn call_ok(addr: &str, method: &str, body: Option<&Value>) -> Vec<Value> {
-    call(addr, method, body).unwrap_or_else(|e| panic!("grpcurl {method} on {addr} failed:\n{e}"))
-}
-
-fn deploy_body(run: &Run, request_id: &str) -> Value {
-    json!({
-        "request_id": request_id,
-        "image": TEST_IMAGE,
-        "command": ["sh", "-c"],
-        "args": ["echo hello-from-iarnet; sleep 300"],
-        "cpu": "100m",
-        "memory": "32Mi",
-        "labels": { RUN_LABEL: run.prefix },
-    })
-}
-
-/// The placement and deployment events of a Deploy stream.
-fn placed(events: &[Value]) -> (Value, Value) {
-    let find = |key: &str| {
-        events
-            .iter()
-            .find_map(|e| e.get(key).cloned())
-            .unwrap_or_else(|| panic!("no {key} event in the Deploy stream: {events:?}"))
-    };
-    (find("placement"), find("deployment"))
-}
-
-/// Workload containers of a request, as the engine lists them.
-fn workloads(request_id: &str) -> Vec<String> {
-    docker_ok(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=iarnet.request={request_id}"),
-    ])
-    .split_whitespace()
-    .map(String::from)
-    .collect()
-}
-
-/// A running container of a service replica, from its labels.
-#[derive(Debug)]
-struct ReplicaCopy {
-    node: String,
-    attempt: String,
-}
-
-/// The running containers of service `svc` by replica index.
-fn replica_copies(svc: &str) -> BTreeMap<String, Vec<ReplicaCopy>> {
-    let ids = docker_ok(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=iarnet.service={svc}"),
-    ]);
-    let mut copies: BTreeMap<String, Vec<ReplicaCopy>> = BTreeMap::new();
-    for id in ids.split_whitespace() {
-        let Ok(line) = docker(&[
-            "inspect",
-            "-f",
-            r#"{{.State.Running}} {{index .Config.Labels "iarnet.replica"}} {{index .Config.Labels "iarnet.node"}} {{index .Config.Labels "iarnet.attempt"}}"#,
-            id,
-        ]) else {
-            continue; // removed meanwhile
-        };
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if let ["true", replica, node, attempt] = fields[..] {
-            copies
-                .entry(replica.to_string())
-                .or_default()
-                .push(ReplicaCopy {
-                    node: node.to_string(),
-                    attempt: attempt.to_string(),
-                });
-        }
-    }
-    copies
-}
-
-/// Every container of service `svc`, running or not.
-fn workloads_of_service(svc: &str) -> Vec<String> {
-    docker_ok(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=iarnet.service={svc}"),
-    ])
-    .split_whitespace()
-    .map(String::from)
-    .collect()
-}
-
-fn str_field<'v>(v: &'v Value, key: &str) -> &'v str {
-    v.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
 #[test]
