@@ -85,12 +85,7 @@ impl Directory for DirectoryApi {
         let caller = self.caller(&request, &request.get_ref().from)?;
         let req = request.into_inner();
         let op = Op::from_proto(&req);
-        let via = caller.map_or_else(|| format!("peer:{}", req.from), |c| c.to_string());
-        let who = if req.on_behalf_of.is_empty() {
-            via
-        } else {
-            format!("{} via {via}", req.on_behalf_of)
-        };
+        let who = forwarded_for(caller, &req.from, &req.on_behalf_of);
         let answer = self
             .manager
             .local_op(op, &req.id)
@@ -123,12 +118,7 @@ impl Directory for DirectoryApi {
     ) -> Result<Response<rpb::Service>, Status> {
         let caller = self.caller(&request, &request.get_ref().from)?;
         let req = request.into_inner();
-        let via = caller.map_or_else(|| format!("peer:{}", req.from), |c| c.to_string());
-        let who = if req.on_behalf_of.is_empty() {
-            via
-        } else {
-            format!("{} via {via}", req.on_behalf_of)
-        };
+        let who = forwarded_for(caller, &req.from, &req.on_behalf_of);
         let answer = self
             .manager
             .local_service(&req.id, req.scale_to)
@@ -183,5 +173,16 @@ impl Directory for DirectoryApi {
         Ok(Response::new(
             self.manager.list_here(&filter, &req.after, limit).await,
         ))
+    }
+}
+
+/// Who a forwarded call acts for, for the audit log: the user the
+/// forwarding node named, via that node.
+fn forwarded_for(caller: Option<Caller>, from: &str, on_behalf_of: &str) -> String {
+    let via = caller.map_or_else(|| format!("peer:{from}"), |c| c.to_string());
+    if on_behalf_of.is_empty() {
+        via
+    } else {
+        format!("{on_behalf_of} via {via}")
     }
 }
