@@ -60,6 +60,43 @@ async fn get(api: &mut Api, id: &str) -> pb::Deployment {
         .into_inner()
 }
 
+/// Waits until `home` sees `n` providers.
+async fn sees_providers(home: &NodeHandle, n: usize) {
+    common::wait_until(
+        &format!("the home to see {n} providers"),
+        WAIT,
+        || match home.manager().candidates().len() {
+            m if m == n => Ok(()),
+            m => Err(format!("{m} providers")),
+        },
+    )
+    .await;
+}
+
+async fn api_of(node: &NodeHandle) -> Api {
+    ResourceServiceClient::connect(format!("http://{}", node.local_addr()))
+        .await
+        .unwrap()
+}
+
+/// Polls deployment `id` until `done` holds of it.
+async fn get_until(
+    api: &mut Api,
+    id: &str,
+    what: &str,
+    done: impl Fn(&pb::Deployment) -> bool,
+) -> pb::Deployment {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = get(api, id).await;
+        if done(&got) {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "{what}: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A home without a provider and three owners, all seeing each other.
 async fn mesh(tag: &str) -> (NodeHandle, Vec<(NodeHandle, Arc<MemoryProvider>)>) {
     let home = start(&format!("{tag}-home"), &[], Vec::new()).await;
@@ -75,22 +112,14 @@ async fn mesh(tag: &str) -> (NodeHandle, Vec<(NodeHandle, Arc<MemoryProvider>)>)
         .await;
         owners.push((n, p));
     }
-    common::wait_until("the home to see all three providers", WAIT, || {
-        match home.manager().candidates().len() {
-            3 => Ok(()),
-            n => Err(format!("{n} providers")),
-        }
-    })
-    .await;
+    sees_providers(&home, 3).await;
     (home, owners)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_owners_deployment_is_placed_again_elsewhere_as_the_next_attempt() {
     let (home, mut owners) = mesh("fo").await;
-    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
-        .await
-        .unwrap();
+    let mut api = api_of(&home).await;
     let d = deploy(
         &mut api,
         pb::DeploySpec {
@@ -156,9 +185,7 @@ async fn a_dead_owners_deployment_is_placed_again_elsewhere_as_the_next_attempt(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_policy_a_dead_owners_deployment_is_reported_lost() {
     let (home, mut owners) = mesh("lost").await;
-    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
-        .await
-        .unwrap();
+    let mut api = api_of(&home).await;
     let d = deploy(
         &mut api,
         pb::DeploySpec {
@@ -193,16 +220,8 @@ async fn an_owner_stops_what_asked_for_it_once_its_home_stayed_away_that_long() 
     let p = provider("sad-p");
     let owner = start("sad-o", &[], vec![p.clone() as Arc<dyn Provider>]).await;
     let home = start("sad-home", &[owner.advertise_addr()], Vec::new()).await;
-    common::wait_until("the home to see the provider", WAIT, || {
-        match home.manager().candidates().len() {
-            1 => Ok(()),
-            n => Err(format!("{n} providers")),
-        }
-    })
-    .await;
-    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
-        .await
-        .unwrap();
+    sees_providers(&home, 1).await;
+    let mut api = api_of(&home).await;
     let spec = |id: &str, after: &str| pb::DeploySpec {
         request_id: id.into(),
         image: "iarnet-test/busybox:1".into(),
@@ -286,16 +305,8 @@ async fn an_owner_back_from_the_dead_stops_its_stale_attempt() {
     .await
     .unwrap();
     let _o2 = start("fe-o2", &seed, vec![p2.clone() as Arc<dyn Provider>]).await;
-    common::wait_until("the home to see both providers", WAIT, || {
-        match home.manager().candidates().len() {
-            2 => Ok(()),
-            n => Err(format!("{n} providers")),
-        }
-    })
-    .await;
-    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
-        .await
-        .unwrap();
+    sees_providers(&home, 2).await;
+    let mut api = api_of(&home).await;
     let d = deploy(
         &mut api,
         pb::DeploySpec {
@@ -381,16 +392,8 @@ async fn a_home_killed_during_a_reschedule_storm_loses_and_duplicates_nothing() 
         .await;
         owners.push((n, p));
     }
-    common::wait_until("the home to see all four providers", WAIT, || {
-        match home.manager().candidates().len() {
-            4 => Ok(()),
-            n => Err(format!("{n} providers")),
-        }
-    })
-    .await;
-    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
-        .await
-        .unwrap();
+    sees_providers(&home, 4).await;
+    let mut api = api_of(&home).await;
     for i in 0..N {
         deploy(
             &mut api,
@@ -437,9 +440,7 @@ async fn a_home_killed_during_a_reschedule_storm_loses_and_duplicates_nothing() 
     )
     .await
     .unwrap();
-    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
-        .await
-        .unwrap();
+    let mut api = api_of(&home).await;
     // Every acknowledged deployment runs again, on a survivor, exactly once.
     let deadline = Instant::now() + WAIT;
     loop {
@@ -495,16 +496,8 @@ async fn a_replacement_with_nowhere_to_go_waits_in_the_queue_until_room_appears(
     let seed = [home.advertise_addr()];
     let o1 = start("nw-o1", &seed, vec![provider("nw-p1") as Arc<dyn Provider>]).await;
     let _o2 = start("nw-o2", &seed, vec![small("nw-p2") as Arc<dyn Provider>]).await;
-    common::wait_until("the home to see both providers", WAIT, || {
-        match home.manager().candidates().len() {
-            2 => Ok(()),
-            n => Err(format!("{n} providers")),
-        }
-    })
-    .await;
-    let mut api = ResourceServiceClient::connect(format!("http://{}", home.local_addr()))
-        .await
-        .unwrap();
+    sees_providers(&home, 2).await;
+    let mut api = api_of(&home).await;
     let d = deploy(
         &mut api,
         pb::DeploySpec {
@@ -525,15 +518,7 @@ async fn a_replacement_with_nowhere_to_go_waits_in_the_queue_until_room_appears(
     o1.kill();
 
     // Only 1 CPU left in the mesh: attempt 2 waits in the queue, saying why.
-    let deadline = Instant::now() + WAIT;
-    let queued = loop {
-        let got = get(&mut api, "nw-big").await;
-        if got.state == "queued" {
-            break got;
-        }
-        assert!(Instant::now() < deadline, "never queued: {got:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let queued = get_until(&mut api, "nw-big", "never queued", |d| d.state == "queued").await;
     assert_eq!(queued.attempt, 2, "{queued:?}");
     assert!(
         queued
@@ -551,15 +536,7 @@ async fn a_replacement_with_nowhere_to_go_waits_in_the_queue_until_room_appears(
 
     // A node with room joins: the queue places it there.
     let o3 = start("nw-o3", &seed, vec![provider("nw-p3") as Arc<dyn Provider>]).await;
-    let deadline = Instant::now() + WAIT;
-    let placed = loop {
-        let got = get(&mut api, "nw-big").await;
-        if got.state == "running" {
-            break got;
-        }
-        assert!(Instant::now() < deadline, "never placed: {got:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let placed = get_until(&mut api, "nw-big", "never placed", |d| d.state == "running").await;
     assert_eq!(
         (placed.attempt, placed.owner_id.as_str()),
         (2, o3.id().as_str())
