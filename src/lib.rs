@@ -42,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod config;
