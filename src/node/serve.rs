@@ -25,6 +25,7 @@ use crate::api::directory::DirectoryApi;
 use crate::api::http::HttpApi;
 use crate::api::peer::PeerApi;
 use crate::api::resources::ResourceApi;
+use crate::app::Applications;
 use crate::mesh::limits::MAX_MESSAGE;
 use crate::placement::Manager;
 use crate::proto::admin::admin_server::AdminServer;
@@ -127,10 +128,26 @@ pub async fn serve(
         .add_service(AdminServer::new(AdminApi::new(shared.clone())))
         .add_service(ResourceServiceServer::new(resources()));
 
+    let advertise_host = shared
+        .config
+        .advertise_addr
+        .as_deref()
+        .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_string()))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let apps = Arc::new(
+        Applications::open(
+            shared.config.workspace_dir.clone(),
+            store.clone(),
+            manager.clone(),
+            advertise_host,
+        )
+        .map_err(|e| NodeError::store(&shared.config, e))?,
+    );
     let http_api = Arc::new(HttpApi::new(
         shared.clone(),
         manager.clone(),
         resources(),
+        apps,
         draining.clone(),
     ));
     let http_listener = match &tls {

@@ -162,6 +162,8 @@ impl Provider for MemoryProvider {
             restarts: 0,
             attempt: spec.attempt.max(1),
             home: spec.home.clone(),
+            health: spec.healthcheck.as_ref().map(|_| "healthy".to_string()),
+            ports: spec.ports.clone(),
             attempts: Vec::new(),
             preemptible: spec.preemptible.then_some(spec.priority),
             stop_after_disconnect_ms: spec.stop_after_disconnect_ms,

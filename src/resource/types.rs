@@ -433,6 +433,27 @@ pub struct DeploySpec {
     /// (ms); None keeps it running.
     #[serde(default)]
     pub stop_after_disconnect_ms: Option<u64>,
+    /// A network of the engine to join (made when missing), where the
+    /// container answers to `aliases`: how an application's components on
+    /// one engine find each other by name.
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// A command the engine runs to tell whether it is healthy.
+    #[serde(default)]
+    pub healthcheck: Option<HealthSpec>,
+}
+
+/// A health probe the engine runs inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HealthSpec {
+    /// `["CMD", prog, args...]` or `["CMD-SHELL", "a shell line"]`.
+    pub test: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub start_period_ms: u64,
 }
 
 /// The life of a deployment.
@@ -542,6 +563,10 @@ pub struct Deployment {
     pub preemptible: Option<super::Priority>,
     /// Its owner stops it once its home has been out of reach this long (ms).
     pub stop_after_disconnect_ms: Option<u64>,
+    /// starting, healthy or unhealthy when it has a health probe.
+    pub health: Option<String>,
+    /// Its ports as published on the provider's host (`host` 0: not published).
+    pub ports: Vec<PortSpec>,
 }
 
 /// One placement of a deployment: where, and why it moved on.

@@ -139,7 +139,28 @@ pub fn spec_from_proto(s: pb::DeploySpec) -> Result<DeploySpec, ResourceError> {
             Some(d.as_millis() as u64)
         }
     };
+    let healthcheck = match s.healthcheck {
+        Some(h) if !h.test.is_empty() => {
+            if !matches!(h.test[0].as_str(), "CMD" | "CMD-SHELL") || h.test.len() < 2 {
+                return Err(ResourceError::invalid(
+                    "healthcheck.test",
+                    "must be [\"CMD\", program, args...] or [\"CMD-SHELL\", \"a shell line\"]",
+                ));
+            }
+            Some(crate::resource::HealthSpec {
+                test: h.test,
+                interval_ms: h.interval_ms,
+                timeout_ms: h.timeout_ms,
+                retries: h.retries,
+                start_period_ms: h.start_period_ms,
+            })
+        }
+        _ => None,
+    };
     Ok(DeploySpec {
+        network: Some(s.network).filter(|n| !n.is_empty()),
+        aliases: s.aliases,
+        healthcheck,
         stop_after_disconnect_ms,
         priority,
         preemptible: s.preemptible,
@@ -286,6 +307,15 @@ pub fn spec_to_proto(s: &DeploySpec) -> pb::DeploySpec {
             crate::resource::PreemptionPolicy::Never => String::new(),
             p => p.as_str().to_string(),
         },
+        network: s.network.clone().unwrap_or_default(),
+        aliases: s.aliases.clone(),
+        healthcheck: s.healthcheck.as_ref().map(|h| pb::HealthCheck {
+            test: h.test.clone(),
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            retries: h.retries,
+            start_period_ms: h.start_period_ms,
+        }),
         ..Default::default()
     }
 }
@@ -405,6 +435,16 @@ pub fn deployment_to_proto(d: &Deployment, owner_id: &str) -> pb::Deployment {
         attempt: d.attempt,
         preemptible: d.preemptible.is_some(),
         priority: d.preemptible.map(|p| p.label()).unwrap_or_default(),
+        health: d.health.clone().unwrap_or_default(),
+        ports: d
+            .ports
+            .iter()
+            .map(|p| pb::Port {
+                container: p.container.into(),
+                host: p.host.into(),
+                udp: p.udp,
+            })
+            .collect(),
         attempts: d
             .attempts
             .iter()
@@ -453,6 +493,16 @@ pub fn deployment_from_proto(d: pb::Deployment) -> Deployment {
             .filter(|_| d.preemptible)
             .map(|p| crate::resource::Priority::from_label(p).unwrap_or_default()),
         stop_after_disconnect_ms: None,
+        health: Some(d.health).filter(|h| !h.is_empty()),
+        ports: d
+            .ports
+            .iter()
+            .map(|p| PortSpec {
+                container: u16::try_from(p.container).unwrap_or(0),
+                host: u16::try_from(p.host).unwrap_or(0),
+                udp: p.udp,
+            })
+            .collect(),
         attempts: d
             .attempts
             .into_iter()

@@ -18,6 +18,7 @@ struct Tables {
     queue: BTreeMap<String, Vec<u8>>,
     leases: BTreeMap<String, Vec<u8>>,
     services: BTreeMap<String, Vec<u8>>,
+    applications: BTreeMap<String, Vec<u8>>,
     lease_epoch: u64,
     peers: Vec<String>,
 }
@@ -140,6 +141,25 @@ impl Store for MemoryStore {
 
     fn remove_service(&self, id: &str) -> Result<(), StoreError> {
         self.tables().services.remove(id);
+        Ok(())
+    }
+
+    fn applications(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .tables()
+            .applications
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn put_application(&self, id: &str, doc: &[u8]) -> Result<(), StoreError> {
+        self.tables().applications.insert(id.into(), doc.to_vec());
+        Ok(())
+    }
+
+    fn remove_application(&self, id: &str) -> Result<(), StoreError> {
+        self.tables().applications.remove(id);
         Ok(())
     }
 

@@ -457,6 +457,8 @@ impl DeploymentRecord {
                 .filter(|s| s.preemptible)
                 .map(|s| s.priority),
             stop_after_disconnect_ms: self.spec.as_ref().and_then(|s| s.stop_after_disconnect_ms),
+            health: None,
+            ports: Vec::new(),
         };
         for c in history {
             if d.history.last().map(|h| &h.state) != Some(&c.state) {
@@ -504,6 +506,12 @@ pub trait Store: Send + Sync + 'static {
     fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
     fn put_provider(&self, rec: &ProviderRecord) -> Result<(), StoreError>;
     fn remove_provider(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Applications kept at this node, as their owner encodes them (the
+    /// store sits below the application layer and does not read them).
+    fn applications(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    fn put_application(&self, id: &str, doc: &[u8]) -> Result<(), StoreError>;
+    fn remove_application(&self, id: &str) -> Result<(), StoreError>;
 
     /// The addresses of the peers last seen alive.
     fn peers(&self) -> Result<Vec<String>, StoreError>;

@@ -23,6 +23,7 @@ const PROVIDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("providers"
 const QUEUE: TableDefinition<&str, &[u8]> = TableDefinition::new("queue");
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+const APPLICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("applications");
 
 const IDENTITY_KEY: &str = "identity";
 const PEERS_KEY: &str = "peers";
@@ -81,6 +82,7 @@ impl RedbStore {
             txn.open_table(QUEUE)?;
             txn.open_table(LEASES)?;
             txn.open_table(SERVICES)?;
+            txn.open_table(APPLICATIONS)?;
             Ok(())
         })?;
         Ok(store)
@@ -255,6 +257,18 @@ impl Store for RedbStore {
 
     fn remove_service(&self, id: &str) -> Result<(), StoreError> {
         self.delete(SERVICES, id)
+    }
+
+    fn applications(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.all(APPLICATIONS)
+    }
+
+    fn put_application(&self, id: &str, doc: &[u8]) -> Result<(), StoreError> {
+        self.put(APPLICATIONS, id, doc)
+    }
+
+    fn remove_application(&self, id: &str) -> Result<(), StoreError> {
+        self.delete(APPLICATIONS, id)
     }
 
     fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {

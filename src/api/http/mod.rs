@@ -3,6 +3,7 @@
 //! `/healthz` and `/readyz` probes. Every route calls the same code as its
 //! gRPC twin, so the two surfaces cannot disagree.
 
+mod apps;
 mod registration;
 mod services;
 pub mod views;
@@ -22,6 +23,7 @@ use tonic::{Code, Request};
 
 use crate::api::admin::AdminApi;
 use crate::api::resources::ResourceApi;
+use crate::app::Applications;
 use crate::metrics::Snapshot;
 use crate::node::shared::Shared;
 use crate::placement::Manager;
@@ -44,6 +46,7 @@ pub struct HttpApi {
     manager: Arc<Manager>,
     admin: AdminApi,
     resources: ResourceApi,
+    apps: Arc<Applications>,
     /// Cancelled when the node starts leaving: readiness fails first.
     draining: CancellationToken,
 }
@@ -53,11 +56,13 @@ impl HttpApi {
         shared: Arc<Shared>,
         manager: Arc<Manager>,
         resources: ResourceApi,
+        apps: Arc<Applications>,
         draining: CancellationToken,
     ) -> Self {
         HttpApi {
             admin: AdminApi::new(shared.clone()),
             resources,
+            apps,
             shared,
             manager,
             draining,
@@ -80,6 +85,31 @@ impl HttpApi {
             .route("/resource/services/{id}", get(services::service))
             .route("/resource/services/{id}/scale", post(services::scale))
             .route("/peer/nodes", get(nodes).post(add_node))
+            .merge(
+                Router::new()
+                    .route("/application/apps", get(apps::list).post(apps::create))
+                    .route(
+                        "/application/apps/{id}",
+                        get(apps::get).delete(apps::delete),
+                    )
+                    .route("/application/apps/{id}/components", get(apps::components))
+                    .route("/application/apps/{id}/analyze", post(apps::analyze))
+                    .route(
+                        "/application/apps/{id}/deploy-components",
+                        post(apps::deploy),
+                    )
+                    .route("/application/apps/{id}/stop", post(apps::stop))
+                    .route("/application/apps/{id}/pull", post(apps::pull))
+                    .route("/application/apps/{id}/files", get(apps::tree))
+                    .route(
+                        "/application/apps/{id}/files/{*path}",
+                        get(apps::read).put(apps::save),
+                    )
+                    // A saved file may be up to 1 MiB, escaped in JSON.
+                    .layer(axum::extract::DefaultBodyLimit::max(
+                        2 * crate::app::files::MAX_FILE_BYTES as usize + MAX_BODY,
+                    )),
+            )
             .fallback(not_found)
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
             .layer(axum::middleware::from_fn_with_state(self.clone(), guard))
@@ -254,7 +284,7 @@ fn as_caller<T>(caller: Option<Extension<Caller>>, body: T) -> Request<T> {
 async fn not_found() -> ApiError {
     ApiError(
         tonic::Status::not_found(
-            "no such route: see /resource/capacity, /resource/providers, /resource/deployments, /resource/queue, /peer/nodes, /metrics, /healthz, /readyz",
+            "no such route: see /application/apps, /resource/capacity, /resource/providers, /resource/deployments, /resource/queue, /peer/nodes, /metrics, /healthz, /readyz",
         ),
         None,
     )

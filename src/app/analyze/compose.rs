@@ -126,7 +126,9 @@ fn service(name: &str, body: &Value, p: &mut Problems) -> Option<Component> {
         }
         s
     });
-    let build = m.get("build").and_then(|v| build(&format!("{at}.build"), v, p));
+    let build = m
+        .get("build")
+        .and_then(|v| build(&format!("{at}.build"), v, p));
     if image.is_none() && build.is_none() {
         p.push(&at, "needs `image` or `build`");
     }
@@ -255,7 +257,11 @@ fn string_map(at: &str, v: &Value, p: &mut Problems) -> BTreeMap<String, String>
     match v {
         Value::Mapping(m) => {
             for (k, v) in m {
-                let val = if v.is_null() { Some(String::new()) } else { scalar(v) };
+                let val = if v.is_null() {
+                    Some(String::new())
+                } else {
+                    scalar(v)
+                };
                 match val {
                     Some(val) => {
                         out.insert(key(k), val);
@@ -347,7 +353,10 @@ fn ports(at: &str, v: &Value, p: &mut Problems) -> Vec<Port> {
     }
     for port in &out {
         if port.protocol != "tcp" && port.protocol != "udp" {
-            p.push(at, &format!("protocol `{}` must be tcp or udp", port.protocol));
+            p.push(
+                at,
+                &format!("protocol `{}` must be tcp or udp", port.protocol),
+            );
         }
     }
     out

@@ -99,8 +99,7 @@ fn edge_kind(from: &Component, to: &Component) -> &'static str {
 /// The checked graph: unknown dependencies and cycles are errors, all of
 /// the unknown ones at once.
 pub fn build(components: &[Component]) -> Result<Dag, Vec<DagError>> {
-    let by_id: BTreeMap<&str, &Component> =
-        components.iter().map(|c| (c.id.as_str(), c)).collect();
+    let by_id: BTreeMap<&str, &Component> = components.iter().map(|c| (c.id.as_str(), c)).collect();
     let mut errors = Vec::new();
     let mut edges = Vec::new();
     for c in components {
@@ -196,8 +195,7 @@ fn find_cycle(components: &[Component]) -> Option<Vec<String>> {
 /// only on levels below it. Ids sorted within a level.
 fn levels(components: &[Component]) -> Vec<Vec<String>> {
     let mut level: BTreeMap<&str, usize> = BTreeMap::new();
-    let by_id: BTreeMap<&str, &Component> =
-        components.iter().map(|c| (c.id.as_str(), c)).collect();
+    let by_id: BTreeMap<&str, &Component> = components.iter().map(|c| (c.id.as_str(), c)).collect();
     fn depth<'a>(
         id: &'a str,
         by_id: &BTreeMap<&'a str, &'a Component>,

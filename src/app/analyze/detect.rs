@@ -60,8 +60,16 @@ const MANIFESTS: &[(&str, &str, &[(&str, &str)])] = &[
     ),
     ("pom.xml", "java", &[("spring-boot", "spring-boot")]),
     ("build.gradle", "java", &[("spring-boot", "spring-boot")]),
-    ("Gemfile", "ruby", &[("rails", "rails"), ("sinatra", "sinatra")]),
-    ("composer.json", "php", &[("laravel", "laravel"), ("symfony", "symfony")]),
+    (
+        "Gemfile",
+        "ruby",
+        &[("rails", "rails"), ("sinatra", "sinatra")],
+    ),
+    (
+        "composer.json",
+        "php",
+        &[("laravel", "laravel"), ("symfony", "symfony")],
+    ),
 ];
 
 /// Largest manifest read: a dependency list, not a data file.
@@ -124,7 +132,10 @@ pub fn kind(c: &Component, waited_to_finish: bool) -> String {
         .next()
         .unwrap_or_default()
         .to_string();
-    let named = |list: &[&str]| list.iter().any(|n| image.starts_with(n) || c.id.contains(n));
+    let named = |list: &[&str]| {
+        list.iter()
+            .any(|n| image.starts_with(n) || c.id.contains(n))
+    };
     if waited_to_finish {
         "job".into()
     } else if named(DATABASES) || c.id == "db" {

@@ -17,8 +17,8 @@ use std::path::Path;
 pub use compose::valid_name;
 pub use detect::slug;
 pub use model::{
-    Analysis, Build, Component, Condition, Dag, Dependency, Edge, Healthcheck, Port,
-    Requirements, Source, DEFAULT_REQUIREMENTS,
+    Analysis, Build, Component, Condition, Dag, Dependency, Edge, Healthcheck, Port, Requirements,
+    Source, DEFAULT_REQUIREMENTS,
 };
 
 /// Compose file names, in the order Compose itself prefers them.

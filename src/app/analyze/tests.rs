@@ -50,7 +50,11 @@ fn shop(root: &Path) {
     write(root, "compose.yaml", COMPOSE);
     write(root, "cache/Dockerfile", "FROM busybox\nEXPOSE 6379\n");
     write(root, "api/Dockerfile", "FROM busybox\n");
-    write(root, "api/package.json", r#"{"dependencies": {"express": "4"}}"#);
+    write(
+        root,
+        "api/package.json",
+        r#"{"dependencies": {"express": "4"}}"#,
+    );
 }
 
 #[test]
@@ -92,12 +96,12 @@ fn a_compose_file_becomes_components_and_a_dag() {
             ("cache", Condition::ServiceStarted),
         ]
     );
-    assert_eq!(
-        a.dag.levels,
-        vec![vec!["cache", "db", "init"], vec!["api"]]
-    );
+    assert_eq!(a.dag.levels, vec![vec!["cache", "db", "init"], vec!["api"]]);
     let db_edge = a.dag.edges.iter().find(|e| e.to == "db").unwrap();
-    assert_eq!((db_edge.from.as_str(), db_edge.kind.as_str()), ("api", "tcp"));
+    assert_eq!(
+        (db_edge.from.as_str(), db_edge.kind.as_str()),
+        ("api", "tcp")
+    );
     assert!(a.notes.iter().any(|n| n.contains("version")));
     let json = serde_json::to_value(&a).unwrap();
     assert_eq!(json["dag"]["edges"][0]["from"], "api");
@@ -121,7 +125,10 @@ fn environment_references_become_typed_edges() {
         .collect();
     assert_eq!(
         kinds,
-        [("api".into(), "http".into()), ("auth".into(), "grpc".into())]
+        [
+            ("api".into(), "http".into()),
+            ("auth".into(), "grpc".into())
+        ]
     );
     assert_eq!(a.dag.levels[1], vec!["web"]);
 }
@@ -157,9 +164,16 @@ fn unsupported_keys_are_all_reported_with_their_paths() {
     let p = problems(
         "volumes: {data: {}}\nservices:\n  a:\n    image: x\n    volumes: ['data:/d']\n    deploy: {replicas: 2}\n    depends_on: {b: {condition: service_ready}}\n  b: {image: y, x-mine: 1}\n",
     );
-    assert!(p.iter().any(|p| p.starts_with("volumes: not supported")), "{p:?}");
-    assert!(p.iter().any(|p| p.starts_with("services.a.volumes: not supported")));
-    assert!(p.iter().any(|p| p.starts_with("services.a.deploy.replicas: not supported")));
+    assert!(
+        p.iter().any(|p| p.starts_with("volumes: not supported")),
+        "{p:?}"
+    );
+    assert!(p
+        .iter()
+        .any(|p| p.starts_with("services.a.volumes: not supported")));
+    assert!(p
+        .iter()
+        .any(|p| p.starts_with("services.a.deploy.replicas: not supported")));
     assert!(p
         .iter()
         .any(|p| p.starts_with("services.a.depends_on.b.condition: `service_ready`")));
@@ -194,7 +208,11 @@ fn dockerfile_directories_are_components() {
 #[test]
 fn procfile_entries_are_components() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "Procfile", "web: bundle exec rails s\nworker: sidekiq\nrelease: rake db:migrate\n");
+    write(
+        dir.path(),
+        "Procfile",
+        "web: bundle exec rails s\nworker: sidekiq\nrelease: rake db:migrate\n",
+    );
     write(dir.path(), "Gemfile", "gem 'rails'\n");
     let a = analyze(dir.path(), "x").unwrap();
     let kinds: Vec<(&str, &str)> = a
@@ -202,7 +220,10 @@ fn procfile_entries_are_components() {
         .iter()
         .map(|c| (c.id.as_str(), c.kind.as_str()))
         .collect();
-    assert_eq!(kinds, [("web", "web"), ("worker", "worker"), ("release", "job")]);
+    assert_eq!(
+        kinds,
+        [("web", "web"), ("worker", "worker"), ("release", "job")]
+    );
     assert_eq!(a.components[0].framework.as_deref(), Some("rails"));
 }
 

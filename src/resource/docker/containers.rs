@@ -4,10 +4,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use bollard::errors::Error as EngineError;
-use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, DeviceRequest, EndpointSettings, HealthConfig, HostConfig,
+    NetworkCreateRequest, NetworkingConfig, PortBinding,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    InspectNetworkOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures::stream::StreamExt;
 use tokio::time::Instant;
@@ -21,6 +24,9 @@ use crate::resource::labels;
 use crate::resource::provider::ProgressSink;
 use crate::resource::types::{DeploySpec, DeployState, Progress, RestartPolicy, StateChange};
 use crate::resource::validate::stable_hex;
+
+/// The name containers on an application network give the engine's host.
+pub const HOST_ALIAS: &str = "host.docker.internal";
 
 impl DockerProvider {
     /// The engine's name for deployment `id`'s container here. It carries a
@@ -162,6 +168,34 @@ impl DockerProvider {
         Ok(())
     }
 
+    /// Makes the bridge network `name` unless the engine has it.
+    async fn ensure_network(&self, name: &str) -> Result<(), ResourceError> {
+        match self
+            .docker
+            .inspect_network(name, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if engine_status(&e) == Some(404) => {}
+            Err(e) => return Err(self.engine_error(&format!("inspect network {name}"), e)),
+        }
+        let body = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(HashMap::from([(
+                labels::MANAGED.to_string(),
+                "true".to_string(),
+            )])),
+            ..Default::default()
+        };
+        match self.docker.create_network(body).await {
+            Ok(_) => Ok(()),
+            // Made meanwhile by a twin deploy.
+            Err(e) if engine_status(&e) == Some(409) => Ok(()),
+            Err(e) => Err(self.engine_error(&format!("create network {name}"), e)),
+        }
+    }
+
     fn container_body(&self, spec: &DeploySpec, gpus: &[String]) -> ContainerCreateBody {
         let r = &spec.resources;
         let mut labels: HashMap<String, String> = spec
@@ -232,8 +266,33 @@ impl DockerProvider {
                     .map(|(k, v)| (k, Some(v)))
                     .collect::<HashMap<_, _>>()
             }),
+            network_mode: spec.network.clone(),
+            // Components reach ports published by this engine's host (other
+            // components, on a node advertised as loopback) by this name.
+            extra_hosts: spec
+                .network
+                .as_ref()
+                .map(|_| vec![format!("{HOST_ALIAS}:host-gateway")]),
             ..Default::default()
         };
+        let networking_config = spec.network.as_ref().map(|net| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                net.clone(),
+                EndpointSettings {
+                    aliases: (!spec.aliases.is_empty()).then(|| spec.aliases.clone()),
+                    ..Default::default()
+                },
+            )])),
+        });
+        let ns = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
+            test: Some(h.test.clone()),
+            interval: (h.interval_ms > 0).then(|| ns(h.interval_ms)),
+            timeout: (h.timeout_ms > 0).then(|| ns(h.timeout_ms)),
+            retries: (h.retries > 0).then_some(i64::from(h.retries)),
+            start_period: (h.start_period_ms > 0).then(|| ns(h.start_period_ms)),
+            start_interval: None,
+        });
         ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
@@ -243,6 +302,8 @@ impl DockerProvider {
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
             labels: Some(labels),
             host_config: Some(host_config),
+            networking_config,
+            healthcheck,
             ..Default::default()
         }
     }
@@ -259,6 +320,9 @@ impl DockerProvider {
         created: &mut bool,
     ) -> Result<Option<Facts>, ResourceError> {
         self.ensure_image(&spec.image, progress, history).await?;
+        if let Some(net) = &spec.network {
+            self.ensure_network(net).await?;
+        }
         push(history, progress, DeployState::Starting);
         let name = self.container_name(key);
         if !self

@@ -38,6 +38,10 @@ pub(super) struct Facts {
     /// Its priority when it may be evicted, from its label.
     pub(super) preemptible: Option<crate::resource::Priority>,
     pub(super) stop_after_disconnect_ms: Option<u64>,
+    /// Its health probe's verdict (inspect only).
+    pub(super) health: Option<String>,
+    /// Its ports published on the host (inspect only).
+    pub(super) ports: Vec<crate::resource::PortSpec>,
 }
 
 impl Facts {
@@ -130,6 +134,8 @@ impl Facts {
             stop_after_disconnect_ms: labels
                 .get(labels::STOP_AFTER_DISCONNECT)
                 .and_then(|ms| ms.parse().ok()),
+            health: None,
+            ports: Vec::new(),
         })
         .map(|f| f.settled(labels))
     }
@@ -166,6 +172,12 @@ impl Facts {
             .unwrap_or(0);
         let mut f = Facts::from_labels(provider, key, config.labels.as_ref(), image, state)?;
         f.restarts = restarts;
+        f.health = st
+            .and_then(|s| s.health.as_ref())
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty() && s != "none");
+        f.ports = published_ports(c);
         f.created = c.created.as_deref().and_then(parse_time);
         f.started = st
             .and_then(|s| s.started_at.as_deref())
@@ -232,6 +244,30 @@ impl Facts {
 
 /// A valid Docker container name (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), as every
 /// deployment id of this provider is.
+/// The container's ports and the host ports they are published on.
+fn published_ports(c: &ContainerInspectResponse) -> Vec<crate::resource::PortSpec> {
+    let Some(ports) = c.network_settings.as_ref().and_then(|n| n.ports.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<crate::resource::PortSpec> = ports
+        .iter()
+        .filter_map(|(key, bindings)| {
+            let (n, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+            let host = bindings
+                .as_ref()
+                .and_then(|b| b.iter().find_map(|b| b.host_port.as_deref()?.parse().ok()))
+                .unwrap_or(0);
+            Some(crate::resource::PortSpec {
+                container: n.parse().ok()?,
+                host,
+                udp: proto == "udp",
+            })
+        })
+        .collect();
+    out.sort_by_key(|p| (p.container, p.udp));
+    out
+}
+
 pub(super) fn is_container_name(s: &str) -> bool {
     s.len() <= 128
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())

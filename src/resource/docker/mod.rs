@@ -46,6 +46,7 @@ mod containers;
 mod facts;
 mod logs;
 mod provider;
+pub use containers::HOST_ALIAS;
 #[cfg(test)]
 mod tests;
 

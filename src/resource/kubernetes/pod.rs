@@ -397,6 +397,8 @@ pub(crate) fn to_deployment(pod: &Pod, provider_id: &str) -> Deployment {
         preemptible: annotation(labels::PREEMPTIBLE).and_then(|p| Priority::from_label(p)),
         stop_after_disconnect_ms: annotation(labels::STOP_AFTER_DISCONNECT)
             .and_then(|ms| ms.parse().ok()),
+        health: None,
+        ports: Vec::new(),
     };
     if d.state() != state {
         d.history.push(StateChange {
