@@ -193,6 +193,12 @@ fn classify(stderr: &str, url: &str, branch: &str) -> AppError {
         AppError::NotFound(format!(
             "branch `{branch}` does not exist in {url}: check the branch name"
         ))
+    } else if has("does not appear to be a git repository")
+        || has("Repository not found")
+        || has("not found")
+        || has("does not exist")
+    {
+        AppError::NotFound(format!("no Git repository at {url}: {last}"))
     } else if has("Authentication failed")
         || has("Permission denied")
         || has("could not read Username")
@@ -211,11 +217,6 @@ fn classify(stderr: &str, url: &str, branch: &str) -> AppError {
         || has("Could not read from remote repository")
     {
         AppError::Unavailable(format!("cannot reach {url}: {last}"))
-    } else if has("does not appear to be a git repository")
-        || has("not found")
-        || has("does not exist")
-    {
-        AppError::NotFound(format!("no Git repository at {url}: {last}"))
     } else {
         AppError::Internal(format!("git failed on {url}: {last}"))
     }

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod analyze;
+pub mod context;
 pub mod files;
 pub mod git;
 pub mod manager;

@@ -24,6 +24,10 @@ use crate::resource::{
 };
 use crate::store::now_ms;
 
+/// The labels on a component's container: its application and component.
+pub const APP_LABEL: &str = "iarnet-app";
+pub const COMPONENT_LABEL: &str = "iarnet-component";
+
 /// How long a dependent waits for a dependency's condition by default.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// How often a component's state is read while something waits on it.
@@ -269,18 +273,31 @@ impl Applications {
             }
         }
         let endpoints = self.endpoints(&deps);
-        let image = comp.image.clone().unwrap_or_default();
+        let mut image = comp.image.clone().unwrap_or_default();
+        let mut provider_id = None;
+        let mut built_from = None;
+        if let Some(build) = &comp.build {
+            match self.build(&rec, &comp, build).await {
+                Ok((tag, pid)) => {
+                    image = tag;
+                    provider_id = Some(pid);
+                    built_from = Some(rec.commit.sha.clone());
+                }
+                Err(e) => return Err(fail(None, format!("could not be built: {e}"))),
+            }
+        }
         let spec = component_spec(&rec, &comp, &image, &endpoints);
         let deployment_id = crate::resource::validate::deployment_id(&spec.request_id);
         let run = ComponentRun {
             deployment_id: deployment_id.clone(),
             image: image.clone(),
-            built_from: None,
+            built_from,
             started_ms: now_ms(),
             endpoints: endpoints.clone(),
         };
         let opts_place = PlaceOptions {
             queue_timeout: opts.wait,
+            provider_id,
             ..Default::default()
         };
         if let Err(e) = self
@@ -322,6 +339,41 @@ impl Applications {
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
+    }
+
+    /// Builds a component's image from the checkout on a provider of this
+    /// node that builds, and pins it there: the image exists on that engine.
+    async fn build(
+        &self,
+        rec: &AppRecord,
+        comp: &Component,
+        build: &super::analyze::Build,
+    ) -> Result<(String, String), AppError> {
+        let Some((pid, builder)) = self.placement.image_builders().into_iter().next() else {
+            return Err(AppError::Conflict(format!(
+                "component `{}` is built from source and this node has no Docker provider to build it on: give it an image, or create the application on a node with one",
+                comp.id
+            )));
+        };
+        let dir = rec.local_path.join(&build.context);
+        let dockerfile = build.dockerfile.clone();
+        let ctx = {
+            let dir = dir.clone();
+            let dockerfile = dockerfile.clone();
+            tokio::task::spawn_blocking(move || super::context::pack(&dir, &dockerfile))
+                .await
+                .map_err(|e| AppError::Internal(format!("packing stopped: {e}")))??
+        };
+        let short: String = rec.commit.sha.chars().take(12).collect();
+        let tag = format!(
+            "iarnet-app/{}-{}:{short}-g{}",
+            rec.id, comp.id, rec.generation
+        );
+        let out = builder
+            .build_image(ctx.into(), &dockerfile, &tag, &build.args)
+            .await?;
+        info!(app = %rec.id, component = %comp.id, tag, provider = %pid, lines = out.len(), "image built");
+        Ok((tag, pid))
     }
 
     /// What deployment `id` has reached, from its status now.
@@ -596,8 +648,8 @@ fn component_spec(
         env.insert(format!("{p}_ADDR"), format!("{}:{}", e.host, e.port));
     }
     let mut labels = c.labels.clone();
-    labels.insert("iarnet.app".into(), rec.id.clone());
-    labels.insert("iarnet.component".into(), c.id.clone());
+    labels.insert(APP_LABEL.into(), rec.id.clone());
+    labels.insert(COMPONENT_LABEL.into(), c.id.clone());
     let r = c.requirements;
     DeploySpec {
         request_id: format!("app.{}.{}.{}", rec.id, c.id, rec.generation),

@@ -48,6 +48,10 @@ impl Provider for Leased {
         self.inner.id()
     }
 
+    fn image_builder(&self) -> Option<std::sync::Arc<dyn crate::resource::ImageBuilder>> {
+        self.inner.image_builder()
+    }
+
     async fn describe(&self) -> Result<ProviderDescriptor, ResourceError> {
         self.inner.describe().await
     }

@@ -303,6 +303,15 @@ impl Manager {
     }
 
     /// Every provider this node can place on, best tier first.
+    /// This node's providers that build images, with their ids.
+    pub fn image_builders(&self) -> Vec<(String, Arc<dyn crate::resource::ImageBuilder>)> {
+        self.registry
+            .providers()
+            .iter()
+            .filter_map(|p| p.image_builder().map(|b| (p.id().to_string(), b)))
+            .collect()
+    }
+
     pub fn candidates(&self) -> Vec<Candidate> {
         self.registry.candidates()
     }

@@ -146,6 +146,10 @@ impl Provider for Reserving {
         self.inner.id()
     }
 
+    fn image_builder(&self) -> Option<std::sync::Arc<dyn crate::resource::ImageBuilder>> {
+        self.inner.image_builder()
+    }
+
     async fn describe(&self) -> Result<ProviderDescriptor, ResourceError> {
         let mut d = self.inner.describe().await?;
         let mut h = lock(&self.held);

@@ -38,7 +38,7 @@ pub mod wire;
 pub use error::ResourceError;
 pub use lease::{LeaseState, LeaseTerms, LeaseView};
 pub use priority::{PreemptionPolicy, Priority, PriorityClass};
-pub use provider::{LogOptions, LogStream, ProgressSink, Provider};
+pub use provider::{ImageBuilder, LogOptions, LogStream, ProgressSink, Provider};
 pub use quantity::Quantity;
 pub use service::{ReplicaOf, Spread, SpreadKey};
 pub use target::ProviderTarget;

@@ -1,6 +1,8 @@
 //! The one trait every provider implements: Docker, Kubernetes, the
 //! in-memory twin, and the proxy for a provider owned by another node.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
@@ -41,6 +43,22 @@ pub struct LogOptions {
 
 pub type LogStream = BoxStream<'static, Result<LogLine, ResourceError>>;
 
+/// Builds container images from a build context, on the engine of the
+/// provider that hands it out: a built image is usable by that provider only.
+#[async_trait::async_trait]
+pub trait ImageBuilder: Send + Sync + 'static {
+    /// Builds `tag` from `context`, a tar of the build directory; the
+    /// Dockerfile is `dockerfile`, relative to it. Returns the build's
+    /// output; on failure the error carries its last lines.
+    async fn build_image(
+        &self,
+        context: bytes::Bytes,
+        dockerfile: &str,
+        tag: &str,
+        args: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, ResourceError>;
+}
+
 /// A place that runs containers.
 ///
 /// Admission happens inside `deploy`: the provider reserves under its own
@@ -51,6 +69,11 @@ pub type LogStream = BoxStream<'static, Result<LogLine, ResourceError>>;
 pub trait Provider: Send + Sync + 'static {
     /// Stable id, unique in the mesh.
     fn id(&self) -> &str;
+
+    /// What builds images for this provider; None when it cannot build.
+    fn image_builder(&self) -> Option<Arc<dyn ImageBuilder>> {
+        None
+    }
 
     /// Identity, health, capacity and labels, as of now.
     async fn describe(&self) -> Result<ProviderDescriptor, ResourceError>;

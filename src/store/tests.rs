@@ -81,6 +81,8 @@ fn suite(store: &dyn Store) {
         attempts: Vec::new(),
         preemptible: None,
         stop_after_disconnect_ms: None,
+        health: None,
+        ports: Vec::new(),
     });
     store.put_deployment(&a2).unwrap();
     let back = store.deployment(&a.id).unwrap().unwrap();

@@ -92,9 +92,10 @@ fn key(v: &Value) -> String {
     }
 }
 
+/// A scalar as text; Compose's `$$` (a literal `$`) unescaped.
 fn scalar(v: &Value) -> Option<String> {
     match v {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(s.replace("$$", "$")),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,

@@ -7,8 +7,15 @@ use std::path::{Path, PathBuf};
 
 use super::model::{Build, Component, Port, DEFAULT_REQUIREMENTS};
 
+/// A manifest file, its language, and (needle, framework) pairs.
+type Manifest = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 /// Manifests and the frameworks a dependency list names, in order of preference.
-const MANIFESTS: &[(&str, &str, &[(&str, &str)])] = &[
+const MANIFESTS: &[Manifest] = &[
     (
         "package.json",
         "javascript",

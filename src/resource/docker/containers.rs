@@ -170,6 +170,10 @@ impl DockerProvider {
 
     /// Makes the bridge network `name` unless the engine has it.
     async fn ensure_network(&self, name: &str) -> Result<(), ResourceError> {
+        // The engine takes a second network of the same name without a
+        // word: components deployed side by side must not both create it.
+        static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = CREATING.lock().await;
         match self
             .docker
             .inspect_network(name, None::<InspectNetworkOptions>)

@@ -41,6 +41,7 @@ use books::Books;
 use connect::{chain, is_connection_error};
 
 mod books;
+mod build;
 mod connect;
 mod containers;
 mod facts;

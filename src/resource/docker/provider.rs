@@ -26,6 +26,13 @@ impl Provider for DockerProvider {
         &self.id
     }
 
+    fn image_builder(&self) -> Option<std::sync::Arc<dyn crate::resource::ImageBuilder>> {
+        Some(std::sync::Arc::new(super::build::DockerBuilder {
+            docker: self.docker.clone(),
+            provider: self.id.clone(),
+        }))
+    }
+
     async fn describe(&self) -> Result<ProviderDescriptor, ResourceError> {
         let healthy = match self.docker.ping().await {
             Ok(_) => match self.sync().await {

@@ -140,6 +140,8 @@ fn seeded_history_follows_the_engine() {
         home: String::new(),
         preemptible: None,
         stop_after_disconnect_ms: None,
+        health: None,
+        ports: Vec::new(),
     };
     let states: Vec<DeployState> = f.seed_history().into_iter().map(|c| c.state).collect();
     assert_eq!(

@@ -1,0 +1,620 @@
+//! Applications from Git on real nodes: repositories made by the test with
+//! the `git` program, served over `file://` and a real `git daemon`, the
+//! HTTP API, a durable store across a restart, and a rollout on the real
+//! Docker engine.
+
+mod common;
+#[path = "support/docker.rs"]
+mod docker_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iarnet::config::Config;
+use iarnet::node::{self, NodeHandle, ProviderSetup};
+use iarnet::resource::docker::{DockerProvider, DockerSettings};
+use iarnet::resource::{Provider, Resources};
+use iarnet::store::{RedbStore, Store};
+use serde_json::{json, Value};
+
+use docker_support::{ensure_test_image, suffix, TEST_IMAGE};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "iarnet tests")
+        .env("GIT_AUTHOR_EMAIL", "tests@iarnet.invalid")
+        .env("GIT_COMMITTER_NAME", "iarnet tests")
+        .env("GIT_COMMITTER_EMAIL", "tests@iarnet.invalid")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A repository with `files` committed on branch `main`; returns its path.
+fn repo(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    commit(&dir, files, "first");
+    dir
+}
+
+fn commit(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", message]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).expect("HTTP API reachable");
+    s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let v = serde_json::from_str(rest).unwrap_or(Value::String(rest.to_string()));
+    (status, v)
+}
+
+fn config(id: &str, workspace: &Path) -> Config {
+    let mut cfg = Config::loopback(id);
+    cfg.workspace_dir = workspace.to_path_buf();
+    cfg
+}
+
+async fn start(id: &str, workspace: &Path, store: Arc<dyn Store>) -> NodeHandle {
+    node::start_with_store(
+        config(id, workspace),
+        ProviderSetup::Given(Vec::new()),
+        store,
+    )
+    .await
+    .expect("node starts")
+}
+
+const COMPOSE: &str = "services:\n  web:\n    build: web\n    ports: ['8080']\n    environment: {API: 'http://api:9000'}\n  api:\n    image: busybox\n    ports: ['9000']\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_application_is_cloned_analysed_edited_pulled_and_kept_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = repo(
+        tmp.path(),
+        "shop",
+        &[
+            ("compose.yaml", COMPOSE),
+            ("web/Dockerfile", "FROM busybox\n"),
+            ("web/package.json", r#"{"dependencies": {"react": "18"}}"#),
+        ],
+    );
+    let first = git(&src, &["rev-parse", "HEAD"]);
+    let workspace = tmp.path().join("ws");
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open_dir(&tmp.path().join("data")).unwrap());
+    let n = start("apps-1", &workspace, store.clone()).await;
+    let addr = n.http_addr().to_string();
+    let url = format!("file://{}", src.display());
+
+    let (code, app) = http(
+        &addr,
+        "POST",
+        "/application/apps",
+        Some(json!({"name": "Shop", "git_url": url, "branch": "main"})),
+    );
+    assert_eq!(code, 201, "{app}");
+    assert_eq!(app["id"], "shop");
+    assert_eq!(app["commit"]["sha"], first.as_str());
+    assert_eq!(app["status"], "created");
+    assert!(workspace.join("shop/compose.yaml").is_file());
+    let (code, again) = http(
+        &addr,
+        "POST",
+        "/application/apps",
+        Some(json!({"name": "shop", "git_url": url})),
+    );
+    assert_eq!(code, 409, "{again}");
+
+    let (code, a) = http(&addr, "POST", "/application/apps/shop/analyze", None);
+    assert_eq!(code, 200, "{a}");
+    assert_eq!(a["components"][0]["id"], "web");
+    assert_eq!(a["components"][0]["type"], "web");
+    assert_eq!(a["components"][0]["framework"], "react");
+    assert_eq!(
+        a["dag"]["edges"],
+        json!([{"from": "web", "to": "api", "type": "http"}])
+    );
+    let (_, comps) = http(&addr, "GET", "/application/apps/shop/components", None);
+    assert_eq!(comps["components"][1]["status"], "not_deployed", "{comps}");
+
+    // The code browser: the tree, a file, an edit that shows as a change.
+    let (code, tree) = http(&addr, "GET", "/application/apps/shop/files", None);
+    assert_eq!(code, 200);
+    let paths: Vec<&str> = tree["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["compose.yaml", "web", "web/Dockerfile", "web/package.json"]
+    );
+    let (code, f) = http(
+        &addr,
+        "GET",
+        "/application/apps/shop/files/web/Dockerfile",
+        None,
+    );
+    assert_eq!((code, f["content"].as_str()), (200, Some("FROM busybox\n")));
+    let (code, _) = http(
+        &addr,
+        "PUT",
+        "/application/apps/shop/files/web/Dockerfile",
+        Some(json!({"content": "FROM busybox\nEXPOSE 8080\n"})),
+    );
+    assert_eq!(code, 200);
+    let (_, app) = http(&addr, "GET", "/application/apps/shop", None);
+    assert_eq!(app["modified_files"], json!(["web/Dockerfile"]));
+
+    // A pull keeps edits unless forced, then moves to the new commit.
+    let second = commit(&src, &[("README.md", "shop\n")], "second");
+    let (code, e) = http(&addr, "POST", "/application/apps/shop/pull", None);
+    assert_eq!(code, 409, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("web/Dockerfile"),
+        "{e}"
+    );
+    let (code, app) = http(
+        &addr,
+        "POST",
+        "/application/apps/shop/pull",
+        Some(json!({"force": true})),
+    );
+    assert_eq!(code, 200, "{app}");
+    assert_eq!(app["commit"]["sha"], second.as_str());
+    assert_eq!(app["commit"]["message"], "second");
+    assert_eq!(app["modified_files"], json!([]));
+    http(&addr, "POST", "/application/apps/shop/analyze", None);
+
+    // A restarted node still knows the application and its analysis.
+    n.shutdown().await;
+    let n = start("apps-1", &workspace, store.clone()).await;
+    let addr = n.http_addr().to_string();
+    let (code, list) = http(&addr, "GET", "/application/apps", None);
+    assert_eq!(code, 200);
+    assert_eq!(list["applications"][0]["id"], "shop");
+    assert_eq!(list["applications"][0]["commit"]["sha"], second.as_str());
+    assert_eq!(list["applications"][0]["components_count"], 2);
+
+    let (code, _) = http(&addr, "DELETE", "/application/apps/shop", None);
+    assert_eq!(code, 200);
+    assert!(!workspace.join("shop").exists());
+    let (code, _) = http(&addr, "GET", "/application/apps/shop", None);
+    assert_eq!(code, 404);
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_inputs_get_clear_errors_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = repo(
+        tmp.path(),
+        "good",
+        &[("compose.yaml", COMPOSE), ("web/Dockerfile", "FROM x\n")],
+    );
+    let cycle = repo(
+        tmp.path(),
+        "cycle",
+        &[(
+            "compose.yaml",
+            "services:\n  a: {image: x, depends_on: [b]}\n  b: {image: x, depends_on: [a]}\n",
+        )],
+    );
+    let unknown = repo(
+        tmp.path(),
+        "unknown",
+        &[(
+            "compose.yaml",
+            "services:\n  a: {image: x, depends_on: [ghost]}\n",
+        )],
+    );
+    let unsupported = repo(
+        tmp.path(),
+        "unsupported",
+        &[(
+            "compose.yaml",
+            "services:\n  a: {image: x, volumes: ['d:/d']}\n",
+        )],
+    );
+    let workspace = tmp.path().join("ws");
+    let n = start(
+        "apps-2",
+        &workspace,
+        Arc::new(iarnet::store::MemoryStore::new()),
+    )
+    .await;
+    let addr = n.http_addr().to_string();
+    let create = |name: &str, url: String, branch: &str| {
+        http(
+            &addr,
+            "POST",
+            "/application/apps",
+            Some(json!({"name": name, "git_url": url, "branch": branch})),
+        )
+    };
+    let file = |p: &Path| format!("file://{}", p.display());
+
+    let (code, e) = create("x", "/not/a/url".into(), "main");
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().starts_with("invalid git_url"),
+        "{e}"
+    );
+    let (code, e) = create("x", "git://127.0.0.1:1/nothing".into(), "main");
+    assert_eq!(code, 503, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("cannot reach"), "{e}");
+    let (code, e) = create("x", file(&good), "nope");
+    assert_eq!(code, 404, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("branch `nope`"),
+        "{e}"
+    );
+    let (code, e) = create("x", file(&tmp.path().join("missing")), "main");
+    assert_eq!(code, 404, "{e}");
+    let leftovers: Vec<_> = std::fs::read_dir(&workspace)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "half-made checkouts left: {leftovers:?}"
+    );
+    let (_, list) = http(&addr, "GET", "/application/apps", None);
+    assert_eq!(list["applications"], json!([]));
+
+    for (name, path, expect) in [
+        ("cycle", &cycle, "dependency cycle: a -> b -> a"),
+        (
+            "unknown",
+            &unknown,
+            "depends on `ghost`, which is not a component",
+        ),
+        (
+            "unsupported",
+            &unsupported,
+            "services.a.volumes: not supported",
+        ),
+    ] {
+        let (code, _) = create(name, file(path), "main");
+        assert_eq!(code, 201);
+        let (code, e) = http(
+            &addr,
+            "POST",
+            &format!("/application/apps/{name}/analyze"),
+            None,
+        );
+        assert_eq!(code, 400, "{name}: {e}");
+        assert_eq!(e["code"], "invalid_argument");
+        assert!(e["error"].as_str().unwrap().contains(expect), "{name}: {e}");
+        let (code, e) = http(
+            &addr,
+            "POST",
+            &format!("/application/apps/{name}/deploy-components"),
+            Some(json!({})),
+        );
+        assert_eq!(code, 400, "{name}: {e}");
+    }
+
+    let (code, e) = http(
+        &addr,
+        "GET",
+        "/application/apps/cycle/files/..%2F..%2Fetc%2Fpasswd",
+        None,
+    );
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("leaves the checkout"),
+        "{e}"
+    );
+    let (code, e) = http(
+        &addr,
+        "PUT",
+        "/application/apps/cycle/files/.git/config",
+        Some(json!({"content": "x"})),
+    );
+    assert_eq!(code, 400, "{e}");
+    let (code, _) = http(&addr, "GET", "/application/apps/cycle", None);
+    assert_eq!(code, 200, "the application is intact");
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_is_cloned_from_a_git_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = repo(
+        tmp.path(),
+        "served",
+        &[("Procfile", "web: ./run\nworker: ./work\n")],
+    );
+    let sha = git(&src, &["rev-parse", "HEAD"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = Command::new("git")
+        .args([
+            "daemon",
+            "--export-all",
+            "--reuseaddr",
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            &format!("--base-path={}", tmp.path().display()),
+        ])
+        .spawn()
+        .expect("git daemon starts");
+    let n = start(
+        "apps-3",
+        &tmp.path().join("ws"),
+        Arc::new(iarnet::store::MemoryStore::new()),
+    )
+    .await;
+    let addr = n.http_addr().to_string();
+    let url = format!("git://127.0.0.1:{port}/served");
+    let mut created = (0, Value::Null);
+    // The daemon takes a moment to listen.
+    for _ in 0..50 {
+        created = http(
+            &addr,
+            "POST",
+            "/application/apps",
+            Some(json!({"name": "served", "git_url": url, "branch": "main"})),
+        );
+        if created.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(created.0, 201, "{}", created.1);
+    assert_eq!(created.1["commit"]["sha"], sha.as_str());
+    let (code, a) = http(&addr, "POST", "/application/apps/served/analyze", None);
+    assert_eq!(code, 200, "{a}");
+    assert_eq!(a["source"], "procfile");
+    assert_eq!(a["components"][1]["type"], "worker");
+    n.shutdown().await;
+}
+
+/// Containers of this engine labelled with the application, by component.
+fn started_at(container: &str) -> (String, String) {
+    let out = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{.State.StartedAt}} {{.State.FinishedAt}}",
+            container,
+        ])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (a, b) = s.split_once(' ').unwrap_or((&s, ""));
+    (a.to_string(), b.to_string())
+}
+
+fn logs(container: &str) -> String {
+    let out = Command::new("docker")
+        .args(["logs", container])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn components_start_in_dependency_order_and_reach_each_other() {
+    ensure_test_image();
+    let tmp = tempfile::tempdir().unwrap();
+    let compose = format!(
+        r#"services:
+  init:
+    image: {TEST_IMAGE}
+    command: ["sh", "-c", "sleep 1; echo seeded"]
+  db:
+    image: {TEST_IMAGE}
+    command: ["sh", "-c", "mkdir -p /www && echo db-ok > /www/index.html && sleep 2 && touch /tmp/ready && exec httpd -f -p 5432 -h /www"]
+    ports: ["5432"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ready"]
+      interval: 500ms
+      retries: 60
+  api:
+    image: {TEST_IMAGE}
+    command: ["sh", "-c", "echo addr=$$DB_ADDR; wget -q -O- http://$$DB_ADDR/; wget -q -O- http://db:5432/; exec sleep 300"]
+    depends_on:
+      init: {{condition: service_completed_successfully}}
+      db: {{condition: service_healthy}}
+      cache: {{condition: service_started}}
+  cache:
+    build: ./cache
+"#
+    );
+    let dockerfile = format!(
+        "FROM {TEST_IMAGE}\nCOPY . /ctx\nCMD [\"sh\", \"-c\", \"ls /ctx; echo built-image-ran; exec sleep 300\"]\n"
+    );
+    let src = repo(
+        tmp.path(),
+        "ordered",
+        &[
+            ("compose.yaml", &compose),
+            ("cache/Dockerfile", &dockerfile),
+            ("cache/.dockerignore", "secret.txt\n"),
+            ("cache/hello.txt", "hello\n"),
+            ("cache/secret.txt", "do not ship\n"),
+        ],
+    );
+    let id = format!("t-app-{}", suffix());
+    let provider = DockerProvider::connect(DockerSettings {
+        id: id.clone(),
+        name: "apps test".into(),
+        endpoint: None,
+        tls: None,
+        limits: Some(Resources {
+            cpu_millis: 4000,
+            memory_bytes: 4 << 30,
+            gpus: 0,
+            storage_bytes: 0,
+        }),
+        max_deployments: None,
+        labels: Default::default(),
+        node_id: "apps-4".into(),
+        gpus: Vec::new(),
+    })
+    .await
+    .expect("the local Docker engine");
+    let providers: Vec<Arc<dyn Provider>> = vec![Arc::new(provider)];
+    let n = node::start_with_store(
+        config("apps-4", &tmp.path().join("ws")),
+        ProviderSetup::Given(providers),
+        Arc::new(iarnet::store::MemoryStore::new()),
+    )
+    .await
+    .unwrap();
+    let addr = n.http_addr().to_string();
+    let name = format!("ordered-{}", suffix());
+    let (code, e) = http(
+        &addr,
+        "POST",
+        "/application/apps",
+        Some(json!({"name": name, "git_url": format!("file://{}", src.display())})),
+    );
+    assert_eq!(code, 201, "{e}");
+    let (code, app) = http(
+        &addr,
+        "POST",
+        &format!("/application/apps/{name}/deploy-components"),
+        Some(json!({"components": [], "wait_seconds": 120})),
+    );
+    let cleanup = || {
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!("docker rm -f $(docker ps -aq --filter label=iarnet-app={name}) >/dev/null 2>&1; docker network rm iarnet-app-{name} >/dev/null 2>&1; docker rmi $(docker images -q 'iarnet-app/{name}-cache') >/dev/null 2>&1"),
+            ])
+            .status();
+    };
+    if code != 200 {
+        cleanup();
+        panic!("deploy: {code} {app}");
+    }
+    let comp = |c: &str| -> Value {
+        app["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == c)
+            .cloned()
+            .unwrap()
+    };
+    // The engine's container of a component, found by its labels.
+    let container = |c: &str| {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=iarnet-app={name}"),
+                "--filter",
+                &format!("label=iarnet-component={c}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (init_start, init_end) = started_at(&container("init"));
+    let (db_start, _) = started_at(&container("db"));
+    let (api_start, _) = started_at(&container("api"));
+    let result = std::panic::catch_unwind(|| {
+        assert_eq!(comp("init")["exit_code"], 0, "{app}");
+        assert_eq!(comp("db")["health"], "healthy", "{app}");
+        assert!(
+            init_end <= api_start,
+            "api started before init finished: {init_end} > {api_start}"
+        );
+        // db becomes healthy 2 s after it starts: api waits for that.
+        assert!(
+            !api_start.is_empty() && db_start < api_start,
+            "{db_start} / {api_start}"
+        );
+        let endpoint = &comp("api")["endpoints"]["db"];
+        assert_eq!(endpoint["via"], "published", "{app}");
+        let _ = init_start;
+    });
+    let cache_logs = logs(&container("cache"));
+    let built = comp("cache")["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let api = container("api");
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = logs(&api);
+        if seen.matches("db-ok").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, stopped) = http(
+        &addr,
+        "POST",
+        &format!("/application/apps/{name}/stop"),
+        Some(json!({})),
+    );
+    cleanup();
+    n.shutdown().await;
+    result.unwrap();
+    assert_eq!(
+        seen.matches("db-ok").count(),
+        2,
+        "api reaches db by its published address and by its alias: {seen}"
+    );
+    assert_eq!(code, 200, "{stopped}");
+    assert_eq!(stopped["status"], "stopped", "{stopped}");
+    assert!(
+        built.starts_with(&format!("iarnet-app/{name}-cache:")),
+        "{built}"
+    );
+    assert!(cache_logs.contains("built-image-ran"), "{cache_logs}");
+    assert!(cache_logs.contains("hello.txt"), "{cache_logs}");
+    assert!(
+        !cache_logs.contains("secret.txt"),
+        ".dockerignore honoured: {cache_logs}"
+    );
+}
