@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/admin.proto",
     "proto/resource.proto",
     "proto/directory.proto",
+    "proto/application.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -18,6 +18,11 @@ pub mod iarnet {
             tonic::include_proto!("iarnet.directory.v1");
         }
     }
+    pub mod application {
+        pub mod v1 {
+            tonic::include_proto!("iarnet.application.v1");
+        }
+    }
     pub mod resource {
         // DeployEvent's last event carries the whole Deployment (its lease
         // included); one per deploy stream, so boxing it would buy nothing.
@@ -36,6 +41,9 @@ pub use iarnet::resource::v1 as resource;
 
 /// The deployment directory between nodes (package `iarnet.directory.v1`).
 pub use iarnet::directory::v1 as directory;
+
+/// Applications from Git (package `iarnet.application.v1`).
+pub use iarnet::application::v1 as application;
 
 /// Encoded `FileDescriptorSet` of every iarnet proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

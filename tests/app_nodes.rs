@@ -6,6 +6,8 @@
 mod common;
 #[path = "support/docker.rs"]
 mod docker_support;
+#[path = "support/grpcurl.rs"]
+mod grpcurl_support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -81,6 +83,27 @@ fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Valu
         .unwrap_or(0);
     let v = serde_json::from_str(rest).unwrap_or(Value::String(rest.to_string()));
     (status, v)
+}
+
+/// A grpcurl call: its JSON answer, or its stderr (which names the code).
+fn grpc(addr: &str, method: &str, body: Value) -> Result<Value, String> {
+    let out = Command::new(grpcurl_support::grpcurl())
+        .args([
+            "-plaintext",
+            "-max-time",
+            "60",
+            "-d",
+            &body.to_string(),
+            addr,
+        ])
+        .arg(format!("iarnet.application.v1.ApplicationService/{method}"))
+        .output()
+        .expect("grpcurl runs");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 fn config(id: &str, workspace: &Path) -> Config {
@@ -383,30 +406,44 @@ async fn a_repository_is_cloned_from_a_git_daemon() {
         Arc::new(iarnet::store::MemoryStore::new()),
     )
     .await;
-    let addr = n.http_addr().to_string();
+    let grpc_addr = n.local_addr().to_string();
     let url = format!("git://127.0.0.1:{port}/served");
-    let mut created = (0, Value::Null);
+    let mut created = Err(String::new());
     // The daemon takes a moment to listen.
     for _ in 0..50 {
-        created = http(
-            &addr,
-            "POST",
-            "/application/apps",
-            Some(json!({"name": "served", "git_url": url, "branch": "main"})),
+        created = grpc(
+            &grpc_addr,
+            "CreateApplication",
+            json!({"name": "served", "git_url": url, "branch": "main"}),
         );
-        if created.0 != 503 {
-            break;
+        match &created {
+            Err(e) if e.contains("Unavailable") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => break,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = daemon.kill();
     let _ = daemon.wait();
-    assert_eq!(created.0, 201, "{}", created.1);
-    assert_eq!(created.1["commit"]["sha"], sha.as_str());
-    let (code, a) = http(&addr, "POST", "/application/apps/served/analyze", None);
-    assert_eq!(code, 200, "{a}");
+    let created = created.expect("CreateApplication over gRPC");
+    assert_eq!(created["commit"]["sha"], sha.as_str());
+    let a = grpc(&grpc_addr, "AnalyzeApplication", json!({"id": "served"})).unwrap();
     assert_eq!(a["source"], "procfile");
     assert_eq!(a["components"][1]["type"], "worker");
+    let files = grpc(&grpc_addr, "ListFiles", json!({"id": "served"})).unwrap();
+    assert_eq!(files["entries"][0]["path"], "Procfile");
+    let e = grpc(
+        &grpc_addr,
+        "ReadFile",
+        json!({"id": "served", "path": "../../etc/passwd"}),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("InvalidArgument") && e.contains("leaves the checkout"),
+        "{e}"
+    );
+    let e = grpc(&grpc_addr, "GetApplication", json!({"id": "ghost"})).unwrap_err();
+    assert!(e.contains("NotFound"), "{e}");
     n.shutdown().await;
 }
 

@@ -2,6 +2,7 @@
 //! [`resources`] for operators and services, and [`http`] (JSON, metrics, probes).
 
 pub mod admin;
+pub mod apps;
 pub mod codec;
 pub mod directory;
 pub mod http;

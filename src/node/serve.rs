@@ -21,6 +21,7 @@ use tracing::{info, warn, Instrument};
 use super::prepare::Prepared;
 use super::{gossip, peers, providers, NodeError};
 use crate::api::admin::AdminApi;
+use crate::api::apps::ApplicationApi;
 use crate::api::directory::DirectoryApi;
 use crate::api::http::HttpApi;
 use crate::api::peer::PeerApi;
@@ -29,6 +30,7 @@ use crate::app::Applications;
 use crate::mesh::limits::MAX_MESSAGE;
 use crate::placement::Manager;
 use crate::proto::admin::admin_server::AdminServer;
+use crate::proto::application::application_service_server::ApplicationServiceServer;
 use crate::proto::directory::directory_server::DirectoryServer;
 use crate::proto::peer::peer_service_server::PeerServiceServer;
 use crate::proto::resource::resource_service_server::ResourceServiceServer;
@@ -43,6 +45,7 @@ pub const HEALTH_SERVICES: &[&str] = &[
     "iarnet.admin.v1.Admin",
     "iarnet.resource.v1.ResourceService",
     "iarnet.directory.v1.Directory",
+    "iarnet.application.v1.ApplicationService",
 ];
 
 /// Known peers are saved every this many gossip rounds, and at least this rarely.
@@ -103,6 +106,21 @@ pub async fn serve(
         )
     };
 
+    let advertise_host = shared
+        .config
+        .advertise_addr
+        .as_deref()
+        .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_string()))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let apps = Arc::new(
+        Applications::open(
+            shared.config.workspace_dir.clone(),
+            store.clone(),
+            manager.clone(),
+            advertise_host,
+        )
+        .map_err(|e| NodeError::store(&shared.config, e))?,
+    );
     let mut server = Server::builder();
     if let Some(t) = &tls {
         server = server
@@ -126,23 +144,12 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(AdminServer::new(AdminApi::new(shared.clone())))
-        .add_service(ResourceServiceServer::new(resources()));
+        .add_service(ResourceServiceServer::new(resources()))
+        .add_service(ApplicationServiceServer::new(ApplicationApi::new(
+            apps.clone(),
+            shared.audit.clone(),
+        )));
 
-    let advertise_host = shared
-        .config
-        .advertise_addr
-        .as_deref()
-        .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_string()))
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let apps = Arc::new(
-        Applications::open(
-            shared.config.workspace_dir.clone(),
-            store.clone(),
-            manager.clone(),
-            advertise_host,
-        )
-        .map_err(|e| NodeError::store(&shared.config, e))?,
-    );
     let http_api = Arc::new(HttpApi::new(
         shared.clone(),
         manager.clone(),
