@@ -655,3 +655,57 @@ async fn components_start_in_dependency_order_and_reach_each_other() {
         ".dockerignore honoured: {cache_logs}"
     );
 }
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_iarnet"))
+        .args(args)
+        .output()
+        .expect("the iarnet binary runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_creates_analyses_browses_and_removes_an_application() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = repo(
+        tmp.path(),
+        "clishop",
+        &[
+            ("compose.yaml", COMPOSE),
+            ("web/Dockerfile", "FROM busybox\n"),
+        ],
+    );
+    let n = start(
+        "apps-5",
+        &tmp.path().join("ws"),
+        Arc::new(iarnet::store::MemoryStore::new()),
+    )
+    .await;
+    let addr = n.local_addr().to_string();
+    let url = format!("file://{}", src.display());
+    let (ok, text) = cli(&["app", "create", "--addr", &addr, "clishop", &url]);
+    assert!(ok, "{text}");
+    assert!(text.contains("clishop (created)"), "{text}");
+    let (ok, text) = cli(&["app", "analyze", "--addr", &addr, "clishop"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("web -> api (http)"), "{text}");
+    let (ok, text) = cli(&["app", "files", "--addr", &addr, "clishop", "web/Dockerfile"]);
+    assert_eq!((ok, text.as_str()), (true, "FROM busybox\n"));
+    let (ok, text) = cli(&["app", "ls", "--addr", &addr, "-o", "json"]);
+    assert!(ok, "{text}");
+    let list: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(list["applications"][0]["status"], "analyzed");
+    let (ok, text) = cli(&["app", "deploy", "--addr", &addr, "clishop", "ghost"]);
+    assert!(!ok && text.contains("`ghost` is not a component"), "{text}");
+    let (ok, text) = cli(&["app", "rm", "--addr", &addr, "clishop"]);
+    assert!(ok, "{text}");
+    assert!(!tmp.path().join("ws/clishop").exists());
+    n.shutdown().await;
+}

@@ -92,6 +92,9 @@ pub enum Command {
     },
     #[command(flatten)]
     Service(super::services::ServiceCommand),
+    /// Applications from Git: create, analyse, deploy in order, browse.
+    #[command(subcommand)]
+    App(super::apps::AppCommand),
     /// Create the mesh's CA and node certificates for mutual TLS.
     #[command(subcommand)]
     Cert(super::cert::CertCommand),
@@ -354,6 +357,7 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
         }
         Command::Deploy(args) => super::deploy::deploy(*args, &mut out).await?,
         Command::Service(c) => super::services::run(c, &mut out).await?,
+        Command::App(c) => super::apps::run(c, &mut out).await?,
         Command::Deployments(args) => list_deployments(args, &mut out).await?,
         Command::Queue { target } => {
             let mut api = ResourceServiceClient::new(target.connect().await?);

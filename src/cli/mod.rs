@@ -2,6 +2,7 @@
 //! runs a node (flags become a [`Config`]); with one it is a client of a
 //! running node over gRPC ([`client`]).
 
+mod apps;
 mod cert;
 pub mod client;
 mod deploy;
