@@ -55,7 +55,13 @@ RUN set -eu; \
 # Runtime stage: the binary, its configuration, a non-root user.
 FROM ${RUNTIME_IMAGE} AS runtime
 # Plain file edits rather than useradd, so a busybox-based RUNTIME_IMAGE works too.
+# git (and ssh for ssh:// remotes) clones applications; a base without apt
+# (the tests' busybox base) leaves it out and applications say git is missing.
 RUN set -eu; \
+    if command -v apt-get >/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends git openssh-client ca-certificates \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi; \
     echo 'iarnet:x:10001:10001:iarnet node:/var/lib/iarnet:/usr/sbin/nologin' >>/etc/passwd; \
     echo 'iarnet:x:10001:' >>/etc/group; \
     mkdir -p /etc/iarnet /var/lib/iarnet/data /var/lib/iarnet/workspaces; \

@@ -7,7 +7,7 @@
 //! # Layout
 //! Dependencies run one way, from the surfaces down to the vocabulary:
 //! `api` and `cli` on top; `node` (which composes everything and serves
-//! the surfaces); `security`; `config`; `placement`; `store`; `lifecycle`;
+//! the surfaces); `app` (applications, over placement); `security`; `config`; `placement`; `store`; `lifecycle`;
 //! `resource`; `mesh`; `proto`; and `metrics`, `sync`, `audit` at the ground.
 //!
 //! - [`mesh`]: the sans-IO gossip core (membership, failure detection,
@@ -22,6 +22,9 @@
 //!   `CallProvider` (the proxy to other nodes' providers and serving), the
 //!   pending queue and its worker, and the leases an owner keeps, with their
 //!   worker.
+//! - [`app`]: applications from Git: clone and pull, analysis into
+//!   components and a checked dependency graph, rollout in dependency order
+//!   through the placement manager, the code browser.
 //! - [`lifecycle`]: the workload lifecycle, sans-IO: priorities, the order
 //!   of a home's pending queue and what to try when capacity grows, leases.
 //! - [`api`]: the gRPC services: `peer.PeerService` for nodes,
