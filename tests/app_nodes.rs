@@ -709,3 +709,48 @@ async fn the_cli_creates_analyses_browses_and_removes_an_application() {
     assert!(!tmp.path().join("ws/clishop").exists());
     n.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_over_max_checkout_size_is_refused_and_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Random bytes: git cannot compress them below the limit.
+    let big: String = (0..(3 << 20) / 16)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect();
+    let src = repo(
+        tmp.path(),
+        "big",
+        &[("blob.txt", &big), ("Procfile", "web: x\n")],
+    );
+    let mut cfg = config("apps-6", &tmp.path().join("ws"));
+    cfg.max_checkout_bytes = 1 << 20;
+    let n = node::start_with_store(
+        cfg,
+        ProviderSetup::Given(Vec::new()),
+        Arc::new(iarnet::store::MemoryStore::new()),
+    )
+    .await
+    .unwrap();
+    let addr = n.http_addr().to_string();
+    let (code, e) = http(
+        &addr,
+        "POST",
+        "/application/apps",
+        Some(json!({"name": "big", "git_url": format!("file://{}", src.display())})),
+    );
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("over this node's limit of 1 MiB"),
+        "{e}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("ws"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    n.shutdown().await;
+}

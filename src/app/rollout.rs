@@ -486,6 +486,26 @@ impl Applications {
         out
     }
 
+    /// How many applications are in each status (for `/metrics`).
+    pub async fn status_counts(&self) -> Vec<(String, u64)> {
+        let mut counts: BTreeMap<String, u64> = [
+            "created",
+            "analyzed",
+            "deploying",
+            "running",
+            "partial",
+            "stopped",
+            "failed",
+        ]
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
+        for v in self.list().await {
+            *counts.entry(v.status).or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+
     /// The components of application `id` and how each stands now.
     pub async fn components(&self, id: &str) -> Result<Vec<ComponentView>, AppError> {
         Ok(self.view(id).await?.components)

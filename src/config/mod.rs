@@ -63,6 +63,8 @@ pub struct Config {
     pub resource_limits: ResourceLimits,
     /// `workspace_dir`: where application sources are checked out.
     pub workspace_dir: PathBuf,
+    /// `max_checkout_size`: the largest application checkout kept, in bytes.
+    pub max_checkout_bytes: u64,
     /// `data_dir`: node identity and durable state.
     pub data_dir: PathBuf,
     pub gossip: GossipConfig,
@@ -160,6 +162,7 @@ impl Parser<'_> {
             initial_peers: self.initial_peers(),
             resource_limits: self.resource_limits(),
             workspace_dir: PathBuf::from(self.scalar(&node::WORKSPACE_DIR)),
+            max_checkout_bytes: self.bytes(&node::MAX_CHECKOUT_SIZE, 1 << 20, usize::MAX) as u64,
             security: self.security(&data_dir),
             data_dir,
             gossip,

@@ -64,6 +64,12 @@ pub(super) const WORKSPACE_DIR: Key = Key::new(
     "where application sources are checked out",
 )
 .env("IARNET_WORKSPACE_DIR");
+pub(super) const MAX_CHECKOUT_SIZE: Key = Key::new(
+    "max_checkout_size",
+    "1Gi",
+    "the largest application checkout kept; a bigger repository is refused",
+)
+.env("IARNET_MAX_CHECKOUT_SIZE");
 pub(super) const DATA_DIR: Key =
     Key::new("data_dir", "./data", "node identity and durable state").env("IARNET_DATA_DIR");
 pub(super) const SHUTDOWN_GRACE: Key = Key::new(
@@ -86,6 +92,7 @@ pub(super) const KEYS: &[Key] = &[
     GPU_LIMIT,
     MAX_DEPLOYMENTS,
     WORKSPACE_DIR,
+    MAX_CHECKOUT_SIZE,
     DATA_DIR,
     SHUTDOWN_GRACE,
 ];

@@ -202,6 +202,8 @@ pub struct Snapshot {
     pub failover: FailoverMetrics,
     /// Services kept at this node: (service id, wanted replicas, skew).
     pub services: Vec<(String, u64, u64)>,
+    /// Applications kept at this node, by status (created, running, ...).
+    pub applications: Vec<(String, u64)>,
 }
 
 impl Metrics {
@@ -266,6 +268,11 @@ impl Metrics {
             "deployments",
             "Deployments on this node's own providers, by state",
             gauges(&s.deployments, |state| StateLabel { state }),
+        );
+        r.register(
+            "applications",
+            "Applications kept at this node, by status",
+            gauges(&s.applications, |state| StateLabel { state }),
         );
         let outcomes = Family::<OutcomeLabels, Counter>::default();
         for (outcome, reason, n) in &s.placements {
@@ -491,6 +498,7 @@ mod tests {
             leases: vec![("active".into(), 1)],
             queue_blocked: vec![("insufficient_cpu".into(), 2)],
             services: vec![("web".into(), 3, 1)],
+            applications: vec![("running".into(), 2)],
             process: Some(ProcessStats {
                 resident_memory_bytes: 1 << 20,
                 open_fds: 9,
@@ -521,6 +529,7 @@ mod tests {
             "iarnet_service_replicas{service=\"web\"} 3",
             "iarnet_service_skew{service=\"web\"} 1",
             "iarnet_service_scales_total 0",
+            "iarnet_applications{state=\"running\"} 2",
             "process_cpu_seconds_total 0",
             "process_start_time_seconds",
         ] {

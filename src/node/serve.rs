@@ -119,7 +119,8 @@ pub async fn serve(
             manager.clone(),
             advertise_host,
         )
-        .map_err(|e| NodeError::store(&shared.config, e))?,
+        .map_err(|e| NodeError::store(&shared.config, e))?
+        .with_max_checkout_bytes(shared.config.max_checkout_bytes),
     );
     let mut server = Server::builder();
     if let Some(t) = &tls {

@@ -167,6 +167,7 @@ impl HttpApi {
             lease: self.manager.leases().metrics().clone(),
             failover: self.manager.failover_metrics().clone(),
             services: self.manager.service_gauges(),
+            applications: self.apps.status_counts().await,
         }
     }
 }
