@@ -8,6 +8,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use crate::app::analyze::{Analysis, Component as Found, Edge as FoundEdge};
+use crate::app::files::FileContent;
 use crate::app::git::Credentials;
 use crate::app::manager::NewApp;
 use crate::app::rollout::{RolloutOptions, DEFAULT_WAIT};
@@ -134,6 +135,14 @@ pub fn analysis(a: &Analysis) -> pb::Analysis {
         components: a.components.iter().map(found).collect(),
         edges: a.dag.edges.iter().map(edge).collect(),
         notes: a.notes.clone(),
+    }
+}
+
+fn file(f: FileContent) -> pb::File {
+    pb::File {
+        path: f.path,
+        size: f.size,
+        content: f.content,
     }
 }
 
@@ -267,12 +276,7 @@ impl ApplicationService for ApplicationApi {
         req: Request<pb::ReadFileRequest>,
     ) -> Result<Response<pb::File>, Status> {
         let b = req.into_inner();
-        let f = self.apps.read_file(&b.id, &b.path)?;
-        Ok(Response::new(pb::File {
-            path: f.path,
-            size: f.size,
-            content: f.content,
-        }))
+        Ok(Response::new(file(self.apps.read_file(&b.id, &b.path)?)))
     }
 
     async fn write_file(
@@ -282,11 +286,6 @@ impl ApplicationService for ApplicationApi {
         let b = req.get_ref().clone();
         let r = self.apps.write_file(&b.id, &b.path, &b.content).await;
         self.record(&req, "app.save_file", &b.id, &r);
-        let f = r?;
-        Ok(Response::new(pb::File {
-            path: f.path,
-            size: f.size,
-            content: f.content,
-        }))
+        Ok(Response::new(file(r?)))
     }
 }
