@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/resource.proto",
     "proto/directory.proto",
     "proto/application.proto",
+    "proto/build.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         // A request that does not decode is answered INVALID_ARGUMENT.
         .codec_path("crate::api::codec::StrictCodec")
+        // Build context chunks are slices of one buffer, not copies.
+        .bytes(".iarnet.build.v1.ContextChunk.data")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -8,6 +8,10 @@
 //! - rollout: 10 components on the real Docker engine (4 levels: 4, 3, 2,
 //!   1), deployed with one call (each level in parallel) against the same
 //!   components deployed one call at a time in dependency order.
+//! - build-context transfer: a 64 MiB context sent to another node's
+//!   provider (the in-memory twin of a builder, so only the transfer and
+//!   the checks are timed) in 256 KiB checksummed chunks over gRPC, against
+//!   the same bytes written over a plain loopback TCP socket.
 //!
 //! `cargo bench --bench apps`             5 runs of each clone, 3 rollouts
 //! `cargo bench --bench apps -- --quick`  1 run each
@@ -184,11 +188,143 @@ fn cleanup(name: &str) {
         .status();
 }
 
+/// A tar of a Dockerfile and `size` bytes of noise.
+fn big_context(size: usize) -> bytes::Bytes {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut tar = tar::Builder::new(Vec::with_capacity(size + 4096));
+    for (name, data) in [
+        ("Dockerfile", &b"FROM scratch\nCOPY . /\n"[..]),
+        ("blob", &noise),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, data).unwrap();
+    }
+    tar.into_inner().unwrap().into()
+}
+
+/// The same bytes over a plain loopback TCP connection, read to the end.
+async fn tcp_copy(data: &bytes::Bytes) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        buf.len()
+    });
+    let t = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(data).await.unwrap();
+    s.shutdown().await.unwrap();
+    assert_eq!(reader.await.unwrap(), data.len());
+    t.elapsed()
+}
+
+/// Build-context transfer to another node's owner vs plain TCP.
+async fn context_transfer(runs: usize, tmp: &Path) {
+    use iarnet::placement::PlaceOptions;
+    use iarnet::resource::memory::MemoryProvider;
+    use iarnet::resource::{BuildLog, DeploySpec, ImageBuilder};
+
+    let mb = |n: usize, d: Duration| n as f64 / (1 << 20) as f64 / d.as_secs_f64();
+    let room = Resources {
+        cpu_millis: 8000,
+        memory_bytes: 8 << 30,
+        gpus: 0,
+        storage_bytes: 0,
+    };
+    let twin =
+        Arc::new(MemoryProvider::new("bench-build-b", room, Default::default()).with_builder());
+    let mut cfg = Config::loopback("bench-build-b");
+    cfg.workspace_dir = tmp.join("wb");
+    let b = node::start_with(
+        cfg,
+        ProviderSetup::Given(vec![twin.clone() as Arc<dyn Provider>]),
+    )
+    .await
+    .unwrap();
+    let mut cfg = Config::loopback("bench-build-a");
+    cfg.workspace_dir = tmp.join("wa");
+    cfg.initial_peers = vec![b.advertise_addr()];
+    let a = node::start_with(cfg, ProviderSetup::Given(Vec::new()))
+        .await
+        .unwrap();
+    let spec = DeploySpec {
+        request_id: "bench-build".into(),
+        image: "x".into(),
+        ..Default::default()
+    };
+    let builder = loop {
+        let found = a
+            .manager()
+            .builders_for(&spec, &PlaceOptions::default(), 1, "bench");
+        if let Some((_, b)) = found.into_iter().next() {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ctx = big_context(64 << 20);
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    let args = Default::default();
+    for _ in 0..runs {
+        let t = Instant::now();
+        builder
+            .build_image(
+                ctx.clone(),
+                "Dockerfile",
+                "bench/ctx:1",
+                &args,
+                BuildLog::none(),
+            )
+            .await
+            .expect("the twin builds");
+        ours.push(t.elapsed());
+        base.push(tcp_copy(&ctx).await);
+    }
+    assert_eq!(twin.built().len(), runs);
+    assert_eq!(twin.built()[0].context_bytes, ctx.len());
+    a.shutdown().await;
+    b.shutdown().await;
+    let (o, t) = (median(ours), median(base));
+    println!();
+    println!(
+        "build-context transfer to another node's owner, {} MiB (median of {runs})",
+        ctx.len() >> 20
+    );
+    println!(
+        "  gRPC, 256 KiB chunks, SHA-256 each + whole : {} ({:.0} MiB/s)",
+        ms(o),
+        mb(ctx.len(), o)
+    );
+    println!(
+        "  plain loopback TCP, same bytes              : {} ({:.0} MiB/s)",
+        ms(t),
+        mb(ctx.len(), t)
+    );
+    println!(
+        "  throughput ratio                            : {:.2}x",
+        t.as_secs_f64() / o.as_secs_f64()
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let runs = if quick { 1 } else { 5 };
     let tmp = tempfile::tempdir().unwrap();
+    context_transfer(runs, tmp.path()).await;
 
     // Clone + analyse.
     let fixture = tmp.path().join("fixture");

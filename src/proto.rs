@@ -23,6 +23,11 @@ pub mod iarnet {
             tonic::include_proto!("iarnet.application.v1");
         }
     }
+    pub mod build {
+        pub mod v1 {
+            tonic::include_proto!("iarnet.build.v1");
+        }
+    }
     pub mod resource {
         // DeployEvent's last event carries the whole Deployment (its lease
         // included); one per deploy stream, so boxing it would buy nothing.
@@ -44,6 +49,9 @@ pub use iarnet::directory::v1 as directory;
 
 /// Applications from Git (package `iarnet.application.v1`).
 pub use iarnet::application::v1 as application;
+
+/// Image builds on another node's provider (package `iarnet.build.v1`).
+pub use iarnet::build::v1 as build;
 
 /// Encoded `FileDescriptorSet` of every iarnet proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -95,6 +95,14 @@ fn component(c: &ComponentView) -> pb::Component {
                 via: e.via.clone(),
             })
             .collect(),
+        build: c.build.as_ref().map(|b| pb::Build {
+            status: b.status.clone(),
+            provider_id: b.provider_id.clone(),
+            owner_id: b.owner_id.clone(),
+            log: b.log.clone(),
+            error: b.error.clone().unwrap_or_default(),
+        }),
+        placement: c.placement.clone().into_iter().collect(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod apps;
+pub mod build;
 pub mod codec;
 pub mod directory;
 pub mod http;

@@ -40,6 +40,8 @@ pub struct Applications {
     max_checkout_bytes: u64,
     /// The host other nodes' containers reach this node's published ports on.
     pub(super) advertise_host: String,
+    /// Each component's latest image build, by (application, component).
+    pub(super) builds: Mutex<BTreeMap<(String, String), super::build::BuildState>>,
 }
 
 impl Applications {
@@ -69,6 +71,7 @@ impl Applications {
             locks: KeyLocks::new(),
             max_checkout_bytes: DEFAULT_MAX_CHECKOUT_BYTES,
             advertise_host,
+            builds: Mutex::default(),
         })
     }
 

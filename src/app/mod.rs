@@ -9,9 +9,11 @@
 //! files      the code browser: a checkout's tree, read and write, confined
 //! manager    create, analyse, pull, delete; one lock per application
 //! rollout    deploy level by level, waiting on each dependency's condition
+//! build      images from source, built on the provider that will run them
 //! ```
 
 pub mod analyze;
+mod build;
 pub mod context;
 pub mod files;
 pub mod git;

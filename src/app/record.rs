@@ -76,6 +76,23 @@ pub struct ComponentView {
     pub exit_code: Option<i64>,
     pub image: Option<String>,
     pub endpoints: BTreeMap<String, Endpoint>,
+    /// The latest image build from source, while it runs and after.
+    pub build: Option<BuildView>,
+    /// Provider labels it asked for.
+    pub placement: BTreeMap<String, String>,
+}
+
+/// An image build as the API shows it: its output so far, streamed in as
+/// the provider's engine writes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BuildView {
+    /// building, built or failed.
+    pub status: String,
+    pub provider_id: String,
+    pub owner_id: String,
+    /// The last lines of its output.
+    pub log: Vec<String>,
+    pub error: Option<String>,
 }
 
 /// An application as the API shows it.

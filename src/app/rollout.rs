@@ -273,32 +273,29 @@ impl Applications {
             }
         }
         let endpoints = self.endpoints(&deps);
-        let mut image = comp.image.clone().unwrap_or_default();
-        let mut provider_id = None;
+        let mut spec = component_spec(&rec, &comp, comp.image.as_deref().unwrap_or(""), &endpoints);
+        let mut opts_place = PlaceOptions {
+            queue_timeout: opts.wait,
+            ..Default::default()
+        };
         let mut built_from = None;
         if let Some(build) = &comp.build {
-            match self.build(&rec, &comp, build).await {
+            match self.build(&rec, &comp, build, &spec, &opts_place).await {
                 Ok((tag, pid)) => {
-                    image = tag;
-                    provider_id = Some(pid);
+                    spec.image = tag;
+                    opts_place.provider_id = Some(pid);
                     built_from = Some(rec.commit.sha.clone());
                 }
                 Err(e) => return Err(fail(None, format!("could not be built: {e}"))),
             }
         }
-        let spec = component_spec(&rec, &comp, &image, &endpoints);
         let deployment_id = crate::resource::validate::deployment_id(&spec.request_id);
         let run = ComponentRun {
             deployment_id: deployment_id.clone(),
-            image: image.clone(),
+            image: spec.image.clone(),
             built_from,
             started_ms: now_ms(),
             endpoints: endpoints.clone(),
-        };
-        let opts_place = PlaceOptions {
-            queue_timeout: opts.wait,
-            provider_id,
-            ..Default::default()
         };
         if let Err(e) = self
             .placement
@@ -339,41 +336,6 @@ impl Applications {
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
-    }
-
-    /// Builds a component's image from the checkout on a provider of this
-    /// node that builds, and pins it there: the image exists on that engine.
-    async fn build(
-        &self,
-        rec: &AppRecord,
-        comp: &Component,
-        build: &super::analyze::Build,
-    ) -> Result<(String, String), AppError> {
-        let Some((pid, builder)) = self.placement.image_builders().into_iter().next() else {
-            return Err(AppError::Conflict(format!(
-                "component `{}` is built from source and this node has no Docker provider to build it on: give it an image, or create the application on a node with one",
-                comp.id
-            )));
-        };
-        let dir = rec.local_path.join(&build.context);
-        let dockerfile = build.dockerfile.clone();
-        let ctx = {
-            let dir = dir.clone();
-            let dockerfile = dockerfile.clone();
-            tokio::task::spawn_blocking(move || super::context::pack(&dir, &dockerfile))
-                .await
-                .map_err(|e| AppError::Internal(format!("packing stopped: {e}")))??
-        };
-        let short: String = rec.commit.sha.chars().take(12).collect();
-        let tag = format!(
-            "iarnet-app/{}-{}:{short}-g{}",
-            rec.id, comp.id, rec.generation
-        );
-        let out = builder
-            .build_image(ctx.into(), &dockerfile, &tag, &build.args)
-            .await?;
-        info!(app = %rec.id, component = %comp.id, tag, provider = %pid, lines = out.len(), "image built");
-        Ok((tag, pid))
     }
 
     /// What deployment `id` has reached, from its status now.
@@ -523,7 +485,7 @@ impl Applications {
         let mut components = Vec::new();
         if let Some(a) = &rec.analysis {
             for c in &a.components {
-                components.push(self.component_view(c, rec.runs.get(&c.id)).await);
+                components.push(self.component_view(&rec.id, c, rec.runs.get(&c.id)).await);
             }
         }
         let status = app_status(&rec, &components);
@@ -550,7 +512,12 @@ impl Applications {
         })
     }
 
-    async fn component_view(&self, c: &Component, run: Option<&ComponentRun>) -> ComponentView {
+    async fn component_view(
+        &self,
+        app: &str,
+        c: &Component,
+        run: Option<&ComponentRun>,
+    ) -> ComponentView {
         let mut v = ComponentView {
             id: c.id.clone(),
             name: c.name.clone(),
@@ -569,6 +536,8 @@ impl Applications {
             exit_code: None,
             image: c.image.clone(),
             endpoints: BTreeMap::new(),
+            build: self.build_view(app, &c.id),
+            placement: c.placement.clone(),
         };
         let Some(run) = run else { return v };
         v.deployment_id = Some(run.deployment_id.clone());
@@ -699,6 +668,7 @@ fn component_spec(
             Some("on-failure") => RestartPolicy::OnFailure { max: 0 },
             _ => RestartPolicy::Never,
         },
+        required_labels: c.placement.clone(),
         network: Some(network_name(&rec.id)),
         aliases: vec![c.id.clone()],
         healthcheck: c.healthcheck.as_ref().map(|h| HealthSpec {

@@ -222,7 +222,7 @@ impl Metrics {
         );
         r.register(
             "provider_call_seconds",
-            "Latency of CallProvider, by side, method and gRPC code",
+            "Latency of CallProvider and image build calls, by side, method (`build` for those) and gRPC code",
             self.provider_call_seconds.clone(),
         );
         r.register("scrapes", "Metric scrapes served", self.scrapes.clone());

@@ -1,14 +1,18 @@
 //! The mesh as placement sees it: the providers live members advertise,
 //! publishing this node's own, the live members (the directory's ring),
-//! and CallProvider and the directory service over the node's channels.
+//! and CallProvider, the directory and image builds over the node's channels.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use super::shared::Shared;
 use crate::metrics::calls::{observe_call, Side};
+use crate::placement::call::build::{BuildCaller, BuildEvents};
 use crate::placement::directory::{DirectoryCaller, Member};
 use crate::placement::{Discovery, ProviderCaller, ProviderMethod};
+use crate::proto::build::BuildRequest;
 use crate::proto::directory as dpb;
 use crate::proto::peer::{ProviderCallRequest, ProviderCallResponse, ProviderInfo};
 use crate::proto::resource as rpb;
@@ -64,6 +68,12 @@ impl Discovery for NodeDiscovery {
     }
 
     fn directory(&self) -> Option<Arc<dyn DirectoryCaller>> {
+        Some(Arc::new(NodeCaller {
+            shared: self.shared.clone(),
+        }))
+    }
+
+    fn builds(&self) -> Option<Arc<dyn BuildCaller>> {
         Some(Arc::new(NodeCaller {
             shared: self.shared.clone(),
         }))
@@ -186,7 +196,46 @@ impl DirectoryCaller for NodeCaller {
     }
 }
 
+#[async_trait::async_trait]
+impl BuildCaller for NodeCaller {
+    async fn build(
+        &self,
+        owner_addr: &str,
+        requests: Vec<BuildRequest>,
+    ) -> Result<BuildEvents, tonic::Status> {
+        let started = Instant::now();
+        let result = self.open_build(owner_addr, requests).await;
+        let opened = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        observe_call(
+            &self.shared.metrics,
+            Side::Client,
+            "build",
+            &opened,
+            started,
+        );
+        result
+    }
+}
+
 impl NodeCaller {
+    async fn open_build(
+        &self,
+        owner_addr: &str,
+        requests: Vec<BuildRequest>,
+    ) -> Result<BuildEvents, tonic::Status> {
+        let mut client = self.shared.pool.builds(owner_addr)?;
+        let request = tonic::Request::new(tokio_stream::iter(requests));
+        let events = client
+            .build(request)
+            .await
+            .map_err(|s| unreachable(owner_addr, s))?
+            .into_inner();
+        let addr = owner_addr.to_string();
+        Ok(events
+            .map(move |e| e.map_err(|s| unreachable(&addr, s)))
+            .boxed())
+    }
+
     async fn send(
         &self,
         owner_addr: &str,

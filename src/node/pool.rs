@@ -9,6 +9,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
 
 use crate::mesh::limits::MAX_MESSAGE;
+use crate::proto::build::image_build_client::ImageBuildClient;
 use crate::proto::directory::directory_client::DirectoryClient;
 use crate::proto::peer::peer_service_client::PeerServiceClient;
 use crate::security::tls::Tls;
@@ -38,6 +39,13 @@ impl Pool {
     /// The directory service on the same channel.
     pub fn directory(&self, addr: &str) -> Result<DirectoryClient<Channel>, Status> {
         Ok(DirectoryClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// The image build service on the same channel.
+    pub fn builds(&self, addr: &str) -> Result<ImageBuildClient<Channel>, Status> {
+        Ok(ImageBuildClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))
     }

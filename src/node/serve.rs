@@ -22,6 +22,7 @@ use super::prepare::Prepared;
 use super::{gossip, peers, providers, NodeError};
 use crate::api::admin::AdminApi;
 use crate::api::apps::ApplicationApi;
+use crate::api::build::BuildApi;
 use crate::api::directory::DirectoryApi;
 use crate::api::http::HttpApi;
 use crate::api::peer::PeerApi;
@@ -31,6 +32,7 @@ use crate::mesh::limits::MAX_MESSAGE;
 use crate::placement::Manager;
 use crate::proto::admin::admin_server::AdminServer;
 use crate::proto::application::application_service_server::ApplicationServiceServer;
+use crate::proto::build::image_build_server::ImageBuildServer;
 use crate::proto::directory::directory_server::DirectoryServer;
 use crate::proto::peer::peer_service_server::PeerServiceServer;
 use crate::proto::resource::resource_service_server::ResourceServiceServer;
@@ -46,6 +48,7 @@ pub const HEALTH_SERVICES: &[&str] = &[
     "iarnet.resource.v1.ResourceService",
     "iarnet.directory.v1.Directory",
     "iarnet.application.v1.ApplicationService",
+    "iarnet.build.v1.ImageBuild",
 ];
 
 /// Known peers are saved every this many gossip rounds, and at least this rarely.
@@ -143,6 +146,15 @@ pub async fn serve(
             DirectoryServer::new(DirectoryApi::new(shared.clone(), manager.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ImageBuildServer::new(BuildApi::new(
+                shared.clone(),
+                manager.clone(),
+                cancel.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(AdminServer::new(AdminApi::new(shared.clone())))
         .add_service(ResourceServiceServer::new(resources()))

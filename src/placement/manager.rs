@@ -35,6 +35,7 @@ use crate::sync::KeyLocks;
 const REMOTE_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 mod anywhere;
+mod builds;
 mod disconnect;
 mod fencing;
 mod gang;
@@ -303,15 +304,6 @@ impl Manager {
     }
 
     /// Every provider this node can place on, best tier first.
-    /// This node's providers that build images, with their ids.
-    pub fn image_builders(&self) -> Vec<(String, Arc<dyn crate::resource::ImageBuilder>)> {
-        self.registry
-            .providers()
-            .iter()
-            .filter_map(|p| p.image_builder().map(|b| (p.id().to_string(), b)))
-            .collect()
-    }
-
     pub fn candidates(&self) -> Vec<Candidate> {
         self.registry.candidates()
     }

@@ -13,7 +13,7 @@ use super::call::ProviderCaller;
 use super::rank::Index;
 use crate::proto::peer::ProviderInfo;
 use crate::resource::wire::provider_info;
-use crate::resource::{Candidate, Provider, ProviderDescriptor, ResourceError, Tier};
+use crate::resource::{labels, Candidate, Provider, ProviderDescriptor, ResourceError, Tier};
 use crate::sync::lock;
 
 /// What placement needs from the mesh.
@@ -35,6 +35,19 @@ pub trait Discovery: Send + Sync + 'static {
     fn directory(&self) -> Option<Arc<dyn super::directory::DirectoryCaller>> {
         None
     }
+    /// Reaches other nodes' `ImageBuild` service, when there is a mesh.
+    fn builds(&self) -> Option<Arc<dyn super::call::build::BuildCaller>> {
+        None
+    }
+}
+
+/// What `p` says of itself, with the labels only iarnet can know.
+pub(crate) async fn describe(p: &dyn Provider) -> Result<ProviderDescriptor, ResourceError> {
+    let mut d = p.describe().await?;
+    if p.image_builder().is_some() {
+        d.labels.insert(labels::BUILDS.into(), "true".into());
+    }
+    Ok(d)
 }
 
 /// One of this node's providers and what it last said of itself.
@@ -100,7 +113,7 @@ impl Registry {
         provider: Arc<dyn Provider>,
         tier: Tier,
     ) -> Result<ProviderDescriptor, ResourceError> {
-        let desc = provider.describe().await?;
+        let desc = describe(&*provider).await?;
         {
             let mut locals = self.write();
             if locals.contains_key(&desc.id) {
@@ -194,7 +207,7 @@ impl Registry {
     }
 
     async fn refresh_one(&self, p: &dyn Provider) {
-        let desc = p.describe().await;
+        let desc = describe(p).await;
         let mut locals = self.write();
         if let Some(l) = locals.get_mut(p.id()) {
             match desc {

@@ -10,6 +10,9 @@ pub const GPU_MODEL: &str = "gpu.model";
 pub const REGION: &str = "region";
 /// The provider's zone (`placement.zone`).
 pub const ZONE: &str = "zone";
+/// Set to "true" on providers that build images from source: their owner
+/// takes build contexts for them (`iarnet.build.v1.ImageBuild`).
+pub const BUILDS: &str = "builds";
 /// Set to "true" on providers an operator registered (external tier).
 pub const EXTERNAL: &str = "external";
 

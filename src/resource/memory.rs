@@ -2,14 +2,15 @@
 //! rules as the real ones, no containers. Used by tests and benchmarks.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use futures::stream;
 
 use super::error::ResourceError;
 use super::gpu::{GpuInfo, GpuPool};
 use super::ledger::{admit, Ledger};
-use super::provider::{LogOptions, LogStream, ProgressSink, Provider};
+use super::memory_build::{BuiltImage, MemoryBuilder};
+use super::provider::{ImageBuilder, LogOptions, LogStream, ProgressSink, Provider};
 use super::types::{
     DeploySpec, DeployState, Deployment, LogLine, Progress, ProviderDescriptor, ProviderKind,
     Resources, RestartPolicy,
@@ -28,6 +29,8 @@ pub struct MemoryProvider {
     id: String,
     labels: BTreeMap<String, String>,
     books: Mutex<Books>,
+    /// Set when the twin builds images too.
+    builder: Option<Arc<MemoryBuilder>>,
 }
 
 impl MemoryProvider {
@@ -54,7 +57,22 @@ impl MemoryProvider {
                 deployments: HashMap::new(),
                 restart: HashMap::new(),
             }),
+            builder: None,
         }
+    }
+
+    /// The twin builds images (as a Docker provider does).
+    pub fn with_builder(mut self) -> MemoryProvider {
+        self.builder = Some(Arc::new(MemoryBuilder {
+            provider: self.id.clone(),
+            ..Default::default()
+        }));
+        self
+    }
+
+    /// What it built so far, oldest first.
+    pub fn built(&self) -> Vec<BuiltImage> {
+        self.builder.as_ref().map(|b| b.built()).unwrap_or_default()
     }
 
     /// Runs at most `max` deployments at once.
@@ -117,6 +135,10 @@ impl MemoryProvider {
 impl Provider for MemoryProvider {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn image_builder(&self) -> Option<Arc<dyn ImageBuilder>> {
+        self.builder.clone().map(|b| b as Arc<dyn ImageBuilder>)
     }
 
     async fn describe(&self) -> Result<ProviderDescriptor, ResourceError> {

@@ -26,6 +26,7 @@ pub mod labels;
 pub mod lease;
 pub mod ledger;
 pub mod memory;
+mod memory_build;
 pub mod priority;
 pub mod provider;
 pub mod quantity;
@@ -37,8 +38,9 @@ pub mod wire;
 
 pub use error::ResourceError;
 pub use lease::{LeaseState, LeaseTerms, LeaseView};
+pub use memory_build::BuiltImage;
 pub use priority::{PreemptionPolicy, Priority, PriorityClass};
-pub use provider::{ImageBuilder, LogOptions, LogStream, ProgressSink, Provider};
+pub use provider::{BuildLog, ImageBuilder, LogOptions, LogStream, ProgressSink, Provider};
 pub use quantity::Quantity;
 pub use service::{ReplicaOf, Spread, SpreadKey};
 pub use target::ProviderTarget;

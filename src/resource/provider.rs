@@ -32,6 +32,28 @@ impl ProgressSink {
     }
 }
 
+/// Where a build writes its output, line by line as the engine reports it;
+/// dropping the receiver is fine.
+#[derive(Debug, Clone, Default)]
+pub struct BuildLog(Option<mpsc::UnboundedSender<String>>);
+
+impl BuildLog {
+    pub fn none() -> BuildLog {
+        BuildLog(None)
+    }
+
+    pub fn channel() -> (BuildLog, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (BuildLog(Some(tx)), rx)
+    }
+
+    pub fn line(&self, line: &str) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(line.to_string());
+        }
+    }
+}
+
 /// How much of a log to read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogOptions {
@@ -48,14 +70,16 @@ pub type LogStream = BoxStream<'static, Result<LogLine, ResourceError>>;
 #[async_trait::async_trait]
 pub trait ImageBuilder: Send + Sync + 'static {
     /// Builds `tag` from `context`, a tar of the build directory; the
-    /// Dockerfile is `dockerfile`, relative to it. Returns the build's
-    /// output; on failure the error carries its last lines.
+    /// Dockerfile is `dockerfile`, relative to it. Each output line goes to
+    /// `log` as it comes, and all of them are returned; on failure the
+    /// error carries the last lines.
     async fn build_image(
         &self,
         context: bytes::Bytes,
         dockerfile: &str,
         tag: &str,
         args: &BTreeMap<String, String>,
+        log: BuildLog,
     ) -> Result<Vec<String>, ResourceError>;
 }
 

@@ -38,6 +38,9 @@ const CALL_PROVIDER_PATH: &str = "/peer.PeerService/CallProvider";
 /// The deployment directory between nodes: a peer surface, on the
 /// CallProvider budget (a lookup or forward stands for a management call).
 const DIRECTORY_PREFIX: &str = "/iarnet.directory.v1.Directory/";
+/// Image builds for another node's provider: a peer surface on the same
+/// budget (one call carries one build).
+const BUILD_PREFIX: &str = "/iarnet.build.v1.ImageBuild/";
 
 /// A refused caller is logged at most once per this interval.
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
@@ -56,7 +59,10 @@ pub enum Surface {
 
 impl Surface {
     pub fn of(path: &str) -> Surface {
-        if path.starts_with("/peer.PeerService/") || path.starts_with(DIRECTORY_PREFIX) {
+        if path.starts_with("/peer.PeerService/")
+            || path.starts_with(DIRECTORY_PREFIX)
+            || path.starts_with(BUILD_PREFIX)
+        {
             Surface::Peer
         } else if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
             Surface::Health
@@ -177,7 +183,10 @@ impl Security {
         authorization: Option<&[u8]>,
     ) -> Result<Caller, Status> {
         let surface = Surface::of(path);
-        let budget = if path == CALL_PROVIDER_PATH || path.starts_with(DIRECTORY_PREFIX) {
+        let budget = if path == CALL_PROVIDER_PATH
+            || path.starts_with(DIRECTORY_PREFIX)
+            || path.starts_with(BUILD_PREFIX)
+        {
             &self.provider_calls
         } else {
             &self.gossip_calls

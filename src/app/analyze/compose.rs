@@ -133,9 +133,9 @@ fn service(name: &str, body: &Value, p: &mut Problems) -> Option<Component> {
     if image.is_none() && build.is_none() {
         p.push(&at, "needs `image` or `build`");
     }
-    let (requirements, declared) = match m.get("deploy") {
+    let (requirements, declared, placement) = match m.get("deploy") {
         Some(v) => deploy(&format!("{at}.deploy"), v, p),
-        None => (super::model::DEFAULT_REQUIREMENTS, false),
+        None => (super::model::DEFAULT_REQUIREMENTS, false, BTreeMap::new()),
     };
     let mut c = Component {
         id: name.to_string(),
@@ -174,6 +174,7 @@ fn service(name: &str, body: &Value, p: &mut Problems) -> Option<Component> {
             .get("labels")
             .map(|v| string_map(&format!("{at}.labels"), v, p))
             .unwrap_or_default(),
+        placement,
         restart: None,
     };
     if let Some(v) = m.get("expose") {
@@ -483,16 +484,19 @@ fn healthcheck(at: &str, v: &Value, p: &mut Problems) -> Option<Healthcheck> {
 }
 
 /// `deploy.resources`: limits are what the engine enforces, so they are the
-/// need when given; reservations otherwise.
-fn deploy(at: &str, v: &Value, p: &mut Problems) -> (Requirements, bool) {
+/// need when given; reservations otherwise. `deploy.placement`: the
+/// provider labels it must run on.
+fn deploy(at: &str, v: &Value, p: &mut Problems) -> (Requirements, bool, BTreeMap<String, String>) {
     let mut req = super::model::DEFAULT_REQUIREMENTS;
     let mut declared = false;
+    let mut placement = BTreeMap::new();
     let Value::Mapping(m) = v else {
         p.push(at, "must be a mapping");
-        return (req, false);
+        return (req, false, placement);
     };
     for (k, v) in m {
         match key(k).as_str() {
+            "placement" => placement = constraints(&format!("{at}.placement"), v, p),
             "resources" => {
                 let Value::Mapping(r) = v else {
                     p.push(&format!("{at}.resources"), "must be a mapping");
@@ -543,7 +547,46 @@ fn deploy(at: &str, v: &Value, p: &mut Problems) -> (Requirements, bool) {
             other => p.unsupported(&format!("{at}.{other}")),
         }
     }
-    (req, declared)
+    (req, declared, placement)
+}
+
+/// `placement.constraints`, each `node.labels.KEY==VALUE`: a provider
+/// label it must have. Other forms (`!=`, `node.role`) are reported.
+fn constraints(at: &str, v: &Value, p: &mut Problems) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Value::Mapping(m) = v else {
+        p.push(at, "must be a mapping");
+        return out;
+    };
+    for (k, v) in m {
+        let path = format!("{at}.{}", key(k));
+        if key(k) != "constraints" {
+            p.unsupported(&path);
+            continue;
+        }
+        let Value::Sequence(items) = v else {
+            p.push(&path, "must be a list like [\"node.labels.site==b\"]");
+            continue;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let text = scalar(item).unwrap_or_default();
+            let parsed = text
+                .split_once("==")
+                .map(|(l, r)| (l.trim(), r.trim()))
+                .and_then(|(l, r)| Some((l.strip_prefix("node.labels.")?, r)))
+                .filter(|(l, r)| !l.is_empty() && !r.is_empty());
+            match parsed {
+                Some((label, value)) => {
+                    out.insert(label.to_string(), value.to_string());
+                }
+                None => p.push(
+                    &format!("{path}[{i}]"),
+                    &format!("`{text}` is not supported: write `node.labels.KEY==VALUE` (a label of the provider it runs on)"),
+                ),
+            }
+        }
+    }
+    out
 }
 
 fn limit_has(r: &Mapping, what: &str) -> bool {

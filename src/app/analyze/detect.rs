@@ -205,6 +205,7 @@ pub fn dockerfile_components(root: &Path, app: &str) -> Vec<Component> {
                 depends_on: Vec::new(),
                 healthcheck: None,
                 labels: Default::default(),
+                placement: Default::default(),
                 restart: None,
             }
         })
@@ -289,6 +290,7 @@ pub fn procfile_components(root: &Path, text: &str) -> Vec<Component> {
                 depends_on: Vec::new(),
                 healthcheck: None,
                 labels: Default::default(),
+                placement: Default::default(),
                 restart: None,
             })
         })

@@ -120,6 +120,10 @@ pub struct Component {
     pub depends_on: Vec<Dependency>,
     pub healthcheck: Option<Healthcheck>,
     pub labels: BTreeMap<String, String>,
+    /// Provider labels it must run on: Compose's `deploy.placement.constraints`
+    /// (`node.labels.KEY==VALUE`), iarnet's providers standing for nodes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub placement: BTreeMap<String, String>,
     /// Compose's `restart`: no, always, on-failure, unless-stopped.
     pub restart: Option<String>,
 }

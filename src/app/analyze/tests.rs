@@ -181,6 +181,37 @@ fn unsupported_keys_are_all_reported_with_their_paths() {
 }
 
 #[test]
+fn placement_constraints_become_provider_labels_and_other_forms_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "compose.yaml",
+        "services:\n  a:\n    image: x\n    deploy:\n      placement:\n        constraints: [\"node.labels.site == b\", \"node.labels.disk==ssd\"]\n",
+    );
+    let a = analyze(dir.path(), "p").unwrap();
+    let want: std::collections::BTreeMap<String, String> =
+        [("disk".into(), "ssd".into()), ("site".into(), "b".into())].into();
+    assert_eq!(a.components[0].placement, want);
+
+    let p = problems(
+        "services:\n  a:\n    image: x\n    deploy:\n      placement:\n        constraints: [\"node.role==manager\", \"node.labels.x!=y\"]\n        preferences: []\n",
+    );
+    assert!(
+        p.iter()
+            .any(|p| p
+                .starts_with("services.a.deploy.placement.constraints[0]: `node.role==manager`")),
+        "{p:?}"
+    );
+    assert!(p
+        .iter()
+        .any(|p| p.starts_with("services.a.deploy.placement.constraints[1]")));
+    assert!(p
+        .iter()
+        .any(|p| p.starts_with("services.a.deploy.placement.preferences: not supported")));
+    assert_eq!(p.len(), 3, "{p:?}");
+}
+
+#[test]
 fn a_build_context_outside_the_repository_is_refused() {
     let p = problems("services:\n  a: {build: ../..}\n");
     assert!(p[0].contains("services.a.build.context"), "{p:?}");

@@ -1,7 +1,9 @@
 //! `CallProvider`, both sides: [`proxy`] operates another node's provider,
 //! [`serve`] answers such calls for this node's own providers. Both speak
 //! the typed `iarnet.resource.v1` payloads named by [`ProviderMethod`].
+//! [`build`] streams build contexts to another node's provider.
 
+pub mod build;
 pub mod proxy;
 pub mod serve;
 

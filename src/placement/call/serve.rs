@@ -51,7 +51,7 @@ pub async fn serve_call(
     let bytes = match method {
         ProviderMethod::Capacity => {
             let _: pb::CapacityCall = decode(method, payload)?;
-            let d = p.describe().await?;
+            let d = crate::placement::registry::describe(&*p).await?;
             provider_entry(&Candidate::local(&d, tier, me)).encode_to_vec()
         }
         ProviderMethod::Deploy => {

@@ -9,7 +9,7 @@ use futures::stream::StreamExt;
 use tracing::info;
 
 use crate::resource::error::ResourceError;
-use crate::resource::provider::ImageBuilder;
+use crate::resource::provider::{BuildLog, ImageBuilder};
 
 /// Lines of build output kept in an error.
 const TAIL: usize = 20;
@@ -27,6 +27,7 @@ impl ImageBuilder for DockerBuilder {
         dockerfile: &str,
         tag: &str,
         args: &BTreeMap<String, String>,
+        log: BuildLog,
     ) -> Result<Vec<String>, ResourceError> {
         info!(provider = %self.provider, tag, bytes = context.len(), "building image");
         let opts = BuildImageOptions {
@@ -60,11 +61,10 @@ impl ImageBuilder for DockerBuilder {
             match step {
                 Ok(info) => {
                     if let Some(s) = info.stream {
-                        out.extend(
-                            s.lines()
-                                .filter(|l| !l.trim().is_empty())
-                                .map(str::to_string),
-                        );
+                        for line in s.lines().filter(|l| !l.trim().is_empty()) {
+                            log.line(line);
+                            out.push(line.to_string());
+                        }
                     }
                     if let Some(e) = info.error_detail.and_then(|d| d.message) {
                         return Err(fail(&out, e));
