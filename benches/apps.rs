@@ -236,7 +236,7 @@ async fn tcp_copy(data: &bytes::Bytes) -> Duration {
 async fn context_transfer(runs: usize, tmp: &Path) {
     use iarnet::placement::PlaceOptions;
     use iarnet::resource::memory::MemoryProvider;
-    use iarnet::resource::{BuildLog, DeploySpec, ImageBuilder};
+    use iarnet::resource::{BuildLog, DeploySpec};
 
     let mb = |n: usize, d: Duration| n as f64 / (1 << 20) as f64 / d.as_secs_f64();
     let room = Resources {
