@@ -375,9 +375,12 @@ mod tests {
         let gossip = call("/peer.PeerService/ExchangeProviders").unwrap_err();
         assert_eq!(gossip.code(), Code::ResourceExhausted);
         // A peer that spent its gossip budget still operates providers.
-        for _ in 0..3 {
+        for _ in 0..2 {
             call("/peer.PeerService/CallProvider").unwrap();
         }
+        // Builds for another node share the CallProvider budget.
+        assert_eq!(Surface::of("/iarnet.build.v1.ImageBuild/Build"), Surface::Peer);
+        call("/iarnet.build.v1.ImageBuild/Build").unwrap();
         let calls = call("/peer.PeerService/CallProvider").unwrap_err();
         assert_eq!(calls.code(), Code::ResourceExhausted);
         assert!(calls.metadata().get("retry-after-ms").is_some());
