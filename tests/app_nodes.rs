@@ -388,6 +388,123 @@ async fn a_repository_is_cloned_from_a_git_daemon() {
     n.shutdown().await;
 }
 
+/// Git's smart HTTP transport: `git http-backend` behind Python's CGI
+/// server (which runs it as `nobody` when started by root, so the files it
+/// serves are world-readable and `safe.directory` lets it read them).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_is_cloned_and_pulled_over_smart_http() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = repo(tmp.path(), "src", &[("Procfile", "web: ./run\n")]);
+    let repos = tmp.path().join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            src.to_str().unwrap(),
+            "repos/app.git",
+        ],
+    );
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(www.join("cgi-bin")).unwrap();
+    let script = www.join("cgi-bin/git");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexport GIT_PROJECT_ROOT={} GIT_HTTP_EXPORT_ALL=1 HOME=/tmp XDG_CONFIG_HOME=/tmp\nexport GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0='*'\nexec git http-backend\n",
+            repos.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Command::new("chmod")
+        .args(["-R", "a+rX", tmp.path().to_str().unwrap()])
+        .status()
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("python3")
+        .current_dir(&www)
+        .args([
+            "-m",
+            "http.server",
+            "--cgi",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 serves CGI");
+    let n = start(
+        "apps-http",
+        &tmp.path().join("ws"),
+        Arc::new(iarnet::store::MemoryStore::new()),
+    )
+    .await;
+    let addr = n.http_addr().to_string();
+    let url = format!("http://127.0.0.1:{port}/cgi-bin/git/app.git");
+    let mut created = (0, Value::Null);
+    // The server takes a moment to listen.
+    for _ in 0..100 {
+        created = http(
+            &addr,
+            "POST",
+            "/application/apps",
+            Some(json!({"name": "over-http", "git_url": url, "branch": "main"})),
+        );
+        if created.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = git(&src, &["rev-parse", "HEAD"]);
+    let second = commit(
+        &src,
+        &[("Procfile", "web: ./run\nworker: ./work\n")],
+        "second",
+    );
+    git(
+        &src,
+        &[
+            "push",
+            "-q",
+            repos.join("app.git").to_str().unwrap(),
+            "main",
+        ],
+    );
+    let (pulled_code, pulled) = http(
+        &addr,
+        "POST",
+        "/application/apps/over-http/pull",
+        Some(json!({})),
+    );
+    let (missing_code, missing) = http(
+        &addr,
+        "POST",
+        "/application/apps",
+        Some(
+            json!({"name": "nothing", "git_url": format!("http://127.0.0.1:{port}/cgi-bin/git/nothing.git")}),
+        ),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    n.shutdown().await;
+    assert_eq!(created.0, 201, "{}", created.1);
+    assert_eq!(created.1["commit"]["sha"], first.as_str());
+    assert_eq!(pulled_code, 200, "{pulled}");
+    assert_eq!(pulled["commit"]["sha"], second.as_str(), "{pulled}");
+    assert_eq!(missing_code, 404, "{missing}");
+}
+
 /// Containers of this engine labelled with the application, by component.
 fn started_at(container: &str) -> (String, String) {
     let out = Command::new("docker")

@@ -379,7 +379,10 @@ mod tests {
             call("/peer.PeerService/CallProvider").unwrap();
         }
         // Builds for another node share the CallProvider budget.
-        assert_eq!(Surface::of("/iarnet.build.v1.ImageBuild/Build"), Surface::Peer);
+        assert_eq!(
+            Surface::of("/iarnet.build.v1.ImageBuild/Build"),
+            Surface::Peer
+        );
         call("/iarnet.build.v1.ImageBuild/Build").unwrap();
         let calls = call("/peer.PeerService/CallProvider").unwrap_err();
         assert_eq!(calls.code(), Code::ResourceExhausted);
