@@ -26,7 +26,7 @@ use iarnet::resource::memory::MemoryProvider;
 use iarnet::resource::{Provider, Resources};
 use serde_json::{json, Value};
 
-use apps_support::{http, repo};
+use apps_support::{create_and_deploy, http, remove_from_engine, repo};
 use common::wait_until;
 use docker_support::{ensure_test_image, suffix, TEST_IMAGE};
 
@@ -425,19 +425,7 @@ async fn components_on_two_nodes_reach_each_other_and_an_image_is_built_on_the_o
         &[("compose.yaml", &compose), ("db/Dockerfile", &dockerfile)],
     );
     let addr = a.http_addr().to_string();
-    let (code, e) = http(
-        &addr,
-        "POST",
-        "/application/apps",
-        Some(json!({"name": name, "git_url": format!("file://{}", src.display())})),
-    );
-    assert_eq!(code, 201, "{e}");
-    let (code, app) = http(
-        &addr,
-        "POST",
-        &format!("/application/apps/{name}/deploy-components"),
-        Some(json!({"components": [], "wait_seconds": 120})),
-    );
+    let (code, app) = create_and_deploy(&addr, &name, &src, 120);
     let mut seen = String::new();
     if code == 200 {
         for _ in 0..200 {
@@ -454,12 +442,7 @@ async fn components_on_two_nodes_reach_each_other_and_an_image_is_built_on_the_o
         &format!("/application/apps/{name}/stop"),
         Some(json!({})),
     );
-    let _ = Command::new("sh")
-        .args([
-            "-c",
-            &format!("docker rm -f $(docker ps -aq --filter label=iarnet-app={name}) >/dev/null 2>&1; docker network rm iarnet-app-{name} >/dev/null 2>&1; docker rmi $(docker images -q 'iarnet-app/{name}-db') >/dev/null 2>&1"),
-        ])
-        .status();
+    remove_from_engine(&name, "db");
     a.shutdown().await;
     b.shutdown().await;
     assert_eq!(code, 200, "deploy: {app}");

@@ -23,7 +23,7 @@ use iarnet::resource::{Provider, Resources};
 use iarnet::store::{RedbStore, Store};
 use serde_json::{json, Value};
 
-use apps_support::{commit, git, http, repo};
+use apps_support::{commit, create_and_deploy, git, http, remove_from_engine, repo};
 use docker_support::{ensure_test_image, suffix, TEST_IMAGE};
 
 /// A grpcurl call: its JSON answer, or its stderr (which names the code).
@@ -604,27 +604,8 @@ async fn components_start_in_dependency_order_and_reach_each_other() {
     .unwrap();
     let addr = n.http_addr().to_string();
     let name = format!("ordered-{}", suffix());
-    let (code, e) = http(
-        &addr,
-        "POST",
-        "/application/apps",
-        Some(json!({"name": name, "git_url": format!("file://{}", src.display())})),
-    );
-    assert_eq!(code, 201, "{e}");
-    let (code, app) = http(
-        &addr,
-        "POST",
-        &format!("/application/apps/{name}/deploy-components"),
-        Some(json!({"components": [], "wait_seconds": 120})),
-    );
-    let cleanup = || {
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!("docker rm -f $(docker ps -aq --filter label=iarnet-app={name}) >/dev/null 2>&1; docker network rm iarnet-app-{name} >/dev/null 2>&1; docker rmi $(docker images -q 'iarnet-app/{name}-cache') >/dev/null 2>&1"),
-            ])
-            .status();
-    };
+    let (code, app) = create_and_deploy(&addr, &name, &src, 120);
+    let cleanup = || remove_from_engine(&name, "cache");
     if code != 200 {
         cleanup();
         panic!("deploy: {code} {app}");

@@ -69,3 +69,32 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, 
     let v = serde_json::from_str(rest).unwrap_or(Value::String(rest.to_string()));
     (status, v)
 }
+
+/// Creates application `name` from the repository at `src` (asserting 201),
+/// then deploys all its components: the deploy's status and answer.
+pub fn create_and_deploy(addr: &str, name: &str, src: &Path, wait_seconds: u64) -> (u16, Value) {
+    let (code, e) = http(
+        addr,
+        "POST",
+        "/application/apps",
+        Some(serde_json::json!({"name": name, "git_url": format!("file://{}", src.display())})),
+    );
+    assert_eq!(code, 201, "{e}");
+    http(
+        addr,
+        "POST",
+        &format!("/application/apps/{name}/deploy-components"),
+        Some(serde_json::json!({"components": [], "wait_seconds": wait_seconds})),
+    )
+}
+
+/// Removes what application `name` left on the engine: its containers,
+/// its network and the image built for `built` (a component).
+pub fn remove_from_engine(name: &str, built: &str) {
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            &format!("docker rm -f $(docker ps -aq --filter label=iarnet-app={name}) >/dev/null 2>&1; docker network rm iarnet-app-{name} >/dev/null 2>&1; docker rmi $(docker images -q 'iarnet-app/{name}-{built}') >/dev/null 2>&1"),
+        ])
+        .status();
+}
