@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! Dependencies run one way, from the surfaces down to the vocabulary:
-//! `api` and `cli` on top; `node` (which composes everything and serves
+//! `ui`, `api` and `cli` on top; `node` (which composes everything and serves
 //! the surfaces); `app` (applications, over placement); `security`; `config`; `placement`; `store`; `lifecycle`;
 //! `resource`; `mesh`; `proto`; and `metrics`, `sync`, `audit` at the ground.
 //!
@@ -30,6 +30,9 @@
 //! - [`api`]: the gRPC services: `peer.PeerService` for nodes,
 //!   `iarnet.admin.v1.Admin` for operators, `iarnet.resource.v1.ResourceService`
 //!   for deployments; and the HTTP API with its JSON views.
+//! - [`ui`]: the web dashboard under `/ui/`: server-rendered pages over
+//!   the same service code as the APIs, live updates over Server-Sent
+//!   Events, SVG charts from ring buffers, login sessions with CSRF tokens.
 //! - [`security`]: mutual TLS, tokens, access lists, rate limits;
 //!   [`audit`]: who asked for what, in its own file.
 //! - [`metrics`]: Prometheus metrics, the gossip counters, process metrics.
@@ -62,3 +65,4 @@ pub mod security;
 pub mod signal;
 pub mod store;
 pub mod sync;
+pub mod ui;

@@ -1,7 +1,13 @@
 //! Counters a node keeps about its own gossip (read by benches, operators
 //! and `/metrics`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Peers whose round-trip times are kept, at most (one entry each).
+const MAX_ROUND_TRIPS: usize = 10_000;
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -11,6 +17,8 @@ pub struct Stats {
     /// Encoded bytes of gossip requests this node sent and responses it returned.
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
+    /// Smoothed round-trip time of answered gossip calls, by peer address.
+    round_trips: Mutex<HashMap<String, Duration>>,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -28,6 +36,23 @@ impl Stats {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Folds one answered call's time into the peer's smoothed figure
+    /// (weight 1/8, as TCP's SRTT).
+    pub fn round_trip(&self, addr: &str, took: Duration) {
+        let mut all = self.round_trips.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rtt) = all.get_mut(addr) {
+            *rtt = (*rtt * 7 + took) / 8;
+        } else if all.len() < MAX_ROUND_TRIPS {
+            all.insert(addr.to_string(), took);
+        }
+    }
+
+    /// The smoothed round-trip time to a peer, if it ever answered.
+    pub fn rtt(&self, addr: &str) -> Option<Duration> {
+        let all = self.round_trips.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(addr).copied()
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -37,5 +62,20 @@ impl Stats {
             bytes_sent: get(&self.bytes_sent),
             bytes_received: get(&self.bytes_received),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_are_smoothed() {
+        let s = Stats::default();
+        assert_eq!(s.rtt("a:1"), None);
+        s.round_trip("a:1", Duration::from_millis(8));
+        assert_eq!(s.rtt("a:1"), Some(Duration::from_millis(8)));
+        s.round_trip("a:1", Duration::from_millis(16));
+        assert_eq!(s.rtt("a:1"), Some(Duration::from_millis(9)));
     }
 }

@@ -28,7 +28,7 @@ pub async fn run_exchange(shared: &Shared, target: Target) -> Option<Member> {
     let client = shared.pool.client(&target.addr);
     while let Some(call) = queue.pop_front() {
         let result = match &client {
-            Ok(c) => call_once(shared, c.clone(), call).await,
+            Ok(c) => call_once(shared, &target.addr, c.clone(), call).await,
             Err(e) => Err(e.clone()),
         };
         let now = shared.now();
@@ -55,6 +55,7 @@ pub async fn run_exchange(shared: &Shared, target: Target) -> Option<Member> {
 
 async fn call_once(
     shared: &Shared,
+    addr: &str,
     mut client: PeerServiceClient<Channel>,
     call: Call,
 ) -> Result<Reply, Status> {
@@ -89,6 +90,9 @@ async fn call_once(
             kind: kind.to_string(),
         })
         .observe(started.elapsed().as_secs_f64());
+    if reply.is_ok() {
+        shared.stats.round_trip(addr, started.elapsed());
+    }
     reply
 }
 
@@ -199,7 +203,8 @@ pub async fn say_goodbye(shared: &Arc<Shared>) {
             continue;
         };
         let shared = shared.clone();
-        calls.spawn(async move { call_once(&shared, client, Call::Peers(req)).await });
+        calls
+            .spawn(async move { call_once(&shared, &target.addr, client, Call::Peers(req)).await });
     }
     while calls.join_next().await.is_some() {}
 }

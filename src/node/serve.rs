@@ -39,6 +39,7 @@ use crate::proto::resource::resource_service_server::ResourceServiceServer;
 use crate::security::guard::GuardLayer;
 use crate::security::http_tls::TlsListener;
 use crate::store::Store;
+use crate::ui::Dashboard;
 
 /// The names gRPC health reports on, besides the whole server ("").
 pub const HEALTH_SERVICES: &[&str] = &[
@@ -163,6 +164,13 @@ pub async fn serve(
             shared.audit.clone(),
         )));
 
+    let dashboard = Arc::new(Dashboard::new(
+        shared.clone(),
+        manager.clone(),
+        resources(),
+        apps.clone(),
+        cancel.clone(),
+    ));
     let http_api = Arc::new(HttpApi::new(
         shared.clone(),
         manager.clone(),
@@ -207,7 +215,18 @@ pub async fn serve(
         .instrument(span.clone()),
     );
     tasks.spawn(
-        serve_http(http_listener, http_api.clone(), cancel.child_token()).instrument(span.clone()),
+        dashboard
+            .recorder_loop()
+            .instrument(tracing::info_span!(parent: &span, "dashboard")),
+    );
+    tasks.spawn(
+        serve_http(
+            http_listener,
+            http_api.clone(),
+            dashboard,
+            cancel.child_token(),
+        )
+        .instrument(span.clone()),
     );
     info!(parent: &span, %http_addr, tls = tls.is_some(), "http api listening");
     let interval = shared.config.gossip.interval;
@@ -308,9 +327,15 @@ fn reflection() -> Result<
     ))
 }
 
-async fn serve_http(listener: HttpListener, api: Arc<HttpApi>, stop: CancellationToken) {
+async fn serve_http(
+    listener: HttpListener,
+    api: Arc<HttpApi>,
+    dashboard: Arc<Dashboard>,
+    stop: CancellationToken,
+) {
     let app = api
         .router()
+        .merge(dashboard.router())
         .into_make_service_with_connect_info::<SocketAddr>();
     let stop = stop.cancelled_owned();
     let served = match listener {

@@ -297,6 +297,11 @@ impl Manager {
         self.registry.refresh().await;
     }
 
+    /// Tests one of this node's providers again now; see `Registry::retest`.
+    pub async fn retest(&self, id: &str) -> Option<Result<(), String>> {
+        self.registry.retest(id).await
+    }
+
     /// The ranking index over `candidates()`, rebuilt only when the mesh
     /// view or a local provider changed since the last decision.
     pub fn index(&self) -> Arc<Index> {

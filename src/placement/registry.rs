@@ -194,7 +194,8 @@ impl Registry {
     /// Re-reads every local provider's capacity and health; advertises changes.
     pub async fn refresh(&self) {
         for p in self.providers() {
-            self.refresh_one(&*p).await;
+            // An unhealthy one is marked so; the loop goes on.
+            let _ = self.refresh_one(&*p).await;
         }
         self.publish();
     }
@@ -202,27 +203,39 @@ impl Registry {
     /// After a local provider admitted or released something: its new
     /// capacity reaches the index and the mesh at once.
     pub async fn changed(&self, p: &dyn Provider) {
-        self.refresh_one(p).await;
+        let _ = self.refresh_one(p).await;
         self.publish();
     }
 
-    async fn refresh_one(&self, p: &dyn Provider) {
+    /// Tests one local provider again now (an operator's "refresh"):
+    /// None when this node has no such provider, else why it is unhealthy.
+    pub async fn retest(&self, id: &str) -> Option<Result<(), String>> {
+        let p = self.providers().into_iter().find(|p| p.id() == id)?;
+        let r = self.refresh_one(&*p).await;
+        self.publish();
+        Some(r)
+    }
+
+    async fn refresh_one(&self, p: &dyn Provider) -> Result<(), String> {
         let desc = describe(p).await;
         let mut locals = self.write();
-        if let Some(l) = locals.get_mut(p.id()) {
-            match desc {
-                Ok(d) if d == l.desc => {}
-                Ok(d) => {
-                    l.desc = d;
+        let Some(l) = locals.get_mut(p.id()) else {
+            return Ok(());
+        };
+        match desc {
+            Ok(d) if d == l.desc => Ok(()),
+            Ok(d) => {
+                l.desc = d;
+                self.bump();
+                Ok(())
+            }
+            Err(e) => {
+                if l.desc.healthy {
+                    warn!(provider = %p.id(), error = %e, "provider is unhealthy");
                     self.bump();
                 }
-                Err(e) => {
-                    if l.desc.healthy {
-                        warn!(provider = %p.id(), error = %e, "provider is unhealthy");
-                        self.bump();
-                    }
-                    l.desc.healthy = false;
-                }
+                l.desc.healthy = false;
+                Err(e.to_string())
             }
         }
     }

@@ -174,6 +174,11 @@ impl Security {
         }
     }
 
+    /// Whether management calls need a token (`auth.tokens` is set).
+    pub fn requires_token(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
     /// Decides one call from what is known before its body is read.
     pub fn admit(
         &self,

@@ -191,23 +191,28 @@ impl ApiError {
     }
 }
 
+/// The HTTP status a gRPC code stands for; the dashboard answers with the same.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.1.unwrap_or(match self.0.code() {
-            Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
-                StatusCode::BAD_REQUEST
-            }
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-            Code::PermissionDenied => StatusCode::FORBIDDEN,
-            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-            Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        });
+        let status = self.1.unwrap_or(http_status(self.0.code()));
         let body = ErrorBody {
             error: self.0.message().to_string(),
             code: crate::metrics::code_label(self.0.code()),
@@ -285,7 +290,7 @@ fn as_caller<T>(caller: Option<Extension<Caller>>, body: T) -> Request<T> {
 async fn not_found() -> ApiError {
     ApiError(
         tonic::Status::not_found(
-            "no such route: see /application/apps, /resource/capacity, /resource/providers, /resource/deployments, /resource/queue, /peer/nodes, /metrics, /healthz, /readyz",
+            "no such route: see /ui/ (the dashboard), /application/apps, /resource/capacity, /resource/providers, /resource/deployments, /resource/queue, /peer/nodes, /metrics, /healthz, /readyz",
         ),
         None,
     )
@@ -538,20 +543,34 @@ async fn register(
 }
 
 async fn nodes(State(api): Api) -> Result<Json<NodesReport>, ApiError> {
-    let peers = api
-        .admin
+    Ok(Json(
+        nodes_report(&api.admin, &api.manager, &api.shared.stats).await?,
+    ))
+}
+
+/// Members with the kind and health of each one's providers, for
+/// `/peer/nodes` and the dashboard's mesh page.
+pub async fn nodes_report(
+    admin: &AdminApi,
+    manager: &Manager,
+    stats: &crate::metrics::gossip::Stats,
+) -> Result<NodesReport, tonic::Status> {
+    let peers = admin
         .list_peers(Request::new(ListPeersRequest {
             include_tombstones: true,
         }))
         .await?
         .into_inner();
-    let known: BTreeMap<String, (&'static str, bool)> = api
-        .manager
+    let known: BTreeMap<String, (&'static str, bool)> = manager
         .candidates()
         .into_iter()
         .map(|c| (c.id.clone(), (c.kind.as_str(), c.healthy)))
         .collect();
-    Ok(Json(NodesReport::new(&peers, &known)))
+    let mut report = NodesReport::new(&peers, &known);
+    for n in &mut report.nodes {
+        n.rtt_ms = stats.rtt(&n.address).map(|d| d.as_secs_f64() * 1000.0);
+    }
+    Ok(report)
 }
 
 #[derive(Debug, Deserialize)]

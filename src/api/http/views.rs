@@ -169,6 +169,8 @@ pub struct NodeView {
     /// RFC 3339; null when never heard from directly.
     pub last_seen: Option<String>,
     pub is_self: bool,
+    /// Smoothed round-trip time of this node's gossip calls to it.
+    pub rtt_ms: Option<f64>,
     pub providers: Vec<NodeProvider>,
 }
 
@@ -202,6 +204,7 @@ impl NodesReport {
                 incarnation: p.incarnation,
                 last_seen: rfc3339_ago(p.last_heard_secs),
                 is_self: p.is_self,
+                rtt_ms: None,
                 providers: p
                     .providers
                     .iter()

@@ -1,0 +1,137 @@
+//! Mesh: every member with its state, generation, incarnation, when it
+//! was last heard, the round-trip time of this node's gossip to it, and
+//! its providers; and a form to add a peer by address.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::{Extension, Form};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::forms::FieldErrors;
+use super::{all_live, Page};
+use crate::api::http::views::NodesReport;
+use crate::proto::admin::admin_server::Admin;
+use crate::proto::admin::AddPeerRequest;
+use crate::ui::layout::{self, Nav};
+use crate::ui::{request, respond, see_other, Ctx, Dashboard};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Flash {
+    #[serde(default)]
+    added: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PeerForm {
+    #[serde(default)]
+    address: String,
+}
+
+pub async fn page(
+    State(d): State<Arc<Dashboard>>,
+    Extension(ctx): Extension<Ctx>,
+    Query(flash): Query<Flash>,
+) -> Response {
+    render(&d, &ctx, &flash, "", &FieldErrors::default()).await
+}
+
+async fn render(
+    d: &Dashboard,
+    ctx: &Ctx,
+    flash: &Flash,
+    address: &str,
+    e: &FieldErrors,
+) -> Response {
+    let status = if e.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    let body = html! {
+        @if !flash.added.is_empty() { (layout::notice("ok", &format!("Peer {} answered and was added.", flash.added))) }
+        (all_live(fragments(d, ctx).await))
+        h2 { "Add a peer" }
+        form.panel method="post" action="/ui/mesh" novalidate {
+            (layout::csrf(&ctx.session.csrf))
+            (e.summary())
+            (layout::field("address", "Address", address, e.get("address"), "host:port of the peer's gRPC listener (peer_listen_addr)."))
+            button type="submit" { "Add peer" }
+        }
+    };
+    let chrome = d.chrome(ctx, Some(Page::Mesh.stream()));
+    respond(status, layout::page("Mesh", Nav::Mesh, &chrome, body))
+}
+
+pub async fn fragments(d: &Dashboard, _ctx: &Ctx) -> Vec<(&'static str, Markup)> {
+    match crate::api::http::nodes_report(&d.admin, &d.manager, &d.shared.stats).await {
+        Ok(r) => vec![("members", members(&r))],
+        Err(s) => vec![("members", layout::notice("error", s.message()))],
+    }
+}
+
+pub fn members(r: &NodesReport) -> Markup {
+    html! {
+        p { (r.alive) " alive · " (r.suspect) " suspect · " (r.dead) " dead · " (r.left) " left" }
+        table {
+            thead { tr {
+                th scope="col" { "Name" } th scope="col" { "Address" } th scope="col" { "State" }
+                th scope="col" { "Generation" } th scope="col" { "Incarnation" }
+                th scope="col" { "Last heard" } th scope="col" { "Round trip" } th scope="col" { "Providers" }
+            } }
+            tbody {
+                @for n in &r.nodes {
+                    tr {
+                        td { (n.name) @if n.is_self { " (this node)" } br; code.muted { (n.id) } }
+                        td { code { (n.address) } }
+                        td { (layout::badge(&n.state)) }
+                        td { (n.generation) }
+                        td { (n.incarnation) }
+                        td { (n.last_seen.as_deref().unwrap_or("—")) }
+                        td { @match n.rtt_ms { Some(ms) => (format!("{ms:.1} ms")), None => "—" } }
+                        td {
+                            @for p in &n.providers {
+                                span.label-chip { (p.kind) " " (p.id) " " (layout::badge(p.status)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn add_peer(
+    State(d): State<Arc<Dashboard>>,
+    Extension(ctx): Extension<Ctx>,
+    Form(f): Form<PeerForm>,
+) -> Response {
+    let address = f.address.trim().to_string();
+    match d
+        .admin
+        .add_peer(request(
+            &ctx,
+            AddPeerRequest {
+                address: address.clone(),
+            },
+        ))
+        .await
+    {
+        Ok(_) => see_other(&format!(
+            "/ui/mesh?{}",
+            serde_urlencoded::to_string([("added", &address)]).unwrap_or_default()
+        )),
+        Err(s) => {
+            let e = FieldErrors::from_status(&s, &["address"], Some("address"));
+            let e = if e.fields.is_empty() {
+                FieldErrors::one("address", s.message())
+            } else {
+                e
+            };
+            render(&d, &ctx, &Flash::default(), &address, &e).await
+        }
+    }
+}
