@@ -28,6 +28,11 @@ pub const ASSETS: &[Asset] = &[
         body: include_bytes!("../../assets/ui/ui.js"),
     },
     Asset {
+        name: "favicon.svg",
+        mime: "image/svg+xml",
+        body: include_bytes!("../../assets/ui/favicon.svg"),
+    },
+    Asset {
         name: "ui.css",
         mime: "text/css; charset=utf-8",
         body: include_bytes!("../../assets/ui/ui.css"),

@@ -47,7 +47,8 @@ fn area(pts: &[(f64, f64)]) -> String {
 /// Reserved (filled) against total (a line), with the figures in the
 /// caption for those who cannot see the picture.
 pub fn usage(title: &str, u: &Usage, unit: &str) -> Markup {
-    let max = u.total.max().max(u.reserved.max());
+    // Headroom above the largest figure keeps the total's line in view.
+    let max = u.total.max().max(u.reserved.max()) * 1.15;
     let now_total = u.total.last().unwrap_or(0.0);
     let now_reserved = u.reserved.last().unwrap_or(0.0);
     let caption = format!(
@@ -69,7 +70,7 @@ pub fn usage(title: &str, u: &Usage, unit: &str) -> Markup {
 /// One series as a filled sparkline.
 pub fn spark(title: &str, r: &Ring, unit: &str) -> Markup {
     let caption = format!("{title}: {} {unit}", figure(r.last().unwrap_or(0.0)));
-    let pts = points(r, r.max());
+    let pts = points(r, r.max() * 1.15);
     html! {
         figure.chart {
             figcaption { (caption) }

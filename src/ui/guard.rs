@@ -61,7 +61,7 @@ fn remote(req: &Request) -> Option<SocketAddr> {
 fn session_of(d: &Dashboard, headers: &HeaderMap) -> Option<Session> {
     let cookie = headers.get(header::COOKIE)?.to_str().ok()?;
     d.sessions
-        .get(session::cookie_value(cookie)?, Instant::now())
+        .get(session::cookie_value(cookie, &d.cookie)?, Instant::now())
 }
 
 async fn admit(d: &Dashboard, mut req: Request, next: Next) -> Response {
@@ -82,7 +82,7 @@ async fn admit(d: &Dashboard, mut req: Request, next: Next) -> Response {
         _ if needs_token => return to_login(&req),
         _ => {
             let s = d.sessions.start(None, "anonymous".into(), Instant::now());
-            let cookie = session::set_cookie(&s, d.secure);
+            let cookie = session::set_cookie(&d.cookie, &s, d.secure);
             (s, Some(cookie))
         }
     };
@@ -257,7 +257,7 @@ pub async fn login(
                 .audit
                 .record("ui.login", &format!("token:{name}@{addr}"), "ok", json!({}));
             let mut resp = see_other(&next);
-            if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&s, d.secure)) {
+            if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&d.cookie, &s, d.secure)) {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
             }
             resp
@@ -289,7 +289,7 @@ pub async fn logout(State(d): Ui, Extension(ctx): Extension<Ctx>) -> Response {
     } else {
         "/ui/"
     });
-    if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(d.secure)) {
+    if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(&d.cookie, d.secure)) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp

@@ -49,6 +49,7 @@ pub fn page(title: &str, nav: Nav, chrome: &Chrome, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="htmx-config" content=(HTMX_CONFIG);
                 title { (title) " · iarnet" }
+                link rel="icon" type="image/svg+xml" href=(assets::url("favicon.svg"));
                 link rel="stylesheet" href=(assets::url("ui.css"));
                 script src=(assets::url("htmx.min.js")) defer {}
                 script src=(assets::url("sse.min.js")) defer {}
@@ -162,6 +163,20 @@ pub fn action(url: &str, label: &str, token: &str, danger: bool) -> Markup {
             button type="submit" class=[danger.then_some("danger")] { (label) }
         }
     }
+}
+
+/// A value as one URL path segment: a provider id's `/` becomes `%2F`
+/// (the router decodes it back).
+pub fn seg(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Text that may hold terminal control characters (a log line, a build

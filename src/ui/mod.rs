@@ -59,6 +59,8 @@ pub struct Dashboard {
     logins: crate::security::limiter::Limiter,
     /// Cookies are Secure when the node serves HTTPS.
     secure: bool,
+    /// This node's session cookie.
+    cookie: String,
     stop: CancellationToken,
 }
 
@@ -81,6 +83,7 @@ impl Dashboard {
             admin: AdminApi::new(shared.clone()),
             apps: ApplicationApi::new(applications.clone(), shared.audit.clone()),
             secure: shared.security.tls.is_some(),
+            cookie: session::cookie_name(manager.node_id()),
             shared,
             manager,
             resources,

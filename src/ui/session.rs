@@ -10,8 +10,19 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 
-/// The cookie's name; its path is `/ui`, so the JSON API never sees it.
-pub const COOKIE: &str = "iarnet_session";
+/// The cookie's name, before the node's id: browsers keep cookies per host
+/// (not per port), so two nodes on one host must not share one. Its path
+/// is `/ui`, so the JSON API never sees it.
+pub const COOKIE_PREFIX: &str = "iarnet_session_";
+
+/// This node's cookie name (letters, digits, `-` and `_` of its id).
+pub fn cookie_name(node_id: &str) -> String {
+    let id: String = node_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    format!("{COOKIE_PREFIX}{id}")
+}
 /// How long a login lasts (the cookie's Max-Age and the node's own expiry).
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// Sessions kept at most: the oldest goes first, so logins cannot grow
@@ -115,18 +126,18 @@ impl Sessions {
 }
 
 /// The session id in a `Cookie` header, if any.
-pub fn cookie_value(header: &str) -> Option<&str> {
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header
         .split(';')
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 
 /// `Set-Cookie` for a new session; Secure when the node serves HTTPS.
-pub fn set_cookie(s: &Session, secure: bool) -> String {
+pub fn set_cookie(name: &str, s: &Session, secure: bool) -> String {
     format!(
-        "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        "{name}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
         s.id,
         SESSION_TTL.as_secs(),
         if secure { "; Secure" } else { "" }
@@ -134,9 +145,9 @@ pub fn set_cookie(s: &Session, secure: bool) -> String {
 }
 
 /// `Set-Cookie` that makes the browser forget the session.
-pub fn clear_cookie(secure: bool) -> String {
+pub fn clear_cookie(name: &str, secure: bool) -> String {
     format!(
-        "{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        "{name}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{}",
         if secure { "; Secure" } else { "" }
     )
 }
@@ -167,12 +178,16 @@ mod tests {
         assert!(s.csrf_matches(&s.csrf.clone()));
         assert!(!s.csrf_matches(""));
         assert!(!s.csrf_matches("nope"));
-        let header = format!("a=b; {COOKIE}={}; c=d", s.id);
-        assert_eq!(cookie_value(&header), Some(s.id.as_str()));
-        let set = set_cookie(&s, true);
+        let name = cookie_name("iarnet-1a2b/x");
+        assert_eq!(name, "iarnet_session_iarnet-1a2bx");
+        let other = cookie_name("iarnet-ffff");
+        let header = format!("{other}=theirs; {name}={}; c=d", s.id);
+        assert_eq!(cookie_value(&header, &name), Some(s.id.as_str()));
+        assert_eq!(cookie_value(&header, &other), Some("theirs"));
+        let set = set_cookie(&name, &s, true);
         assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"));
         assert!(set.ends_with("; Secure"));
-        assert!(!set_cookie(&s, false).contains("Secure"));
-        assert!(clear_cookie(false).contains("Max-Age=0"));
+        assert!(!set_cookie(&name, &s, false).contains("Secure"));
+        assert!(clear_cookie(&name, false).contains("Max-Age=0"));
     }
 }

@@ -85,7 +85,7 @@ pub fn cards(apps: &[AppView]) -> Markup {
             @for a in apps {
                 div.card {
                     div.label { (layout::badge(&a.status)) }
-                    div.value { a href={ "/ui/apps/" (a.id) } { (a.name) } }
+                    div.value { a href={ "/ui/apps/" (layout::seg(&a.id)) } { (a.name) } }
                     div.sub { code { (a.git_url) } }
                     div.sub { (a.components_count) " components · " code { (a.commit.sha.get(..10).unwrap_or(&a.commit.sha)) } }
                 }
@@ -107,7 +107,7 @@ pub async fn import(
         ssh_key_file: String::new(),
     };
     match d.apps.create_application(request(&ctx, req)).await {
-        Ok(a) => see_other(&format!("/ui/apps/{}", a.into_inner().id)),
+        Ok(a) => see_other(&format!("/ui/apps/{}", layout::seg(&a.into_inner().id))),
         Err(s) => {
             let e = FieldErrors::from_status(
                 &s,
@@ -130,7 +130,7 @@ pub async fn detail(
         Err(e) => return failure(&d, &ctx, Nav::Applications, &e.into()),
     };
     let csrf = &ctx.session.csrf;
-    let base = format!("/ui/apps/{id}");
+    let base = format!("/ui/apps/{}", layout::seg(&id));
     let body = html! {
         @if !flash.error.is_empty() { (layout::notice("error", &flash.error)) }
         @if !flash.done.is_empty() { (layout::notice("ok", &flash.done)) }
@@ -141,7 +141,7 @@ pub async fn detail(
                 dt { "Edited" } dd { (app.modified_files.join(", ")) }
             }
         }
-        p {
+        div.actions {
             (layout::action(&format!("{base}/deploy"), "Deploy all", csrf, false)) " "
             (layout::action(&format!("{base}/stop"), "Stop all", csrf, true)) " "
             (layout::action(&format!("{base}/analyze"), "Analyze again", csrf, false)) " "
@@ -201,7 +201,7 @@ fn app_body(app: &AppView, csrf: &str) -> Markup {
                         td { @for (name, e) in &c.endpoints { div { (name) " " code { (e.host) ":" (e.port) } " (" (e.via) ")" } } }
                         td {
                             @if let Some(dep) = &c.deployment_id {
-                                a href={ "/ui/deployments/" (dep) } { code { (dep) } }
+                                a href={ "/ui/deployments/" (layout::seg(dep)) } { code { (dep) } }
                             }
                         }
                         td {
@@ -218,7 +218,7 @@ fn app_body(app: &AppView, csrf: &str) -> Markup {
 
 fn component_action(app: &str, what: &str, component: &str, label: &str, csrf: &str) -> Markup {
     html! {
-        form.inline method="post" action={ "/ui/apps/" (app) "/" (what) } {
+        form.inline method="post" action={ "/ui/apps/" (layout::seg(app)) "/" (what) } {
             (layout::csrf(csrf))
             input type="hidden" name="component" value=(component);
             button type="submit" class=[(what == "stop").then_some("danger")] aria-label={ (label) " " (component) } { (label) }
@@ -300,7 +300,8 @@ fn back(id: &str, r: Result<(), tonic::Status>, done: &str) -> Response {
         Err(s) => ("error", s.message().to_string()),
     };
     see_other(&format!(
-        "/ui/apps/{id}?{}",
+        "/ui/apps/{}?{}",
+        layout::seg(id),
         serde_urlencoded::to_string([q]).unwrap_or_default()
     ))
 }

@@ -123,7 +123,7 @@ pub fn form(csrf: &str, f: &DeployForm, e: &FieldErrors) -> Markup {
             div.grid2 {
                 (layout::field("image", "Image", &f.image, e.get("image"), "As the engine names it (nginx:1.27); no registry is needed for images it already holds."))
                 (layout::field("name", "Name", &f.name, e.get("name"), "Optional; at most 63 characters."))
-                (layout::field("command", "Command", &f.command, e.get("command"), "Split on spaces: sh -c 'echo hi' is not quoted, put scripts in the image."))
+                (layout::field("command", "Command", &f.command, e.get("command"), "Words as a shell splits them: sh -c 'echo hi; sleep 60'. Empty: the image's own."))
                 (layout::field("cpu", "CPU", &f.cpu, e.get("cpu"), "Cores as Kubernetes writes them: 500m, 2."))
                 (layout::field("memory", "Memory", &f.memory, e.get("memory"), "256Mi, 2Gi."))
                 (layout::field("gpu", "GPUs", &f.gpu, e.get("gpu"), "A whole number; empty is none."))
@@ -143,7 +143,9 @@ pub fn form(csrf: &str, f: &DeployForm, e: &FieldErrors) -> Markup {
 
 impl DeployForm {
     fn to_spec(&self) -> Result<pb::DeploySpec, FieldErrors> {
-        let mut words = self.command.split_whitespace().map(str::to_string);
+        let mut words = super::forms::words("command", &self.command)
+            .map_err(|m| FieldErrors::one("command", m))?
+            .into_iter();
         let command: Vec<String> = words.next().into_iter().collect();
         let args: Vec<String> = words.collect();
         let gpu = match self.gpu.trim() {
@@ -217,6 +219,6 @@ pub async fn deploy(
             let e = FieldErrors::from_status(&s, FIELDS, None);
             render(&d, &ctx, &f, &e)
         }
-        None => see_other(&format!("/ui/deployments/{rid}?new=true")),
+        None => see_other(&format!("/ui/deployments/{}?new=true", layout::seg(&rid))),
     }
 }

@@ -22,7 +22,7 @@ use crate::ui::{failure, request, respond, see_other, Ctx, Dashboard};
 pub use super::deploy_form::{deploy, deploy_form};
 
 /// Rows per page of the list.
-pub const PAGE_SIZE: u32 = 100;
+pub const PAGE_SIZE: u32 = 50;
 
 const STATES: &[&str] = &[
     "", "pending", "pulling", "starting", "running", "exited", "failed", "stopped",
@@ -156,7 +156,7 @@ fn table(r: &DeploymentsReport, f: &Filters) -> Markup {
             tbody {
                 @for d in rows {
                     tr {
-                        td { a href={ "/ui/deployments/" (d.id) } { code { (d.id) } } }
+                        td { a href={ "/ui/deployments/" (layout::seg(&d.id)) } { code { (d.id) } } }
                         td { code { (d.image) } }
                         td { (layout::badge(&d.state)) @if !d.reason.is_empty() { br; span.muted { (d.reason) } } }
                         td { code { (d.provider_id) } }
@@ -189,7 +189,7 @@ fn queue_table(q: &[QueueEntryView]) -> Markup {
                     @for e in q {
                         tr {
                             td { (e.position) }
-                            td { a href={ "/ui/deployments/" (e.request_id) } { code { (e.request_id) } } }
+                            td { a href={ "/ui/deployments/" (layout::seg(&e.request_id)) } { code { (e.request_id) } } }
                             td { code { (e.image) } }
                             td { (e.priority) " " (e.priority_value) }
                             td { (format!("{:.0} s", e.age_secs)) }
@@ -227,15 +227,8 @@ pub async fn detail(
         }
     }
     let page = Page::Deployment(id.clone());
-    let csrf = &ctx.session.csrf;
     let body = html! {
         @if !q.error.is_empty() { (layout::notice("error", &q.error)) }
-        p {
-            a href={ "/ui/deployments/" (id) "/logs" } { "Logs" } " · "
-            (layout::action(&format!("/ui/deployments/{id}/stop"), "Stop", csrf, true)) " "
-            (layout::action(&format!("/ui/deployments/{id}/renew"), "Renew lease", csrf, false)) " "
-            (layout::action(&format!("/ui/deployments/{id}/release"), "Release lease", csrf, false))
-        }
         (live("dep-detail", detail_body(&d, &ctx, &id, got).await))
     };
     let chrome = d.chrome(&ctx, Some(page.stream()));
@@ -284,13 +277,39 @@ async fn detail_body(
                 .find(|e| e.request_id == dep.request_id || e.id == dep.id)
                 .map(QueueEntryView::from)
         });
-    facts(&dep, queued.as_ref())
+    html! {
+        (actions(&dep, &ctx.session.csrf))
+        (facts(&dep, queued.as_ref()))
+    }
+}
+
+/// What can be done to it now: stop while it runs, lease actions while
+/// it holds a lease.
+pub fn actions(dep: &DeploymentView, csrf: &str) -> Markup {
+    let at = layout::seg(&dep.request_id);
+    let ended = matches!(dep.state.as_str(), "stopped" | "exited" | "failed");
+    html! {
+        div.actions {
+            a href={ "/ui/deployments/" (at) "/logs" } { "Logs" }
+            @if !ended {
+                " " (layout::action(&format!("/ui/deployments/{at}/stop"), "Stop", csrf, true))
+            }
+            @if dep.lease.as_ref().is_some_and(|l| l.state != "released" && l.state != "expired") {
+                " " (layout::action(&format!("/ui/deployments/{at}/renew"), "Renew lease", csrf, false))
+                " " (layout::action(&format!("/ui/deployments/{at}/release"), "Release lease", csrf, false))
+            }
+        }
+    }
 }
 
 pub fn facts(dep: &DeploymentView, queued: Option<&QueueEntryView>) -> Markup {
     html! {
         dl.facts {
-            dt { "State" } dd { (layout::badge(&dep.state)) @if !dep.reason.is_empty() { " " (dep.reason) } }
+            dt { "State" } dd { (layout::badge(&dep.state)) }
+            dt { "Placement" } dd {
+                @if dep.reason.is_empty() { "on " code { (dep.provider_id) } " of node " code { (dep.owner_id) } }
+                @else { (dep.reason) }
+            }
             dt { "Id" } dd { code { (dep.id) } }
             dt { "Request id" } dd { code { (dep.request_id) } }
             dt { "Image" } dd { code { (dep.image) } }
@@ -298,7 +317,7 @@ pub fn facts(dep: &DeploymentView, queued: Option<&QueueEntryView>) -> Markup {
             dt { "Owner node" } dd { code { (dep.owner_id) } }
             dt { "Home node" } dd { code { (dep.home_id) } }
             dt { "Resources" } dd { (figure(dep.resources.cpu)) " cores, " (figure(dep.resources.memory)) " GiB, " (dep.resources.gpu) " GPUs" }
-            dt { "Priority" } dd { (dep.priority) @if dep.preemptible { " (preemptible)" } }
+            dt { "Priority" } dd { (if dep.priority.is_empty() { "interactive (default)" } else { &dep.priority }) @if dep.preemptible { " (preemptible)" } }
             dt { "Restarts" } dd { (dep.restarts) }
             dt { "Labels" } dd { @for (k, v) in &dep.labels { span.label-chip { (k) "=" (v) } } }
             @if let Some(q) = queued {
@@ -367,9 +386,10 @@ async fn act(d: &Dashboard, ctx: &Ctx, id: &str, what: &str) -> Response {
             .map(|_| ()),
     };
     match r {
-        Ok(()) => see_other(&format!("/ui/deployments/{id}")),
+        Ok(()) => see_other(&format!("/ui/deployments/{}", layout::seg(id))),
         Err(s) => see_other(&format!(
-            "/ui/deployments/{id}?{}",
+            "/ui/deployments/{}?{}",
+            layout::seg(id),
             serde_urlencoded::to_string([("error", format!("{what}: {}", s.message()))])
                 .unwrap_or_default()
         )),

@@ -71,7 +71,7 @@ pub async fn browse(
         }
     };
     let body = html! {
-        p { a href={ "/ui/apps/" (id) } { "Back to the application" } }
+        p { a href={ "/ui/apps/" (layout::seg(&id)) } { "Back to the application" } }
         @if q.saved { (layout::notice("ok", &format!("Saved {}.", q.file))) }
         @if let Some(f) = &file {
             (editor(&id, &ctx.session.csrf, &f.path, &f.content))
@@ -83,7 +83,7 @@ pub async fn browse(
                     @if e.r#type == "dir" {
                         span.muted { (e.path) "/" }
                     } @else {
-                        a href={ "/ui/apps/" (id) "/files?" (serde_urlencoded::to_string([("file", &e.path)]).unwrap_or_default()) } { (e.path) }
+                        a href={ "/ui/apps/" (layout::seg(&id)) "/files?" (serde_urlencoded::to_string([("file", &e.path)]).unwrap_or_default()) } { (e.path) }
                     }
                 }
             }
@@ -100,7 +100,7 @@ pub async fn browse(
 fn editor(id: &str, csrf: &str, path: &str, content: &str) -> maud::Markup {
     html! {
         h2 { code { (path) } }
-        form method="post" action={ "/ui/apps/" (id) "/files" } {
+        form method="post" action={ "/ui/apps/" (layout::seg(id)) "/files" } {
             (layout::csrf(csrf))
             input type="hidden" name="path" value=(path);
             label for="f-content" { "Content of " (path) }
@@ -123,7 +123,8 @@ pub async fn save(
     };
     match d.apps.write_file(request(&ctx, req)).await {
         Ok(_) => see_other(&format!(
-            "/ui/apps/{id}/files?{}&saved=true",
+            "/ui/apps/{}/files?{}&saved=true",
+            layout::seg(&id),
             serde_urlencoded::to_string([("file", &f.path)]).unwrap_or_default()
         )),
         Err(s) => {

@@ -92,9 +92,50 @@ pub fn pairs(field: &str, text: &str) -> Result<BTreeMap<String, String>, String
     Ok(out)
 }
 
+/// A command line split as a POSIX shell splits words: quotes group,
+/// a backslash escapes (nothing is expanded). An open quote is an error.
+pub fn words(field: &str, line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => out.extend(word.take()),
+            '\'' | '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some(q) if q == c => break,
+                        Some('\\') if c == '"' => w.extend(chars.next()),
+                        Some(x) => w.push(x),
+                        None => return Err(format!("invalid {field}: a {c} quote is not closed")),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).extend(chars.next()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    out.extend(word);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_lines_split_like_a_shell() {
+        assert_eq!(
+            words("command", "sh -c 'echo a  b; sleep 1' \"x y\" z\\ w").unwrap(),
+            ["sh", "-c", "echo a  b; sleep 1", "x y", "z w"]
+        );
+        assert_eq!(words("command", "  ").unwrap(), Vec::<String>::new());
+        assert_eq!(words("command", "''").unwrap(), [""]);
+        assert!(words("command", "sh -c 'oops")
+            .unwrap_err()
+            .contains("invalid command"));
+    }
 
     #[test]
     fn refusals_land_on_their_field() {

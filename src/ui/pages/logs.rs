@@ -62,7 +62,7 @@ pub async fn page(
     entries.retain(|e| q.is_empty() || e.text.to_lowercase().contains(&q));
     let page = Page::Logs(id.clone());
     let body = html! {
-        p { a href={ "/ui/deployments/" (id) } { "Back to the deployment" } }
+        p { a href={ "/ui/deployments/" (layout::seg(&id)) } { "Back to the deployment" } }
         form.filters method="get" role="search" {
             div.field {
                 label for="log-search" { "Search" }

@@ -19,6 +19,9 @@ use crate::proto::admin::AddPeerRequest;
 use crate::ui::layout::{self, Nav};
 use crate::ui::{request, respond, see_other, Ctx, Dashboard};
 
+/// Providers named per member, at most (the resources page lists all).
+const CHIPS: usize = 8;
+
 #[derive(Debug, Default, Deserialize)]
 pub struct Flash {
     #[serde(default)]
@@ -93,8 +96,12 @@ pub fn members(r: &NodesReport) -> Markup {
                         td { (n.last_seen.as_deref().unwrap_or("—")) }
                         td { @match n.rtt_ms { Some(ms) => (format!("{ms:.1} ms")), None => "—" } }
                         td {
-                            @for p in &n.providers {
+                            @for p in n.providers.iter().take(CHIPS) {
                                 span.label-chip { (p.kind) " " (p.id) " " (layout::badge(p.status)) }
+                            }
+                            @if n.providers.len() > CHIPS {
+                                " and " (n.providers.len() - CHIPS) " more ("
+                                a href={ "/ui/deployments?owner=" (layout::seg(&n.id)) } { "its deployments" } ")"
                             }
                         }
                     }

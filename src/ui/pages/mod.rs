@@ -21,7 +21,8 @@ use deployments::Filters;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Page {
     Overview,
-    Resources,
+    /// Which page of the provider table (from 1).
+    Resources(usize),
     Mesh,
     Deployments(Filters),
     Deployment(String),
@@ -36,7 +37,7 @@ impl Page {
         let id = || (!rest.is_empty()).then(|| rest.to_string());
         Some(match name {
             "overview" => Page::Overview,
-            "resources" => Page::Resources,
+            "resources" => Page::Resources(rest.parse().unwrap_or(1).max(1)),
             "mesh" => Page::Mesh,
             "deployments" => Page::Deployments(Filters::parse(rest).ok()?),
             "deployment" => Page::Deployment(id()?),
@@ -50,7 +51,7 @@ impl Page {
     pub fn key(&self) -> String {
         match self {
             Page::Overview => "overview".into(),
-            Page::Resources => "resources".into(),
+            Page::Resources(n) => format!("resources:{n}"),
             Page::Mesh => "mesh".into(),
             Page::Deployments(f) => format!("deployments:{}", f.query()),
             Page::Deployment(id) => format!("deployment:{id}"),
@@ -71,7 +72,7 @@ impl Page {
 pub async fn fragments(d: &Dashboard, ctx: &Ctx, page: &Page) -> Vec<(&'static str, Markup)> {
     match page {
         Page::Overview => overview::fragments(d, ctx).await,
-        Page::Resources => resources::fragments(d, ctx).await,
+        Page::Resources(n) => resources::fragments(d, ctx, *n).await,
         Page::Mesh => mesh::fragments(d, ctx).await,
         Page::Deployments(f) => deployments::list_fragments(d, ctx, f).await,
         Page::Deployment(id) => deployments::detail_fragments(d, ctx, id).await,

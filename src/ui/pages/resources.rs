@@ -24,6 +24,8 @@ use crate::ui::{request, respond, see_other, Ctx, Dashboard};
 
 /// Providers with their own charts on this page, at most.
 const CHARTED: usize = 12;
+/// Rows of the provider table per page.
+pub const ROWS: usize = 50;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Flash {
@@ -35,6 +37,9 @@ pub struct Flash {
     tested: String,
     #[serde(default)]
     error: String,
+    /// The provider table's page, from 1.
+    #[serde(default)]
+    page: Option<usize>,
 }
 
 /// The seed's "add resource" form.
@@ -105,23 +110,24 @@ async fn render(
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
+    let page = flash.page.unwrap_or(1).max(1);
     let body = html! {
         @if !flash.added.is_empty() { (layout::notice("ok", &format!("Provider {} added: its connection test passed.", flash.added))) }
         @if !flash.removed.is_empty() { (layout::notice("ok", &format!("Provider {} removed.", flash.removed))) }
         @if !flash.tested.is_empty() { (layout::notice("ok", &format!("Provider {} answered its test.", flash.tested))) }
         @if !flash.error.is_empty() { (layout::notice("error", &flash.error)) }
-        (all_live(fragments(d, ctx).await))
+        (all_live(fragments(d, ctx, page).await))
         h2 #add { "Add a resource" }
         (add_form(&ctx.session.csrf, form, errors))
     };
-    let chrome = d.chrome(ctx, Some(Page::Resources.stream()));
+    let chrome = d.chrome(ctx, Some(Page::Resources(page).stream()));
     respond(
         status,
         layout::page("Resources", Nav::Resources, &chrome, body),
     )
 }
 
-pub async fn fragments(d: &Dashboard, ctx: &Ctx) -> Vec<(&'static str, Markup)> {
+pub async fn fragments(d: &Dashboard, ctx: &Ctx, page: usize) -> Vec<(&'static str, Markup)> {
     let list = d
         .resources
         .list_providers(request(ctx, pb::ListProvidersRequest {}))
@@ -137,7 +143,10 @@ pub async fn fragments(d: &Dashboard, ctx: &Ctx) -> Vec<(&'static str, Markup)> 
     match list {
         Ok(report) => vec![
             ("res-cards", cards(&report.providers)),
-            ("res-table", table(d, &ctx.session.csrf, &report.providers)),
+            (
+                "res-table",
+                table(d, &ctx.session.csrf, &report.providers, page),
+            ),
             ("res-charts", provider_charts(d, &report.providers)),
         ],
         Err(s) => vec![("res-table", layout::notice("error", s.message()))],
@@ -175,11 +184,17 @@ fn usage_cell(used: f64, total: f64, unit: &str, what: &str) -> Markup {
     }
 }
 
-fn table(d: &Dashboard, csrf: &str, list: &[ProviderView]) -> Markup {
+fn table(d: &Dashboard, csrf: &str, all: &[ProviderView], page: usize) -> Markup {
     let me = d.manager.node_id();
+    let pages = all.len().div_ceil(ROWS).max(1);
+    let page = page.min(pages);
+    let list = &all[(page - 1) * ROWS..(page * ROWS).min(all.len())];
     html! {
         table {
-            caption.muted { (list.len()) " providers, best tier first" }
+            caption.muted {
+                (all.len()) " providers, best tier first"
+                @if pages > 1 { " · page " (page) " of " (pages) }
+            }
             thead { tr {
                 th scope="col" { "Name" } th scope="col" { "Type" } th scope="col" { "Tier" }
                 th scope="col" { "Owner" } th scope="col" { "Status" } th scope="col" { "CPU" }
@@ -200,9 +215,9 @@ fn table(d: &Dashboard, csrf: &str, list: &[ProviderView]) -> Markup {
                         td { @for (k, v) in &p.labels { span.label-chip { (k) "=" (v) } } }
                         td {
                             @if p.owner_id == me {
-                                (layout::action(&format!("/ui/resources/{}/refresh", p.id), "Refresh", csrf, false))
+                                (layout::action(&format!("/ui/resources/{}/refresh", layout::seg(&p.id)), "Refresh", csrf, false))
                                 @if p.tier == "external" {
-                                    " " (layout::action(&format!("/ui/resources/{}/remove", p.id), "Remove", csrf, true))
+                                    " " (layout::action(&format!("/ui/resources/{}/remove", layout::seg(&p.id)), "Remove", csrf, true))
                                 }
                             } @else {
                                 span.muted { "owned by another node" }
@@ -210,6 +225,12 @@ fn table(d: &Dashboard, csrf: &str, list: &[ProviderView]) -> Markup {
                         }
                     }
                 }
+            }
+        }
+        @if pages > 1 {
+            nav.pager aria-label="Provider table pages" {
+                @if page > 1 { a href={ "/ui/resources?page=" (page - 1) } { "Previous" } " " }
+                @if page < pages { a href={ "/ui/resources?page=" (page + 1) } { "Next" } }
             }
         }
     }
