@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[path = "support/apps.rs"]
+mod apps_support;
 #[path = "support/docker.rs"]
 mod docker_support;
 
@@ -401,6 +403,16 @@ fn dashboard_in_a_real_browser() {
     });
     // What it deploys is gone at the end, even after a failure half-way.
     let _cleanup: Vec<Cleanup> = [&a, &b].iter().map(|n| Cleanup(provider_id(n))).collect();
+    // An application to import: two services, one depending on the other.
+    let repos = tempfile::tempdir().expect("temp dir");
+    let app = apps_support::repo(
+        repos.path(),
+        "shop",
+        &[(
+            "docker-compose.yml",
+            "services:\n  db:\n    image: iarnet-test/busybox:1\n  web:\n    image: iarnet-test/busybox:1\n    depends_on: [db]\n    ports: [\"8080:80\"]\n",
+        )],
+    );
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard_test.py");
     let out = Command::new("python3")
@@ -410,6 +422,7 @@ fn dashboard_in_a_real_browser() {
         .env("IARNET_B", format!("http://{}", b.http))
         .env("IARNET_TOKEN", TOKEN)
         .env("IARNET_IMAGE", TEST_IMAGE)
+        .env("IARNET_APP_URL", format!("file://{}", app.display()))
         .env("IARNET_SHOTS", &shots)
         .env("AXE_JS", &axe)
         .output()

@@ -5,6 +5,7 @@ Run by tests/dashboard_browser.rs, which starts the nodes and passes:
   IARNET_B      http://host:port of a second node of the same mesh (no tokens)
   IARNET_TOKEN  a token node A accepts
   IARNET_IMAGE  an image node A's engine holds
+  IARNET_APP_URL  a Git repository holding a Compose file
   IARNET_SHOTS  where to save a screenshot of each page
   AXE_JS        axe-core's axe.min.js
 
@@ -28,6 +29,7 @@ A = os.environ["IARNET_A"]
 B = os.environ["IARNET_B"]
 TOKEN = os.environ["IARNET_TOKEN"]
 IMAGE = os.environ["IARNET_IMAGE"]
+APP_URL = os.environ["IARNET_APP_URL"]
 SHOTS = os.environ["IARNET_SHOTS"]
 AXE = open(os.environ["AXE_JS"], encoding="utf-8").read()
 WAIT = 60
@@ -245,6 +247,24 @@ def run(d, c):
     wait(d, text_in("#dep-detail .badge", "stopped"), "the stopped state", timeout=90)
     c.console("deployment (stopped)")
     print(f"deployment {rid} stopped", flush=True)
+
+    step("import an application; its graph and code")
+    d.get(f"{A}/ui/apps")
+    d.find_element(By.ID, "f-name").send_keys("shop")
+    d.find_element(By.ID, "f-git_url").send_keys(APP_URL)
+    submit(d, "form.panel")
+    wait(d, ec.presence_of_element_located((By.CSS_SELECTOR, ".dag svg")), "the dependency graph")
+    graph = d.find_element(By.CSS_SELECTOR, ".dag svg").get_attribute("aria-label")
+    assert "web depends on db" in graph, graph
+    c.page("application")
+    d.find_element(By.LINK_TEXT, "Code").click()
+    d.find_element(By.LINK_TEXT, "docker-compose.yml").click()
+    box = wait(d, ec.presence_of_element_located((By.ID, "f-content")), "the editor")
+    box.send_keys("# edited in the browser\n")
+    submit(d, "form[action$='/files']")
+    wait(d, text_in(".notice.ok", "Saved docker-compose.yml"), "the saved notice")
+    assert "edited in the browser" in d.find_element(By.ID, "f-content").get_attribute("value")
+    c.page("code")
 
     step("log out")
     d.find_element(By.CSS_SELECTOR, "form.logout button").click()

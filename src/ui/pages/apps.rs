@@ -107,7 +107,16 @@ pub async fn import(
         ssh_key_file: String::new(),
     };
     match d.apps.create_application(request(&ctx, req)).await {
-        Ok(a) => see_other(&format!("/ui/apps/{}", layout::seg(&a.into_inner().id))),
+        Ok(a) => {
+            // Imported means analysed too: the page shows its components.
+            let id = a.into_inner().id;
+            let analysed = d
+                .apps
+                .analyze_application(request(&ctx, pb::ApplicationRef { id: id.clone() }))
+                .await
+                .map(|_| ());
+            back(&id, analysed, "Imported and analysed.")
+        }
         Err(s) => {
             let e = FieldErrors::from_status(
                 &s,
