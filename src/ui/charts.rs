@@ -7,6 +7,9 @@ use maud::{html, Markup};
 use super::history::{Ring, Usage, POINTS};
 
 const W: f64 = POINTS as f64;
+/// Points drawn at most: each is the largest of its share of the ring,
+/// so a chart stays about 1 KB whatever the ring holds.
+const DRAWN: usize = 125;
 const H: f64 = 60.0;
 const TOTAL: &str = "#1b1f24";
 const RESERVED: &str = "#0b57d0";
@@ -14,25 +17,29 @@ const RESERVED_FILL: &str = "#c9dcfb";
 
 /// `x,y` pairs of a series scaled to the chart, newest at the right.
 fn points(r: &Ring, max: f64) -> Vec<(f64, f64)> {
-    let offset = W - r.len() as f64;
-    r.iter()
+    let values: Vec<f64> = r.iter().collect();
+    let step = values.len().div_ceil(DRAWN).max(1);
+    let offset = W - values.len() as f64;
+    values
+        .chunks(step)
         .enumerate()
-        .map(|(i, v)| {
+        .map(|(i, bucket)| {
+            let v = bucket.iter().copied().fold(f64::MIN, f64::max);
             let y = if max > 0.0 {
                 H - (v / max).clamp(0.0, 1.0) * (H - 2.0)
             } else {
                 H
             };
-            (offset + i as f64, y)
+            (offset + ((i * step + bucket.len() - 1) as f64), y)
         })
         .collect()
 }
 
 fn path(pts: &[(f64, f64)]) -> String {
-    let mut s = String::with_capacity(pts.len() * 12);
+    let mut s = String::with_capacity(pts.len() * 8);
     for (i, (x, y)) in pts.iter().enumerate() {
         s.push_str(if i == 0 { "M" } else { "L" });
-        s.push_str(&format!("{x:.0},{y:.1}"));
+        s.push_str(&format!("{x:.0},{y:.0}"));
     }
     s
 }
@@ -81,18 +88,11 @@ pub fn spark(title: &str, r: &Ring, unit: &str) -> Markup {
     }
 }
 
-/// A used-of-total bar, for table cells.
+/// A used-of-total bar, for table cells: the browser's own `<meter>`
+/// (small, and read out by screen readers as a figure).
 pub fn bar(used: f64, total: f64, label: &str) -> Markup {
-    let frac = if total > 0.0 {
-        (used / total).clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
     html! {
-        svg.bar viewBox="0 0 100 10" preserveAspectRatio="none" role="img" aria-label=(label) {
-            rect x="0" y="0" width="100" height="10" fill="#e4e8ee" {}
-            rect x="0" y="0" width=(format!("{:.1}", frac * 100.0)) height="10" fill=(RESERVED) {}
-        }
+        meter min="0" max=(figure(total.max(0.0))) value=(figure(used.clamp(0.0, total.max(0.0)))) aria-label=(label) {}
     }
 }
 
@@ -123,6 +123,19 @@ mod tests {
         assert_eq!(pts[2].1, 2.0);
         assert!(area(&pts).ends_with('Z'));
         assert_eq!(area(&[]), "");
+    }
+
+    #[test]
+    fn a_full_ring_is_drawn_with_fewer_points_keeping_peaks() {
+        let mut r = Ring::default();
+        for i in 0..POINTS {
+            r.push(if i == 301 { 100.0 } else { 1.0 });
+        }
+        let pts = points(&r, 100.0);
+        assert_eq!(pts.len(), DRAWN);
+        assert_eq!(pts.last().unwrap().0, W - 1.0);
+        assert!(pts.iter().any(|p| p.1 == 2.0), "the peak survives");
+        assert!(path(&pts).len() < 1200);
     }
 
     #[test]

@@ -23,9 +23,9 @@ use crate::ui::layout::{self, Nav};
 use crate::ui::{request, respond, see_other, Ctx, Dashboard};
 
 /// Providers with their own charts on this page, at most.
-const CHARTED: usize = 12;
+const CHARTED: usize = 4;
 /// Rows of the provider table per page.
-pub const ROWS: usize = 50;
+pub const ROWS: usize = 40;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Flash {
