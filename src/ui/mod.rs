@@ -141,6 +141,8 @@ impl Dashboard {
             .route("/ui/apps/{id}/pull", post(apps::pull))
             .route("/ui/apps/{id}/delete", post(apps::delete))
             .route("/ui/apps/{id}/files", get(files::browse).post(files::save))
+            // A saved file (1 MiB at most) percent-encoded in a form.
+            .layer(axum::extract::DefaultBodyLimit::max(guard::MAX_FORM))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 guard::guard,
