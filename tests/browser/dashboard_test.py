@@ -106,6 +106,14 @@ def text_in(css, text):
     return check
 
 
+def click(d, by, value):
+    """Clicks an element that a live update may replace at any moment."""
+    def attempt(d):
+        d.find_element(by, value).click()
+        return True
+    wait(d, attempt, f"clicking {value}")
+
+
 def click_in_row(d, table_css, text, button_xpath):
     """Clicks a button of the row holding `text` (the row may be replaced
     by a live update between finding and clicking it)."""
@@ -221,7 +229,7 @@ def run(d, c):
     dep_url = d.current_url.split("?")[0]
 
     step("its logs follow live and can be searched")
-    d.find_element(By.LINK_TEXT, "Logs").click()
+    click(d, By.LINK_TEXT, "Logs")
     wait(d, text_in("#log-lines", "browser-line-"), "log lines")
     d.execute_script("window.__iarnetMarker = 'logs';")
     count = len(d.find_elements(By.CSS_SELECTOR, "#log-lines div"))
@@ -243,7 +251,7 @@ def run(d, c):
     step("stop it from its page")
     d.get(dep_url)
     wait(d, text_in("#dep-detail .badge", "running"), "the running state")
-    d.find_element(By.XPATH, "//form[contains(@action,'/stop')]//button").click()
+    click(d, By.XPATH, "//form[contains(@action,'/stop')]//button")
     wait(d, text_in("#dep-detail .badge", "stopped"), "the stopped state", timeout=90)
     c.console("deployment (stopped)")
     print(f"deployment {rid} stopped", flush=True)
@@ -257,8 +265,8 @@ def run(d, c):
     graph = d.find_element(By.CSS_SELECTOR, ".dag svg").get_attribute("aria-label")
     assert "web depends on db" in graph, graph
     c.page("application")
-    d.find_element(By.LINK_TEXT, "Code").click()
-    d.find_element(By.LINK_TEXT, "docker-compose.yml").click()
+    click(d, By.LINK_TEXT, "Code")
+    click(d, By.LINK_TEXT, "docker-compose.yml")
     box = wait(d, ec.presence_of_element_located((By.ID, "f-content")), "the editor")
     box.send_keys("# edited in the browser\n")
     submit(d, "form[action$='/files']")
