@@ -126,6 +126,7 @@ fn provider_set(b: &mut Bytes) -> ProviderSet {
         owner_generation,
         version,
         providers,
+        meta: None,
     }
 }
 

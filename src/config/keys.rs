@@ -4,7 +4,7 @@
 //! them for the raw layers (known keys, env names, list shape, suggestions).
 //! `config.yaml` and the README's reference table are checked against it.
 
-use super::{gossip, node, resources, security};
+use super::{discovery, gossip, node, resources, security};
 
 /// One configuration key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,13 @@ impl Key {
 }
 
 /// Every section's keys, in `config.yaml` order of concepts.
-pub const SECTIONS: &[&[Key]] = &[node::KEYS, gossip::KEYS, resources::KEYS, security::KEYS];
+pub const SECTIONS: &[&[Key]] = &[
+    node::KEYS,
+    gossip::KEYS,
+    resources::KEYS,
+    security::KEYS,
+    discovery::KEYS,
+];
 
 /// Every configuration key.
 pub fn keys() -> impl Iterator<Item = &'static Key> {

@@ -10,10 +10,11 @@
 //!   default, doc) that the layers, the builders and the drift tests share.
 //! - `layers`: raw values from file, environment and flags, unknown keys.
 //! - `parser`: typed readers (durations, quantities, addresses…) over a key.
-//! - `node`, `gossip`, `resources`, `security`: each section's keys, types
+//! - `node`, `gossip`, `resources`, `security`, `discovery`: each section's keys, types
 //!   and builder.
 //! - `hint`: "did you mean" for keys and values.
 
+mod discovery;
 mod gossip;
 mod hint;
 mod keys;
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::resource::Quantity;
+pub use discovery::{valid_model, DiscoveryConfig, MdnsMode};
 pub use gossip::GossipConfig;
 pub use keys::{keys, Key, SECTIONS};
 pub use layers::{Layers, Source};
@@ -73,6 +75,10 @@ pub struct Config {
     pub resources: ResourceConfig,
     /// TLS, tokens, access lists, rate limits and the audit log.
     pub security: SecurityConfig,
+    /// `discovery.*`: finding peers on the LAN.
+    pub discovery: DiscoveryConfig,
+    /// `models`: AI models this node serves or can run.
+    pub models: Vec<String>,
     /// Where each value came from, for the summary an operator sees.
     pub sources: Vec<(String, Source)>,
 }
@@ -138,6 +144,8 @@ impl Config {
         cfg.node_id = Some(node_id.to_string());
         cfg.node_name = node_id.to_string();
         cfg.initial_peers.clear();
+        // Loopback nodes meet through their seeds, never the LAN.
+        cfg.discovery.mdns = MdnsMode::Off;
         cfg.gossip.interval = Duration::from_millis(200);
         cfg.gossip.call_timeout = Duration::from_millis(300);
         cfg.shutdown_grace = Duration::from_secs(3);
@@ -172,6 +180,8 @@ impl Parser<'_> {
                 Duration::from_secs(3600),
             ),
             resources: self.resources(),
+            discovery: self.discovery(),
+            models: self.models(),
             // Filled from the layers by the caller.
             sources: Vec::new(),
         }

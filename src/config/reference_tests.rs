@@ -195,7 +195,7 @@ fn readme_default_ok(key: &Key, cell: &str) -> bool {
     let stated = |text: &str| cell == text || cell.starts_with(&format!("{text} "));
     match key.derived {
         Some(derived) => stated(derived),
-        None if key.list => stated("[]"),
+        None if key.list && key.default.is_empty() => stated("[]"),
         None if key.default.is_empty() => stated("\"\"") || stated("unset"),
         None => stated(key.default),
     }

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use crate::proto::peer::{
-    ExchangeRequest, ExchangeResponse, Member, MemberDigest, ProviderCallRequest,
+    ExchangeRequest, ExchangeResponse, Member, MemberDigest, NodeMeta, ProviderCallRequest,
     ProviderExchangeRequest, ProviderExchangeResponse, ProviderInfo, ProviderSet,
 };
 
@@ -30,6 +30,12 @@ pub const MAX_PROVIDERS: usize = 256;
 /// Labels per provider, and the length of each key and value.
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL: usize = 253;
+/// Models, group memberships and rosters one node may carry.
+pub const MAX_SWARM_ITEMS: usize = 64;
+/// Pools one node carries (it carries every pool of the mesh).
+pub const MAX_POOLS: usize = 1024;
+/// Node ids in one roster or one pool.
+pub const MAX_SWARM_NODES: usize = 4096;
 
 /// A part of a peer message over its bound.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,14 +167,15 @@ fn provider(field: &str, p: &ProviderInfo) -> Checked {
     ] {
         text(&format!("{field}.{name}"), v)?;
     }
-    count(&format!("{field}.labels"), p.labels.len(), MAX_LABELS)?;
-    for (k, v) in &p.labels {
+    labels(&format!("{field}.labels"), &p.labels)
+}
+
+fn labels(field: &str, map: &std::collections::HashMap<String, String>) -> Checked {
+    count(field, map.len(), MAX_LABELS)?;
+    for (k, v) in map {
         if k.len() > MAX_LABEL || v.len() > MAX_LABEL {
             return Err(too(
-                &format!(
-                    "{field}.labels[{:?}]",
-                    k.chars().take(32).collect::<String>()
-                ),
+                &format!("{field}[{:?}]", k.chars().take(32).collect::<String>()),
                 format!("keys and values are at most {MAX_LABEL} bytes"),
             ));
         }
@@ -196,6 +203,46 @@ fn sets(list: &[ProviderSet]) -> Checked {
         for (j, p) in s.providers.iter().enumerate() {
             provider(&format!("sets[{i}].providers[{j}]"), p)?;
         }
+        if let Some(m) = &s.meta {
+            meta(&format!("sets[{i}].meta"), m)?;
+        }
+    }
+    Ok(())
+}
+
+fn texts(field: &str, list: &[String], max: usize) -> Checked {
+    count(field, list.len(), max)?;
+    for (i, t) in list.iter().enumerate() {
+        text(&format!("{field}[{i}]"), t)?;
+    }
+    Ok(())
+}
+
+fn meta(field: &str, m: &NodeMeta) -> Checked {
+    texts(&format!("{field}.models"), &m.models, MAX_SWARM_ITEMS)?;
+    count(&format!("{field}.groups"), m.groups.len(), MAX_SWARM_ITEMS)?;
+    for (i, g) in m.groups.iter().enumerate() {
+        text(&format!("{field}.groups[{i}].group"), &g.group)?;
+    }
+    count(
+        &format!("{field}.rosters"),
+        m.rosters.len(),
+        MAX_SWARM_ITEMS,
+    )?;
+    for (i, r) in m.rosters.iter().enumerate() {
+        let f = format!("{field}.rosters[{i}]");
+        text(&format!("{f}.group"), &r.group)?;
+        text(&format!("{f}.leader"), &r.leader)?;
+        texts(&format!("{f}.members"), &r.members, MAX_SWARM_NODES)?;
+    }
+    count(&format!("{field}.pools"), m.pools.len(), MAX_POOLS)?;
+    for (i, p) in m.pools.iter().enumerate() {
+        let f = format!("{field}.pools[{i}]");
+        for t in [&p.name, &p.writer, &p.created_by, &p.description] {
+            text(&f, t)?;
+        }
+        texts(&format!("{f}.nodes"), &p.nodes, MAX_SWARM_NODES)?;
+        labels(&format!("{f}.selector"), &p.selector)?;
     }
     Ok(())
 }

@@ -57,6 +57,14 @@ impl Shared {
         self.mesh.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The swarm groups this node is a member of, as it advertises them.
+    pub fn own_groups(&self) -> Vec<String> {
+        self.mesh()
+            .own_meta()
+            .map(|m| m.groups.iter().map(|g| g.group.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Milliseconds on tokio's clock since the node started.
     pub fn now(&self) -> Millis {
         self.start.elapsed().as_millis() as Millis

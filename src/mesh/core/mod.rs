@@ -19,8 +19,8 @@ use super::intern::Interner;
 use super::record::{bucket_count_for, MemberInfo, Millis, Stamp, Status};
 use super::view::{bucket_mask, Entry, Suspecters, View, NEVER};
 use crate::proto::peer::{
-    Digest, ExchangeRequest, ExchangeResponse, Member, MemberDigest, ProviderExchangeRequest,
-    ProviderExchangeResponse, ProviderInfo, ProviderSet,
+    Digest, ExchangeRequest, ExchangeResponse, Member, MemberDigest, NodeMeta,
+    ProviderExchangeRequest, ProviderExchangeResponse, ProviderInfo, ProviderSet,
 };
 
 /// Tunables of the protocol (durations in milliseconds of the driver's clock).
@@ -285,12 +285,40 @@ impl Mesh {
                 p
             })
             .collect();
+        self.publish_set(version, providers, self.own_meta().cloned());
+    }
+
+    /// What this node says of itself beside its providers.
+    pub fn own_meta(&self) -> Option<&NodeMeta> {
+        self.view
+            .get(&self.me.id)
+            .and_then(|e| e.providers.as_deref())
+            .and_then(|set| set.meta.as_ref())
+    }
+
+    /// Replaces what this node says of itself; bumps the set version when
+    /// it changed (the set then travels again, whole).
+    pub fn set_meta(&mut self, meta: NodeMeta) {
+        if self.own_meta() == Some(&meta) {
+            return;
+        }
+        let providers = self
+            .view
+            .get(&self.me.id)
+            .and_then(|e| e.providers.as_ref())
+            .map(|set| set.providers.clone())
+            .unwrap_or_default();
+        self.publish_set(self.provider_version + 1, providers, Some(meta));
+    }
+
+    fn publish_set(&mut self, version: u64, providers: Vec<ProviderInfo>, meta: Option<NodeMeta>) {
         self.provider_version = version;
         let set = Arc::new(ProviderSet {
             owner_id: self.me.id.to_string(),
             owner_generation: self.me.generation,
             version,
             providers,
+            meta,
         });
         self.view.update(&self.me.id.clone(), |e| {
             e.providers = Some(set);
