@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/directory.proto",
     "proto/application.proto",
     "proto/build.proto",
+    "proto/swarm.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -64,5 +64,6 @@ pub mod resource;
 pub mod security;
 pub mod signal;
 pub mod store;
+pub mod swarm;
 pub mod sync;
 pub mod ui;

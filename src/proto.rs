@@ -28,6 +28,11 @@ pub mod iarnet {
             tonic::include_proto!("iarnet.build.v1");
         }
     }
+    pub mod swarm {
+        pub mod v1 {
+            tonic::include_proto!("iarnet.swarm.v1");
+        }
+    }
     pub mod resource {
         // DeployEvent's last event carries the whole Deployment (its lease
         // included); one per deploy stream, so boxing it would buy nothing.
@@ -52,6 +57,9 @@ pub use iarnet::application::v1 as application;
 
 /// Image builds on another node's provider (package `iarnet.build.v1`).
 pub use iarnet::build::v1 as build;
+
+/// Swarm groups, pools and node health (package `iarnet.swarm.v1`).
+pub use iarnet::swarm::v1 as swarm;
 
 /// Encoded `FileDescriptorSet` of every iarnet proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -64,7 +64,16 @@ impl Admin for AdminApi {
             if e.status.is_tombstone() && !include_tombstones {
                 continue;
             }
+            let meta = e.providers.as_ref().and_then(|s| s.meta.as_ref());
+            let ms = |d: Option<std::time::Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
             resp.peers.push(PeerEntry {
+                rtt_ms: ms(self.shared.stats.rtt(&e.info.addr)),
+                rtt_p99_ms: ms(self.shared.stats.rtt_p99(&e.info.addr)),
+                models: meta.map(|m| m.models.clone()).unwrap_or_default(),
+                groups: meta
+                    .map(|m| m.groups.iter().map(|g| g.group.clone()).collect())
+                    .unwrap_or_default(),
+                allow_remote: meta.is_some_and(|m| m.allow_remote),
                 id: e.info.id.to_string(),
                 name: e.info.name.clone(),
                 addr: e.info.addr.clone(),

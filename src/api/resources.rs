@@ -33,6 +33,9 @@ pub struct ResourceApi {
     /// cut a placement in half, and the node waits for them when it stops.
     deploys: TaskTracker,
     stop: CancellationToken,
+    /// The node, for deploys addressed to a swarm group (absent in tests
+    /// that run the API over a bare manager).
+    shared: Option<Arc<crate::node::shared::Shared>>,
 }
 
 impl ResourceApi {
@@ -55,7 +58,14 @@ impl ResourceApi {
             audit,
             deploys,
             stop,
+            shared: None,
         }
+    }
+
+    /// Routes group deploys through the node's view of the swarm.
+    pub fn with_shared(mut self, shared: Arc<crate::node::shared::Shared>) -> ResourceApi {
+        self.shared = Some(shared);
+        self
     }
 }
 
@@ -92,7 +102,7 @@ fn outcome<T>(r: &Result<T, Status>) -> (&'static str, Value) {
     }
 }
 
-type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn sum(caps: impl Iterator<Item = Capacity>) -> Capacity {
     caps.fold(None, |a: Option<Capacity>, c| {
@@ -266,8 +276,13 @@ impl ResourceService for ResourceApi {
         request: Request<pb::DeploySpec>,
     ) -> Result<Response<Self::DeployStream>, Status> {
         let who = who(&request);
+        let forwarded = request
+            .metadata()
+            .contains_key(super::group_deploy::FORWARDED);
+        let authorization = request.metadata().get("authorization").cloned();
         let raw = request.into_inner();
         let (request_id, image) = (raw.request_id.clone(), raw.image.clone());
+        let as_sent = (!raw.group.is_empty()).then(|| raw.clone());
         let refused = |s: Status| {
             self.audit.record(
                 "deploy",
@@ -286,6 +301,19 @@ impl ResourceService for ResourceApi {
         }
         let spec = spec_from_proto(raw).map_err(|e| refused(e.into()))?;
         crate::resource::validate::validate(&spec).map_err(|e| refused(e.into()))?;
+        if let (Some(shared), Some(group), Some(raw)) = (&self.shared, &spec.scope.group, as_sent) {
+            use super::group_deploy::{forward, route, Route};
+            if let Route::Leader { id, addr } = route(shared, group, forwarded).map_err(refused)? {
+                let stream = forward(shared, &addr, raw, authorization).await?;
+                self.audit.record(
+                    "deploy",
+                    &who,
+                    "forwarded",
+                    json!({"request_id": request_id, "group": group, "leader": id}),
+                );
+                return Ok(Response::new(stream));
+            }
+        }
         if spec.spread.is_some() && replicas == 0 {
             return Err(refused(Status::invalid_argument(
                 "spread: keeps the replicas of a service apart; set replicas too",

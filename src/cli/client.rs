@@ -92,6 +92,8 @@ pub enum Command {
     },
     #[command(flatten)]
     Service(super::services::ServiceCommand),
+    #[command(flatten)]
+    Swarm(super::swarm::SwarmCommand),
     /// Applications from Git: create, analyse, deploy in order, browse.
     #[command(subcommand)]
     App(super::apps::AppCommand),
@@ -357,6 +359,7 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
         }
         Command::Deploy(args) => super::deploy::deploy(*args, &mut out).await?,
         Command::Service(c) => super::services::run(c, &mut out).await?,
+        Command::Swarm(c) => super::swarm::run(c, &mut out).await?,
         Command::App(c) => super::apps::run(c, &mut out).await?,
         Command::Deployments(args) => list_deployments(args, &mut out).await?,
         Command::Queue { target } => {

@@ -37,6 +37,16 @@ pub struct DeployArgs {
     /// Let other deployments share the GPUs.
     #[arg(long)]
     pub gpu_shared: bool,
+    /// Only on the providers of this swarm group's members; its leader
+    /// orders the group's deploys.
+    #[arg(long, default_value = "")]
+    pub group: String,
+    /// Only on the providers of this resource pool.
+    #[arg(long, default_value = "")]
+    pub pool: String,
+    /// Only on nodes that serve this AI model (their `models`).
+    #[arg(long, default_value = "")]
+    pub requires_model: String,
     /// Scratch storage, e.g. 10Gi.
     #[arg(long, default_value = "")]
     pub storage: String,
@@ -237,6 +247,9 @@ impl DeployArgs {
             gpu: self.gpu,
             gpu_model: self.gpu_model.clone(),
             gpu_shared: self.gpu_shared,
+            group: self.group.clone(),
+            pool: self.pool.clone(),
+            requires_model: self.requires_model.clone(),
             storage: self.storage.clone(),
             labels: pairs("--label", &self.labels)?.into_iter().collect(),
             required_labels: pairs("--require", &self.require)?.into_iter().collect(),

@@ -8,6 +8,7 @@ pub mod client;
 mod deploy;
 mod render;
 mod services;
+mod swarm;
 
 use std::path::PathBuf;
 

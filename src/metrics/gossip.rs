@@ -17,8 +17,18 @@ pub struct Stats {
     /// Encoded bytes of gossip requests this node sent and responses it returned.
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
-    /// Smoothed round-trip time of answered gossip calls, by peer address.
-    round_trips: Mutex<HashMap<String, Duration>>,
+    /// Round-trip times of answered gossip calls, by peer address.
+    round_trips: Mutex<HashMap<String, RoundTrips>>,
+}
+
+/// Samples kept per peer for the p99.
+const RTT_SAMPLES: usize = 128;
+
+/// One peer's round trips: smoothed, and the last [`RTT_SAMPLES`].
+#[derive(Debug, Default)]
+struct RoundTrips {
+    smoothed: Duration,
+    recent: std::collections::VecDeque<Duration>,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -41,16 +51,35 @@ impl Stats {
     pub fn round_trip(&self, addr: &str, took: Duration) {
         let mut all = self.round_trips.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rtt) = all.get_mut(addr) {
-            *rtt = (*rtt * 7 + took) / 8;
+            rtt.smoothed = (rtt.smoothed * 7 + took) / 8;
+            if rtt.recent.len() == RTT_SAMPLES {
+                rtt.recent.pop_front();
+            }
+            rtt.recent.push_back(took);
         } else if all.len() < MAX_ROUND_TRIPS {
-            all.insert(addr.to_string(), took);
+            all.insert(
+                addr.to_string(),
+                RoundTrips {
+                    smoothed: took,
+                    recent: [took].into(),
+                },
+            );
         }
+    }
+
+    /// The p99 of the last 128 round trips to a peer, if it ever answered.
+    pub fn rtt_p99(&self, addr: &str) -> Option<Duration> {
+        let all = self.round_trips.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent: Vec<Duration> = all.get(addr)?.recent.iter().copied().collect();
+        recent.sort_unstable();
+        let at = (recent.len() * 99).div_ceil(100).max(1) - 1;
+        recent.get(at).copied()
     }
 
     /// The smoothed round-trip time to a peer, if it ever answered.
     pub fn rtt(&self, addr: &str) -> Option<Duration> {
         let all = self.round_trips.lock().unwrap_or_else(|e| e.into_inner());
-        all.get(addr).copied()
+        all.get(addr).map(|r| r.smoothed)
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -77,5 +106,18 @@ mod tests {
         assert_eq!(s.rtt("a:1"), Some(Duration::from_millis(8)));
         s.round_trip("a:1", Duration::from_millis(16));
         assert_eq!(s.rtt("a:1"), Some(Duration::from_millis(9)));
+    }
+
+    #[test]
+    fn the_p99_is_over_the_last_samples() {
+        let s = Stats::default();
+        assert_eq!(s.rtt_p99("a:1"), None);
+        for ms in 1..=200u64 {
+            s.round_trip("a:1", Duration::from_millis(ms));
+        }
+        // The last 128 are 73..=200; their p99 is the 127th smallest.
+        assert_eq!(s.rtt_p99("a:1"), Some(Duration::from_millis(199)));
+        s.round_trip("b:1", Duration::from_millis(5));
+        assert_eq!(s.rtt_p99("b:1"), Some(Duration::from_millis(5)));
     }
 }

@@ -23,8 +23,9 @@ pub struct NodeDiscovery {
     pub shared: Arc<Shared>,
 }
 
-impl Discovery for NodeDiscovery {
-    fn discovered(&self) -> Vec<Candidate> {
+impl NodeDiscovery {
+    /// Providers other live members advertise, as gossip carried them.
+    fn discovered_bare(&self) -> Vec<Candidate> {
         let mesh = self.shared.mesh();
         let me = mesh.id().to_string();
         mesh.view()
@@ -39,11 +40,22 @@ impl Discovery for NodeDiscovery {
             })
             .collect()
     }
+}
+
+impl Discovery for NodeDiscovery {
+    fn discovered(&self) -> Vec<Candidate> {
+        let mut found = self.discovered_bare();
+        super::swarm::decorate(&self.shared, &mut found);
+        found
+    }
+
+    fn decorate(&self, candidates: &mut [Candidate]) {
+        super::swarm::decorate(&self.shared, candidates);
+    }
 
     fn publish(&self, providers: Vec<ProviderInfo>) {
         self.shared.mesh().set_providers(providers);
     }
-
     fn caller(&self) -> Arc<dyn ProviderCaller> {
         Arc::new(NodeCaller {
             shared: self.shared.clone(),

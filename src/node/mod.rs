@@ -16,6 +16,7 @@ pub mod providers;
 mod registered;
 mod serve;
 pub mod shared;
+pub mod swarm;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

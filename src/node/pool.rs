@@ -50,6 +50,32 @@ impl Pool {
             .max_encoding_message_size(MAX_MESSAGE))
     }
 
+    /// The resource service on the same channel (group deploys forwarded
+    /// to their leader).
+    pub fn resources(
+        &self,
+        addr: &str,
+    ) -> Result<
+        crate::proto::resource::resource_service_client::ResourceServiceClient<Channel>,
+        Status,
+    > {
+        Ok(
+            crate::proto::resource::resource_service_client::ResourceServiceClient::new(
+                self.channel(addr)?,
+            )
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        )
+    }
+
+    /// The swarm's peer service on the same channel.
+    pub fn swarm(
+        &self,
+        addr: &str,
+    ) -> Result<crate::proto::swarm::swarm_peer_client::SwarmPeerClient<Channel>, Status> {
+        Ok(crate::proto::swarm::swarm_peer_client::SwarmPeerClient::new(self.channel(addr)?))
+    }
+
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = clients.get(addr) {

@@ -27,6 +27,7 @@ use crate::api::directory::DirectoryApi;
 use crate::api::http::HttpApi;
 use crate::api::peer::PeerApi;
 use crate::api::resources::ResourceApi;
+use crate::api::swarm::SwarmApi;
 use crate::app::Applications;
 use crate::mesh::limits::MAX_MESSAGE;
 use crate::placement::Manager;
@@ -36,6 +37,8 @@ use crate::proto::build::image_build_server::ImageBuildServer;
 use crate::proto::directory::directory_server::DirectoryServer;
 use crate::proto::peer::peer_service_server::PeerServiceServer;
 use crate::proto::resource::resource_service_server::ResourceServiceServer;
+use crate::proto::swarm::swarm_peer_server::SwarmPeerServer;
+use crate::proto::swarm::swarm_server::SwarmServer;
 use crate::security::guard::GuardLayer;
 use crate::security::http_tls::TlsListener;
 use crate::store::Store;
@@ -50,6 +53,7 @@ pub const HEALTH_SERVICES: &[&str] = &[
     "iarnet.directory.v1.Directory",
     "iarnet.application.v1.ApplicationService",
     "iarnet.build.v1.ImageBuild",
+    "iarnet.swarm.v1.Swarm",
 ];
 
 /// Known peers are saved every this many gossip rounds, and at least this rarely.
@@ -108,6 +112,7 @@ pub async fn serve(
             deploys.clone(),
             cancel.clone(),
         )
+        .with_shared(shared.clone())
     };
 
     let advertise_host = shared
@@ -158,6 +163,14 @@ pub async fn serve(
             .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(AdminServer::new(AdminApi::new(shared.clone())))
+        .add_service(SwarmServer::new(SwarmApi::new(
+            shared.clone(),
+            manager.clone(),
+        )))
+        .add_service(SwarmPeerServer::new(SwarmApi::new(
+            shared.clone(),
+            manager.clone(),
+        )))
         .add_service(ResourceServiceServer::new(resources()))
         .add_service(ApplicationServiceServer::new(ApplicationApi::new(
             apps.clone(),
@@ -237,6 +250,10 @@ pub async fn serve(
     tasks.spawn(
         gossip::seed_loop(shared.clone(), cancel.child_token())
             .instrument(tracing::info_span!(parent: &span, "seeds")),
+    );
+    tasks.spawn(
+        super::swarm::swarm_loop(shared.clone(), cancel.child_token())
+            .instrument(tracing::info_span!(parent: &span, "swarm")),
     );
     tasks.spawn(
         peers::save_loop(

@@ -13,8 +13,10 @@ use crate::config::Config;
 use crate::mesh::{Mesh, Millis};
 use crate::metrics::gossip::Stats;
 use crate::metrics::Metrics;
+use crate::proto::peer::NodeMeta;
 use crate::security::tls::Tls;
 use crate::security::Security;
+use crate::swarm::Swarm;
 
 /// State shared by the node's tasks and its gRPC services.
 pub struct Shared {
@@ -27,6 +29,8 @@ pub struct Shared {
     pub pool: Pool,
     pub security: Arc<Security>,
     pub audit: Arc<Audit>,
+    /// Groups, rosters and pools; lock it after the mesh, never before.
+    pub swarm: Mutex<Swarm>,
 }
 
 impl Shared {
@@ -38,7 +42,18 @@ impl Shared {
             metrics.clone(),
             audit.clone(),
         ));
+        let swarm = Swarm::new(
+            mesh.id(),
+            NodeMeta {
+                allow_remote: config.resources.allow_remote_access,
+                models: config.models.clone(),
+                started_ms: crate::swarm::wall_ms(),
+                tls: tls.is_some(),
+                ..NodeMeta::default()
+            },
+        );
         Shared {
+            swarm: Mutex::new(swarm),
             mesh: Mutex::new(mesh),
             start: tokio::time::Instant::now(),
             stats: Stats::default(),

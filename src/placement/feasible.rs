@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::lifecycle::queue::Fit;
-use crate::resource::{labels, Candidate, Capacity, Resources};
+use crate::resource::{labels, Candidate, Capacity, Resources, Scope};
 
 /// What a deployment needs from a provider.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +17,8 @@ pub struct Need<'a> {
     pub region: Option<&'a str>,
     /// Only this provider.
     pub provider_id: Option<&'a str>,
+    /// Only providers in this swarm scope.
+    pub scope: Option<&'a Scope>,
 }
 
 impl Need<'_> {
@@ -27,7 +29,12 @@ impl Need<'_> {
             && pinned(c, self.provider_id)
             && gpu_model(c, self.gpu_model)
             && has_labels(c, self.required_labels)
+            && in_scope(c, self.scope)
     }
+}
+
+fn in_scope(c: &Candidate, scope: Option<&Scope>) -> bool {
+    scope.is_none_or(|s| s.required().iter().all(|(k, _)| c.labels.contains_key(k)))
 }
 
 fn healthy(c: &Candidate) -> bool {
@@ -89,6 +96,8 @@ enum Miss {
     NotPinned,
     GpuModel(String),
     Label(String, String),
+    /// Outside the deploy's swarm scope ("not in group gpu-lab").
+    Scope(String),
     /// Its total is too small: never.
     TooSmall(Dim),
     /// Not enough free now.
@@ -120,6 +129,7 @@ impl Miss {
             Miss::NotPinned => "not_pinned".into(),
             Miss::GpuModel(_) => "gpu_model".into(),
             Miss::Label(..) => "label".into(),
+            Miss::Scope(_) => "scope".into(),
             Miss::TooSmall(d) => format!("too_small_{}", d.key()),
             Miss::Insufficient(Dim::Deployments) => "max_deployments".into(),
             Miss::Insufficient(d) => format!("insufficient_{}", d.key()),
@@ -224,6 +234,15 @@ impl Need<'_> {
                 return Some(Miss::Label(k.clone(), v.clone()));
             }
         }
+        if let Some(scope) = self.scope {
+            if let Some((_, why)) = scope
+                .required()
+                .into_iter()
+                .find(|(k, _)| !c.labels.contains_key(k))
+            {
+                return Some(Miss::Scope(why));
+            }
+        }
         let need = &self.resources;
         if let Some(d) = Dim::ALL
             .into_iter()
@@ -285,6 +304,7 @@ impl Need<'_> {
                     Miss::NotPinned => format!("{n} not the pinned provider"),
                     Miss::GpuModel(model) => format!("{n} without a {model} GPU"),
                     Miss::Label(k, v) => format!("{n} label {k}={v} missing"),
+                    Miss::Scope(why) => format!("{n} {why}"),
                     Miss::TooSmall(d) => format!(
                         "{n} too small for {} (needs {}, largest {})",
                         d.name(),

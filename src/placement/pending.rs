@@ -69,6 +69,7 @@ impl QueuedRecord {
             required_labels: Some(&self.spec.required_labels),
             region: self.region.as_deref(),
             provider_id: self.provider_id.as_deref(),
+            scope: Some(&self.spec.scope),
         }
     }
 

@@ -86,6 +86,7 @@ impl PlaceOptions {
             required_labels: Some(&spec.required_labels),
             region: self.region.as_deref(),
             provider_id: self.provider_id.as_deref(),
+            scope: Some(&spec.scope),
         }
     }
 }

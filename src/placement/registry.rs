@@ -39,6 +39,10 @@ pub trait Discovery: Send + Sync + 'static {
     fn builds(&self) -> Option<Arc<dyn super::call::build::BuildCaller>> {
         None
     }
+    /// Puts what the mesh knows of this node's providers on their
+    /// candidates (swarm groups, models, pools), as `discovered` does for
+    /// other nodes'.
+    fn decorate(&self, _candidates: &mut [Candidate]) {}
 }
 
 /// What `p` says of itself, with the labels only iarnet can know.
@@ -286,6 +290,7 @@ impl Registry {
             .into_iter()
             .map(|(_, c)| c)
             .collect();
+        self.discovery.decorate(&mut out);
         let mine: HashSet<String> = out.iter().map(|c| c.id.clone()).collect();
         out.extend(
             self.discovery

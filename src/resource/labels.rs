@@ -18,6 +18,18 @@ pub const EXTERNAL: &str = "external";
 
 /// Labels a spec may not set: they belong to iarnet.
 pub const RESERVED_PREFIX: &str = "iarnet.";
+
+/// Put by a node on its providers' candidates: its swarm groups, the pools
+/// it belongs to, the models it serves (always "true").
+pub fn group(name: &str) -> String {
+    format!("iarnet.group.{name}")
+}
+pub fn pool(name: &str) -> String {
+    format!("iarnet.pool.{name}")
+}
+pub fn model(name: &str) -> String {
+    format!("iarnet.model.{name}")
+}
 /// "true" on every workload iarnet made.
 pub const MANAGED: &str = "iarnet.managed";
 /// The provider id that made the workload.

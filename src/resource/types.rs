@@ -443,6 +443,41 @@ pub struct DeploySpec {
     /// A command the engine runs to tell whether it is healthy.
     #[serde(default)]
     pub healthcheck: Option<HealthSpec>,
+    /// Where in the swarm it may run: a group's members, a pool, nodes
+    /// serving a model.
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// Swarm scopes of a deploy; each is matched against the `iarnet.group.*`,
+/// `iarnet.pool.*` and `iarnet.model.*` labels a node puts on its
+/// providers' candidates (reserved labels, so no provider can claim them).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Scope {
+    pub group: Option<String>,
+    pub pool: Option<String>,
+    pub model: Option<String>,
+}
+
+impl Scope {
+    pub fn is_empty(&self) -> bool {
+        self.group.is_none() && self.pool.is_none() && self.model.is_none()
+    }
+
+    /// The candidate labels this scope requires, each with what it means.
+    pub fn required(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(g) = &self.group {
+            out.push((super::labels::group(g), format!("not in group {g}")));
+        }
+        if let Some(p) = &self.pool {
+            out.push((super::labels::pool(p), format!("not in pool {p}")));
+        }
+        if let Some(m) = &self.model {
+            out.push((super::labels::model(m), format!("without model {m}")));
+        }
+        out
+    }
 }
 
 /// A health probe the engine runs inside the container.

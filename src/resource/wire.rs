@@ -157,7 +157,13 @@ pub fn spec_from_proto(s: pb::DeploySpec) -> Result<DeploySpec, ResourceError> {
         }
         _ => None,
     };
+    let scope = crate::resource::Scope {
+        group: swarm_name("group", s.group)?,
+        pool: swarm_name("pool", s.pool)?,
+        model: swarm_name("requires_model", s.requires_model)?,
+    };
     Ok(DeploySpec {
+        scope,
         network: Some(s.network).filter(|n| !n.is_empty()),
         aliases: s.aliases,
         healthcheck,
@@ -190,6 +196,21 @@ pub fn spec_from_proto(s: pb::DeploySpec) -> Result<DeploySpec, ResourceError> {
         labels: s.labels.into_iter().collect(),
         required_labels: s.required_labels.into_iter().collect(),
     })
+}
+
+/// A group, pool or model name of a deploy's scope: empty is none.
+fn swarm_name(field: &str, text: String) -> Result<Option<String>, ResourceError> {
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if !crate::config::valid_model(&text) {
+        return Err(ResourceError::invalid(
+            field,
+            format!("{text:?}: names are 1-63 letters, digits, '-', '_', '.' or ':'"),
+        ));
+    }
+    Ok(Some(text))
 }
 
 fn duration_field(field: &str, text: &str, default: u64) -> Result<u64, ResourceError> {
@@ -316,6 +337,9 @@ pub fn spec_to_proto(s: &DeploySpec) -> pb::DeploySpec {
             retries: h.retries,
             start_period_ms: h.start_period_ms,
         }),
+        group: s.scope.group.clone().unwrap_or_default(),
+        pool: s.scope.pool.clone().unwrap_or_default(),
+        requires_model: s.scope.model.clone().unwrap_or_default(),
         ..Default::default()
     }
 }

@@ -41,6 +41,8 @@ const DIRECTORY_PREFIX: &str = "/iarnet.directory.v1.Directory/";
 /// Image builds for another node's provider: a peer surface on the same
 /// budget (one call carries one build).
 const BUILD_PREFIX: &str = "/iarnet.build.v1.ImageBuild/";
+/// Swarm changes forwarded to the node they are about, and health probes.
+const SWARM_PEER_PREFIX: &str = "/iarnet.swarm.v1.SwarmPeer/";
 
 /// A refused caller is logged at most once per this interval.
 pub const LOG_EVERY: Duration = Duration::from_secs(60);
@@ -62,6 +64,7 @@ impl Surface {
         if path.starts_with("/peer.PeerService/")
             || path.starts_with(DIRECTORY_PREFIX)
             || path.starts_with(BUILD_PREFIX)
+            || path.starts_with(SWARM_PEER_PREFIX)
         {
             Surface::Peer
         } else if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {

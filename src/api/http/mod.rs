@@ -6,6 +6,7 @@
 mod apps;
 mod registration;
 mod services;
+mod swarm;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,7 @@ pub struct HttpApi {
     manager: Arc<Manager>,
     admin: AdminApi,
     resources: ResourceApi,
+    swarm: crate::api::swarm::SwarmApi,
     apps: Arc<Applications>,
     /// Cancelled when the node starts leaving: readiness fails first.
     draining: CancellationToken,
@@ -61,6 +63,7 @@ impl HttpApi {
     ) -> Self {
         HttpApi {
             admin: AdminApi::new(shared.clone()),
+            swarm: crate::api::swarm::SwarmApi::new(shared.clone(), manager.clone()),
             resources,
             apps,
             shared,
@@ -85,6 +88,19 @@ impl HttpApi {
             .route("/resource/services/{id}", get(services::service))
             .route("/resource/services/{id}/scale", post(services::scale))
             .route("/peer/nodes", get(nodes).post(add_node))
+            .route(
+                "/swarm/groups",
+                get(swarm::groups).post(swarm::create_group),
+            )
+            .route("/swarm/groups/{name}/join", post(swarm::join_group))
+            .route("/swarm/groups/{name}/leave", post(swarm::leave_group))
+            .route("/swarm/pools", get(swarm::pools).post(swarm::create_pool))
+            .route(
+                "/swarm/pools/{name}",
+                axum::routing::delete(swarm::delete_pool),
+            )
+            .route("/swarm/health", get(swarm::health_self))
+            .route("/swarm/health/{node}", get(swarm::health))
             .merge(
                 Router::new()
                     .route("/application/apps", get(apps::list).post(apps::create))
@@ -543,9 +559,7 @@ async fn register(
 }
 
 async fn nodes(State(api): Api) -> Result<Json<NodesReport>, ApiError> {
-    Ok(Json(
-        nodes_report(&api.admin, &api.manager, &api.shared.stats).await?,
-    ))
+    Ok(Json(nodes_report(&api.admin, &api.manager).await?))
 }
 
 /// Members with the kind and health of each one's providers, for
@@ -553,7 +567,6 @@ async fn nodes(State(api): Api) -> Result<Json<NodesReport>, ApiError> {
 pub async fn nodes_report(
     admin: &AdminApi,
     manager: &Manager,
-    stats: &crate::metrics::gossip::Stats,
 ) -> Result<NodesReport, tonic::Status> {
     let peers = admin
         .list_peers(Request::new(ListPeersRequest {
@@ -566,11 +579,7 @@ pub async fn nodes_report(
         .into_iter()
         .map(|c| (c.id.clone(), (c.kind.as_str(), c.healthy)))
         .collect();
-    let mut report = NodesReport::new(&peers, &known);
-    for n in &mut report.nodes {
-        n.rtt_ms = stats.rtt(&n.address).map(|d| d.as_secs_f64() * 1000.0);
-    }
-    Ok(report)
+    Ok(NodesReport::new(&peers, &known))
 }
 
 #[derive(Debug, Deserialize)]

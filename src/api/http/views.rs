@@ -169,8 +169,14 @@ pub struct NodeView {
     /// RFC 3339; null when never heard from directly.
     pub last_seen: Option<String>,
     pub is_self: bool,
-    /// Smoothed round-trip time of this node's gossip calls to it.
+    /// Round-trip times of this node's gossip calls to it: smoothed
+    /// (weight 1/8) and p99 of the last 128; null when none measured.
     pub rtt_ms: Option<f64>,
+    pub rtt_p99_ms: Option<f64>,
+    /// What it advertises: AI models, swarm groups, remote access.
+    pub models: Vec<String>,
+    pub groups: Vec<String>,
+    pub allow_remote: bool,
     pub providers: Vec<NodeProvider>,
 }
 
@@ -204,7 +210,11 @@ impl NodesReport {
                 incarnation: p.incarnation,
                 last_seen: rfc3339_ago(p.last_heard_secs),
                 is_self: p.is_self,
-                rtt_ms: None,
+                rtt_ms: Some(p.rtt_ms).filter(|ms| *ms > 0.0),
+                rtt_p99_ms: Some(p.rtt_p99_ms).filter(|ms| *ms > 0.0),
+                models: p.models.clone(),
+                groups: p.groups.clone(),
+                allow_remote: p.allow_remote,
                 providers: p
                     .providers
                     .iter()

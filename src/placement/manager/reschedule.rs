@@ -156,6 +156,7 @@ impl Manager {
             required_labels: Some(&spec.required_labels),
             region: None,
             provider_id: None,
+            scope: Some(&spec.scope),
         };
         let result = self
             .placer()

@@ -389,6 +389,7 @@ impl Manager {
             required_labels: Some(&spec.required_labels),
             region: opts.region.as_deref(),
             provider_id: None,
+            scope: Some(&spec.scope),
         };
         let index = self.registry.index();
         // "" is no replica's id: every sibling counts.

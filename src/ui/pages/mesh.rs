@@ -70,7 +70,7 @@ async fn render(
 }
 
 pub async fn fragments(d: &Dashboard, _ctx: &Ctx) -> Vec<(&'static str, Markup)> {
-    match crate::api::http::nodes_report(&d.admin, &d.manager, &d.shared.stats).await {
+    match crate::api::http::nodes_report(&d.admin, &d.manager).await {
         Ok(r) => vec![("members", members(&r))],
         Err(s) => vec![("members", layout::notice("error", s.message()))],
     }

@@ -1,0 +1,119 @@
+//! Groups over the gossip simulator: a partition where only the majority
+//! side keeps a leader, the heal, and a dead leader replaced within the
+//! detection time plus one round.
+
+use super::sim::SwarmSim;
+use crate::mesh::sim::{sim_id, SimConfig};
+
+/// `n` converged cores, all in group "g" (core 0 created it).
+fn grouped(n: usize, seed: u64) -> SwarmSim {
+    let mut s = SwarmSim::new(SimConfig {
+        nodes: n,
+        seed,
+        ..SimConfig::default()
+    });
+    s.sim
+        .run_until(200, |sim| sim.converged())
+        .expect("the mesh converges");
+    let now = s.sim.now();
+    s.swarms[0].create_group("g", 16, &[], now).unwrap();
+    s.publish(0);
+    s.run_until(50, |s| (1..n).all(|i| s.group(i, "g").is_some()))
+        .expect("every core hears of g");
+    for i in 1..n {
+        let now = s.sim.now();
+        let peers = super::peers_of(s.sim.core(i));
+        s.swarms[i].join_group("g", &peers, now).unwrap();
+        drop(peers);
+        s.publish(i);
+    }
+    s.run_until(100, |s| {
+        (0..n).all(|i| {
+            s.group(i, "g")
+                .is_some_and(|g| g.members.len() == n && g.leader.as_deref() == Some("n0"))
+        })
+    })
+    .expect("every core sees n members led by n0");
+    // The leader's roster counts everyone.
+    s.run_until(50, |s| {
+        s.swarms.iter().all(|w| {
+            w.meta()
+                .rosters
+                .first()
+                .is_some_and(|r| r.members.len() == n)
+        })
+    })
+    .expect("the roster reaches every core");
+    s
+}
+
+#[test]
+fn only_the_majority_side_of_a_partition_has_a_leader_and_the_heal_reunites_them() {
+    let mut s = grouped(5, 7);
+    s.sim.partition(|i| u32::from(i >= 2));
+    let rounds = s
+        .run_until(300, |s| {
+            (2..5).all(|i| s.leader(i, "g").as_deref() == Some("n2"))
+                && (0..2).all(|i| s.leader(i, "g").is_none())
+        })
+        .expect("the majority elects n2 and the minority has no leader");
+    let minority = s.group(0, "g").unwrap();
+    assert!(!minority.quorum, "{minority:?}");
+    assert!(
+        minority.reason.contains("2 of the roster's 5"),
+        "{}",
+        minority.reason
+    );
+    let majority = s.group(3, "g").unwrap();
+    assert_eq!(majority.term, 2);
+    println!("majority led by n2 after {rounds} rounds");
+
+    // The minority stays leaderless however long the partition lasts.
+    for _ in 0..50 {
+        s.step();
+        assert!(s.leader(0, "g").is_none() && s.leader(1, "g").is_none());
+    }
+
+    s.sim.heal();
+    s.run_until(300, |s| {
+        (0..5).all(|i| {
+            s.group(i, "g").is_some_and(|g| {
+                g.members.len() == 5 && g.leader.as_deref() == Some("n2") && g.quorum
+            })
+        })
+    })
+    .expect("after the heal all five follow n2");
+}
+
+#[test]
+fn a_dead_leader_is_replaced_within_the_detection_time_and_one_round() {
+    let mut s = grouped(8, 11);
+    s.sim.crash(0);
+    let mut detected = None;
+    let mut took_office = None;
+    for round in 1..=300u64 {
+        s.step();
+        let dead = s
+            .sim
+            .core(1)
+            .view()
+            .get(&sim_id(0))
+            .is_none_or(|e| e.status.is_tombstone());
+        if dead && detected.is_none() {
+            detected = Some(round);
+        }
+        if s.leader(1, "g").as_deref() == Some("n1") {
+            took_office = Some(round);
+            break;
+        }
+    }
+    let (detected, took_office) = (detected.unwrap(), took_office.expect("n1 takes office"));
+    assert!(
+        took_office <= detected + 1,
+        "n1 saw n0 dead in round {detected} but took office in round {took_office}"
+    );
+    s.run_until(100, |s| {
+        (1..8).all(|i| s.leader(i, "g").as_deref() == Some("n1"))
+    })
+    .expect("every survivor follows n1");
+}
