@@ -443,10 +443,17 @@ async fn group_deploys_go_through_the_leader_onto_members_only() {
         .await
         .unwrap();
         assert!(
-            [a.id(), b.id()].contains(&d.owner_id.as_str()),
+            [a.id(), b.id()].contains(&d.owner_id),
             "placed outside the group: {d:?}"
         );
-        assert_eq!(d.home_id, a.id(), "the leader placed it: {d:?}");
+        // Any node answers where it lives: its home is the leader.
+        let found = resources(c)
+            .await
+            .get_deployment(rpb::GetDeploymentRequest { id: d.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(found.home_id, a.id(), "the leader placed it: {found:?}");
     }
     let missing = deploy(
         c,

@@ -82,9 +82,9 @@ pub fn best_roster<'a>(
 /// write when it takes office or, as leader, sees the membership change.
 ///
 /// - Members are the live peers whose record lists the group.
-/// - Quorum: the roster's members still in the group, minus those known to
-///   have left (a goodbye, or alive without the membership), must be
-///   reachable by more than half; on an exact half, the side holding the
+/// - Quorum: the roster's members (minus those known to have left: a
+///   goodbye, or alive without the membership) and the live members who
+///   joined since must be reachable by more than half; on an exact half, the side holding the
 ///   lowest id keeps it (Akka's keep-majority). A group with no roster yet
 ///   (just created) has quorum.
 /// - The incumbent (the roster's leader) keeps office while it is a live
@@ -144,11 +144,14 @@ pub fn derive(
                             && p.membership(group).is_none()))
             })
         };
-        let counted: Vec<&str> = r
+        // Members who joined since the roster was written count too: a
+        // leader that dies before writing them in must not strand them.
+        let counted: BTreeSet<&str> = r
             .members
             .iter()
             .map(String::as_str)
             .filter(|id| !left(id))
+            .chain(members.iter().map(|m| m.id.as_str()))
             .collect();
         let present = counted.iter().filter(|id| alive.contains(*id)).count();
         let lowest_present = counted.iter().min().is_some_and(|id| alive.contains(id));

@@ -24,8 +24,12 @@
 //!   has seen, so the roster outlives its writer;
 //! - **keep-majority** (Akka's split-brain resolver): a side of a partition
 //!   that reaches at most half of the roster's members has no leader (an
-//!   exact half keeps it only with the roster's lowest id). Members that
-//!   left the group or the mesh are not counted. A leader shrinks the
+//!   exact half keeps it only with the roster's lowest id). Members who
+//!   joined since the roster was written count as well, so a leader that
+//!   dies before writing them in strands nobody. Members that left the
+//!   group or the mesh are not counted. A join that races a partition can
+//!   give the joiner's side a majority of what it knows; both sides may
+//!   then lead for a while, which is harmless (see below). A leader shrinks the
 //!   roster only once the view is converged, so a minority never shrinks
 //!   it. When a leader dies, the next one takes office once the death is
 //!   declared, within the detection time plus one round.
