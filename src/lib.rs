@@ -13,7 +13,8 @@
 //! - [`mesh`]: the sans-IO gossip core (membership, failure detection,
 //!   provider records), the bounds of peer messages, and the simulator.
 //! - [`node`]: a running node: start-up in phases, its handle, the async
-//!   loop that drives the core over tonic, the providers it attaches.
+//!   loop that drives the core over tonic, mDNS discovery of LAN peers (extra
+//!   seeds), the providers it attaches.
 //! - [`resource`]: providers (Docker, Kubernetes, the in-memory twin), their
 //!   capacity ledgers, GPU inventory and assignment, Kubernetes-style
 //!   quantities, label keys, provider targets, lease terms and wire conversions.

@@ -71,6 +71,7 @@ fn spawn(data: &Path, node_id: &str, log: &Path) -> Node {
         .arg("--data-dir")
         .arg(data)
         .env("RUST_LOG", "info")
+        .env("IARNET_MDNS", "off")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -53,6 +53,7 @@ impl Node {
             .args(["--mode", "standalone"])
             .arg("--data-dir")
             .arg(data.path())
+            .env("IARNET_MDNS", "off")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

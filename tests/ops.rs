@@ -60,6 +60,7 @@ impl Node {
             .args(extra)
             .arg("--data-dir")
             .arg(data.path())
+            .env("IARNET_MDNS", "off")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

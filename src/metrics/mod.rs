@@ -98,6 +98,8 @@ pub struct Metrics {
     pub scrapes: Counter,
     /// Calls refused by authentication, access lists or rate limits.
     pub refusals: Family<RefusalLabels, Counter>,
+    /// Peers discovered over mDNS (each instance counted when first resolved).
+    pub mdns_discovered: Counter,
 }
 
 impl Default for Metrics {
@@ -107,6 +109,7 @@ impl Default for Metrics {
             provider_call_seconds: Family::new_with_constructor(slow_latency),
             scrapes: Counter::default(),
             refusals: Family::default(),
+            mdns_discovered: Counter::default(),
         }
     }
 }
@@ -226,6 +229,11 @@ impl Metrics {
             self.provider_call_seconds.clone(),
         );
         r.register("scrapes", "Metric scrapes served", self.scrapes.clone());
+        r.register(
+            "mdns_discovered",
+            "Peers discovered over mDNS, each counted when first resolved",
+            self.mdns_discovered.clone(),
+        );
         r.register(
             "refusals",
             "Calls refused by authentication, access lists or rate limits, by surface and reason",

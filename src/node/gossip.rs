@@ -165,33 +165,53 @@ pub async fn gossip_loop(shared: Arc<Shared>, cancel: CancellationToken) {
     inflight.shutdown().await;
 }
 
-/// Resolves the seed names now and every `seed_resolve_interval`, so a
-/// Kubernetes headless Service keeps pointing at the current pods.
+/// Keeps the mesh's seeds: the configured names, resolved now and every
+/// `seed_resolve_interval` (so a Kubernetes headless Service keeps pointing
+/// at the current pods), plus the peers found over mDNS as they come and go.
 pub async fn seed_loop(shared: Arc<Shared>, cancel: CancellationToken) {
     let seeds = shared.config.initial_peers.clone();
-    if seeds.is_empty() {
+    let mdns = shared
+        .config
+        .discovery
+        .mdns_enabled(&shared.config.initial_peers);
+    if seeds.is_empty() && !mdns {
         return;
     }
+    let every = shared.config.gossip.seed_resolve_interval;
+    let mut resolved = Vec::new();
+    let mut next_resolve = tokio::time::Instant::now();
     loop {
-        let mut addrs = Vec::new();
-        for seed in &seeds {
-            match tokio::net::lookup_host(seed.as_str()).await {
-                Ok(found) => addrs.extend(found.map(|a| a.to_string())),
-                Err(e) => {
-                    debug!(seed = %seed, error = %e, "seed did not resolve; will retry");
-                    addrs.push(seed.clone());
-                }
-            }
+        if tokio::time::Instant::now() >= next_resolve {
+            resolved = resolve(&seeds).await;
+            next_resolve = tokio::time::Instant::now() + every;
         }
+        let mut addrs = resolved.clone();
+        addrs.extend(shared.discovered.addrs());
         addrs.sort();
         addrs.dedup();
         shared.mesh().set_seeds(addrs);
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(shared.config.gossip.seed_resolve_interval) => {}
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep_until(next_resolve) => {}
+            () = shared.discovered.changed() => {}
         }
     }
+}
+
+/// Each seed's addresses; a name that does not resolve stays as written.
+async fn resolve(seeds: &[String]) -> Vec<String> {
+    let mut addrs = Vec::new();
+    for seed in seeds {
+        match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(found) => addrs.extend(found.map(|a| a.to_string())),
+            Err(e) => {
+                debug!(seed = %seed, error = %e, "seed did not resolve; will retry");
+                addrs.push(seed.clone());
+            }
+        }
+    }
+    addrs
 }
 
 /// Tells a few peers this node is leaving, each call bounded by the call timeout.

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod gossip;
 mod handle;
 mod identity;
+pub mod mdns;
 mod peers;
 pub mod pool;
 mod prepare;

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::shared::Shared;
 use super::{identity, peers, NodeError};
 use crate::audit::Audit;
-use crate::config::{Config, Source};
+use crate::config::{Config, MdnsMode, Source};
 use crate::mesh::record::StableHasher;
 use crate::mesh::{Identity, Mesh, MeshConfig};
 use crate::security::tls::Tls;
@@ -40,6 +40,13 @@ pub async fn prepare(mut config: Config, store: &dyn Store) -> Result<Prepared, 
     let (http_listener, http_addr) = bind(config.listen_addr, "listen_addr").await?;
     let tls = load_tls(&mut config)?;
     let (id, generation) = identity::identify(&config, store)?;
+    // `discovery.mdns: auto` is settled against the configured seeds, before
+    // the saved peers join them: a node keeps finding its LAN after a restart.
+    config.discovery.mdns = if config.discovery.mdns_enabled(&config.initial_peers) {
+        MdnsMode::On
+    } else {
+        MdnsMode::Off
+    };
     config.initial_peers = peers::seeds(&config.initial_peers, store);
     let advertise = identity::advertise_addr(&config, local_addr);
     let rng_seed = StableHasher::new()

@@ -19,7 +19,7 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn, Instrument};
 
 use super::prepare::Prepared;
-use super::{gossip, peers, providers, NodeError};
+use super::{gossip, mdns, peers, providers, NodeError};
 use crate::api::admin::AdminApi;
 use crate::api::apps::ApplicationApi;
 use crate::api::build::BuildApi;
@@ -254,6 +254,10 @@ pub async fn serve(
     tasks.spawn(
         super::swarm::swarm_loop(shared.clone(), cancel.child_token())
             .instrument(tracing::info_span!(parent: &span, "swarm")),
+    );
+    tasks.spawn(
+        mdns::mdns_loop(shared.clone(), cancel.child_token())
+            .instrument(tracing::info_span!(parent: &span, "mdns")),
     );
     tasks.spawn(
         peers::save_loop(

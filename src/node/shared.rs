@@ -1,12 +1,14 @@
 //! The state a node's tasks and its gRPC and HTTP services share: the
 //! gossip core behind one mutex, the node's clock, counters, metrics,
-//! configuration, the peer channel pool, security and the audit log.
+//! configuration, the peer channel pool, security, the audit log and the
+//! peers found over mDNS.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tonic::Status;
 
+use super::mdns::Discovered;
 use super::pool::Pool;
 use crate::audit::Audit;
 use crate::config::Config;
@@ -31,6 +33,8 @@ pub struct Shared {
     pub audit: Arc<Audit>,
     /// Groups, rosters and pools; lock it after the mesh, never before.
     pub swarm: Mutex<Swarm>,
+    /// Peers found over mDNS: extra seeds, never members by themselves.
+    pub discovered: Discovered,
 }
 
 impl Shared {
@@ -62,6 +66,7 @@ impl Shared {
             pool: Pool::new(config.gossip.call_timeout, tls),
             security,
             audit,
+            discovered: Discovered::default(),
             config,
         }
     }
