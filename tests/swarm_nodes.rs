@@ -175,7 +175,7 @@ async fn groups_form_from_any_node_with_a_leader_and_a_maximum() {
         .create_group(pb::CreateGroupRequest {
             name: "lab".into(),
             max_members: 2,
-            node: a.id().into(),
+            node: a.id(),
         })
         .await
         .unwrap()
@@ -194,7 +194,7 @@ async fn groups_form_from_any_node_with_a_leader_and_a_maximum() {
     group_until(c, "lab", "c to see lab", |g| g.members.len() == 1).await;
     on_c.join_group(pb::JoinGroupRequest {
         group: "lab".into(),
-        node: b.id().into(),
+        node: b.id(),
     })
     .await
     .unwrap();
@@ -503,7 +503,7 @@ async fn round_trips_show_in_list_peers_and_health_checks() {
     let h = swarm(a)
         .await
         .health_check(pb::HealthCheckRequest {
-            node: b.id().into(),
+            node: b.id(),
         })
         .await
         .unwrap()

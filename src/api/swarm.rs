@@ -193,7 +193,7 @@ impl SwarmApi {
                 .collect();
             if !inside.is_empty() {
                 members.push(e.info.id.to_string());
-                caps.extend(inside.into_iter().filter_map(|pr| pr.capacity.clone()));
+                caps.extend(inside.into_iter().filter_map(|pr| pr.capacity));
             }
         }
         pb::Pool {

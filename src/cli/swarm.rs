@@ -270,7 +270,7 @@ fn pools(list: &[pb::Pool]) -> String {
         "POOL", "NODES", "PROVIDERS", "CPU FREE/ALL", "MEM FREE/ALL", "GPU FREE"
     );
     for p in list {
-        let c = p.capacity.clone().unwrap_or_default();
+        let c = p.capacity.unwrap_or_default();
         let (t, a) = (c.total.unwrap_or_default(), c.available.unwrap_or_default());
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         let _ = writeln!(

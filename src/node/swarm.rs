@@ -80,7 +80,7 @@ pub fn capacity_of(sets: &[&rpb::Capacity]) -> rpb::Capacity {
         ] {
             let (into, from) = (
                 into.get_or_insert_default(),
-                from.clone().unwrap_or_default(),
+                from.unwrap_or_default(),
             );
             into.cpu_millis += from.cpu_millis;
             into.memory_bytes += from.memory_bytes;
