@@ -502,9 +502,7 @@ async fn round_trips_show_in_list_peers_and_health_checks() {
     .unwrap();
     let h = swarm(a)
         .await
-        .health_check(pb::HealthCheckRequest {
-            node: b.id(),
-        })
+        .health_check(pb::HealthCheckRequest { node: b.id() })
         .await
         .unwrap()
         .into_inner();
@@ -521,4 +519,106 @@ async fn round_trips_show_in_list_peers_and_health_checks() {
         .await
         .unwrap_err();
     assert_eq!(nobody.code(), Code::NotFound);
+}
+
+/// A minimal HTTP/1.1 exchange on a blocking thread: (status, body).
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let (method, path, body) = (method.to_string(), path.to_string(), body.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, rest.to_string())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_http_api_and_metrics_show_groups_pools_and_round_trips() {
+    let nodes = trio("http", [&["whisper"], &[], &[]]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let at = a.http_addr();
+
+    let (status, body) = http(
+        at,
+        "POST",
+        "/swarm/groups",
+        r#"{"name": "lab", "max_member": 3}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("max_member"), "{body}");
+    let (status, body) = http(
+        at,
+        "POST",
+        "/swarm/groups",
+        r#"{"name": "lab", "max_members": 3}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        at,
+        "POST",
+        "/swarm/groups",
+        r#"{"name": "lab", "max_members": 3}"#,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    group_until(b, "lab", "b to see lab", |_| true).await;
+    let join = format!(r#"{{"node": "{}"}}"#, b.id());
+    let (status, body) = http(at, "POST", "/swarm/groups/lab/join", &join).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(at, "POST", "/swarm/groups/nope/join", "").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http(at, "POST", "/swarm/pools", r#"{"name": "all"}"#).await;
+    assert_eq!(status, 201, "{body}");
+    let pool: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(pool["members"].as_array().unwrap().len(), 3, "{body}");
+    let (status, _) = http(at, "DELETE", "/swarm/pools/nope", "").await;
+    assert_eq!(status, 404);
+    let (status, body) = http(at, "GET", &format!("/swarm/health/{}", b.id()), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""status":"alive""#), "{body}");
+    let (status, _) = http(at, "GET", "/swarm/health/nobody", "").await;
+    assert_eq!(status, 404);
+
+    let (_, body) = http(at, "GET", "/peer/nodes", "").await;
+    let nodes_json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let me = nodes_json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["is_self"] == true)
+        .unwrap()
+        .clone();
+    assert_eq!(me["models"], serde_json::json!(["whisper"]));
+    assert_eq!(me["groups"], serde_json::json!(["lab"]));
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = http(at, "GET", "/metrics", "").await;
+        let ok = metrics.contains("iarnet_peer_rtt_seconds{")
+            && metrics.contains(r#"iarnet_swarm_group_leader{group="lab"} 1"#)
+            && metrics.contains(r#"iarnet_swarm_group_members{group="lab"} 2"#)
+            && metrics.contains("iarnet_swarm_pools 1");
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics lack the swarm: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -207,6 +207,13 @@ pub struct Snapshot {
     pub services: Vec<(String, u64, u64)>,
     /// Applications kept at this node, by status (created, running, ...).
     pub applications: Vec<(String, u64)>,
+    /// Round trips to each live peer: (peer id, smoothed, p99), seconds.
+    pub peer_rtts: Vec<(String, f64, f64)>,
+    /// Swarm groups as this node sees them: (group, members, term, whether
+    /// this node leads it).
+    pub groups: Vec<(String, u64, u64, bool)>,
+    /// Resource pools this node carries.
+    pub pools: u64,
 }
 
 impl Metrics {
@@ -410,11 +417,76 @@ impl Metrics {
             "The largest difference in replicas between two spread values of each service",
             gauges(&skew, |service| ServiceLabel { service }),
         );
+        register_swarm(r, s);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &root);
         out
     }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RttLabels {
+    peer: String,
+    /// ewma (smoothed, weight 1/8) or p99 (of the last 128).
+    stat: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabel {
+    group: String,
+}
+
+/// Round trips per peer and the swarm's groups and pools.
+fn register_swarm(r: &mut Registry, s: &Snapshot) {
+    let rtt = Family::<RttLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for (peer, ewma, p99) in &s.peer_rtts {
+        for (stat, v) in [("ewma", ewma), ("p99", p99)] {
+            rtt.get_or_create(&RttLabels {
+                peer: peer.clone(),
+                stat,
+            })
+            .set(*v);
+        }
+    }
+    r.register(
+        "peer_rtt_seconds",
+        "Round-trip time of gossip calls to each live peer: smoothed (ewma) and p99 of the last 128",
+        rtt,
+    );
+    let members: Vec<(String, u64)> = s
+        .groups
+        .iter()
+        .map(|(g, n, _, _)| (g.clone(), *n))
+        .collect();
+    let terms: Vec<(String, u64)> = s
+        .groups
+        .iter()
+        .map(|(g, _, t, _)| (g.clone(), *t))
+        .collect();
+    let leads: Vec<(String, u64)> = s
+        .groups
+        .iter()
+        .map(|(g, _, _, me)| (g.clone(), u64::from(*me)))
+        .collect();
+    r.register(
+        "swarm_group_members",
+        "Live members of each swarm group",
+        gauges(&members, |group| GroupLabel { group }),
+    );
+    r.register(
+        "swarm_group_term",
+        "The term of each swarm group's leader (0 while it has none)",
+        gauges(&terms, |group| GroupLabel { group }),
+    );
+    r.register(
+        "swarm_group_leader",
+        "1 for each swarm group this node leads",
+        gauges(&leads, |group| GroupLabel { group }),
+    );
+    let pools = Gauge::<i64>::default();
+    pools.set(s.pools as i64);
+    r.register("swarm_pools", "Resource pools this node carries", pools);
 }
 
 /// The names every exporter uses, unprefixed, so standard dashboards work.

@@ -78,10 +78,7 @@ pub fn capacity_of(sets: &[&rpb::Capacity]) -> rpb::Capacity {
             (&mut sum.reserved, &c.reserved),
             (&mut sum.available, &c.available),
         ] {
-            let (into, from) = (
-                into.get_or_insert_default(),
-                from.unwrap_or_default(),
-            );
+            let (into, from) = (into.get_or_insert_default(), from.unwrap_or_default());
             into.cpu_millis += from.cpu_millis;
             into.memory_bytes += from.memory_bytes;
             into.gpus += from.gpus;

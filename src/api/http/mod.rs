@@ -132,6 +132,43 @@ impl HttpApi {
             .with_state(self)
     }
 
+    /// Round trips per live peer, and the swarm's groups and pools.
+    #[allow(clippy::type_complexity)]
+    fn swarm_snapshot(&self) -> (Vec<(String, f64, f64)>, Vec<(String, u64, u64, bool)>, u64) {
+        let stats = &self.shared.stats;
+        let peers: Vec<(String, String)> = {
+            let mesh = self.shared.mesh();
+            let me = mesh.id().to_string();
+            mesh.view()
+                .iter()
+                .filter(|e| !e.status.is_tombstone() && *e.info.id != *me)
+                .map(|e| (e.info.id.to_string(), e.info.addr.clone()))
+                .collect()
+        };
+        let rtts = peers
+            .into_iter()
+            .filter_map(|(id, addr)| {
+                let ewma = stats.rtt(&addr)?.as_secs_f64();
+                let p99 = stats.rtt_p99(&addr).map_or(0.0, |d| d.as_secs_f64());
+                Some((id, ewma, p99))
+            })
+            .collect();
+        let (groups, pools) = crate::node::swarm::read_swarm(&self.shared, |s, peers, now| {
+            let me = s.id().to_string();
+            let groups = s
+                .groups(peers, now)
+                .into_iter()
+                .map(|g| {
+                    let leads = g.leader.as_deref() == Some(me.as_str());
+                    let term = if g.leader.is_some() { g.term } else { 0 };
+                    (g.name, g.members.len() as u64, term, leads)
+                })
+                .collect();
+            (groups, s.pools().len() as u64)
+        });
+        (rtts, groups, pools)
+    }
+
     /// The numbers behind `/metrics`, read at the moment of the scrape.
     pub async fn snapshot(&self) -> Snapshot {
         let mut peers: BTreeMap<String, u64> = ["alive", "suspect", "dead", "left"]
@@ -157,7 +194,11 @@ impl HttpApi {
         for d in self.manager.list_local().await {
             *deployments.entry(d.state().name().to_string()).or_default() += 1;
         }
+        let (peer_rtts, groups, pools) = self.swarm_snapshot();
         Snapshot {
+            peer_rtts,
+            groups,
+            pools,
             gossip: self.shared.stats.snapshot(),
             peers: peers.into_iter().collect(),
             providers: providers.into_iter().collect(),

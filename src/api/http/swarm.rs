@@ -74,21 +74,27 @@ pub(super) async fn create_group(
     Ok((StatusCode::CREATED, Json(g.into_inner())))
 }
 
-/// An empty body means the node called.
-fn on_node(parsed: Result<Json<OnNode>, JsonRejection>) -> Result<String, ApiError> {
-    match parsed {
-        Err(JsonRejection::MissingJsonContentType(_)) => Ok(String::new()),
-        other => Ok(body(other)?.node),
+/// `{"node": ID}`, or an empty body for the node called.
+fn on_node(raw: &[u8]) -> Result<String, ApiError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(String::new());
     }
+    serde_json::from_slice::<OnNode>(raw)
+        .map(|b| b.node)
+        .map_err(|e| {
+            ApiError::from(tonic::Status::invalid_argument(format!(
+                "invalid JSON body: {e}; send {{\"node\": \"ID\"}} or nothing"
+            )))
+        })
 }
 
 pub(super) async fn join_group(
     State(api): Api,
     caller: Option<Extension<Caller>>,
     Path(group): Path<String>,
-    parsed: Result<Json<OnNode>, JsonRejection>,
+    raw: axum::body::Bytes,
 ) -> Result<Json<pb::Group>, ApiError> {
-    let node = on_node(parsed)?;
+    let node = on_node(&raw)?;
     let g = api
         .swarm
         .join_group(as_caller(caller, pb::JoinGroupRequest { group, node }))
@@ -100,9 +106,9 @@ pub(super) async fn leave_group(
     State(api): Api,
     caller: Option<Extension<Caller>>,
     Path(group): Path<String>,
-    parsed: Result<Json<OnNode>, JsonRejection>,
+    raw: axum::body::Bytes,
 ) -> Result<Json<pb::Group>, ApiError> {
-    let node = on_node(parsed)?;
+    let node = on_node(&raw)?;
     let g = api
         .swarm
         .leave_group(as_caller(caller, pb::LeaveGroupRequest { group, node }))
