@@ -3,9 +3,9 @@
 //! with one `iarnet` binary running inside. Multicast (mDNS) crosses the
 //! bridge like on a switch. Root only; [`unavailable`] says why not.
 //!
-//! Everything is removed by `Drop` (also on a panic): the nodes, the
-//! namespaces, the bridge and the iptables rule that lets bridged frames
-//! through Docker's FORWARD policy (DROP).
+//! Everything is removed by `Drop` (also on a panic): the nodes, a
+//! partition's rules, the namespaces, the bridge and the iptables rule that
+//! lets bridged frames through Docker's FORWARD policy (DROP).
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -90,15 +90,33 @@ impl Node {
 
     /// The body of `GET path` on the node's HTTP API, if it answered 200.
     pub fn get(&self, path: &str) -> Option<String> {
+        match self.request("GET", path, "")? {
+            (200, body) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// `POST path` with a JSON `body` (may be empty): the status and the
+    /// body, if the node answered.
+    pub fn post(&self, path: &str, body: &str) -> Option<(u16, String)> {
+        self.request("POST", path, body)
+    }
+
+    /// One HTTP/1.0 request to the node's HTTP API: the status and the body.
+    fn request(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect_timeout(&self.http(), Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: iarnet\r\n\r\n").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: iarnet\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
         let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200")
-            .then(|| body.to_string())
-            .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
     }
 
     /// The ids this node sees alive (itself included), if it answered.
@@ -132,6 +150,8 @@ pub struct Lan {
     pub namespaces: Vec<Ns>,
     pub nodes: Vec<Node>,
     forward_rule: Vec<String>,
+    /// The partition's rules: a namespace and an INPUT rule inside it.
+    cut: Vec<(String, Vec<String>)>,
     dir: tempfile::TempDir,
 }
 
@@ -155,6 +175,7 @@ impl Lan {
             namespaces: Vec::new(),
             nodes: Vec::new(),
             forward_rule,
+            cut: Vec::new(),
             dir: tempfile::tempdir().expect("temp dir"),
         };
         let _ = run(&["ip", "link", "del", &bridge]); // left by a killed run
@@ -226,6 +247,38 @@ impl Lan {
                 "ip", "netns", "exec", name, "iptables", "-A", chain[0], "-p", "udp", chain[1],
                 "5353", "-j", "DROP",
             ]);
+        }
+    }
+
+    /// Cuts the namespaces `a` off from the namespaces `b`, both ways:
+    /// each drops every packet from the other side's addresses in its own
+    /// INPUT chain, so calls across time out like on a broken link, while
+    /// the host still reaches every node. [`Lan::heal`] (or `Drop`) undoes it.
+    pub fn partition(&mut self, a: &[usize], b: &[usize]) {
+        for (side, other) in [(a, b), (b, a)] {
+            for &n in side {
+                for &o in other {
+                    let ns = self.namespaces[n].name.clone();
+                    let rule: Vec<String> = ["INPUT", "-s", &self.namespaces[o].ip, "-j", "DROP"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                    let mut insert = vec!["ip", "netns", "exec", &ns, "iptables", "-I"];
+                    insert.extend(rule.iter().map(String::as_str));
+                    // Remembered first so Drop removes it even if this panics.
+                    self.cut.push((ns.clone(), rule.clone()));
+                    must(&insert);
+                }
+            }
+        }
+    }
+
+    /// Removes every rule [`Lan::partition`] added.
+    pub fn heal(&mut self) {
+        for (ns, rule) in self.cut.drain(..) {
+            let mut delete = vec!["ip", "netns", "exec", &ns, "iptables", "-D"];
+            delete.extend(rule.iter().map(String::as_str));
+            let _ = run(&delete);
         }
     }
 
@@ -348,6 +401,7 @@ impl Lan {
 impl Drop for Lan {
     fn drop(&mut self) {
         self.stop_nodes();
+        self.heal();
         for ns in &self.namespaces {
             let _ = run(&["ip", "netns", "del", &ns.name]);
             let _ = run(&["ip", "link", "del", &ns.host_end]);
