@@ -100,13 +100,17 @@ pub enum Command {
     /// Create the mesh's CA and node certificates for mutual TLS.
     #[command(subcommand)]
     Cert(super::cert::CertCommand),
-    /// gRPC health check; exits 0 when the node is SERVING (for HEALTHCHECK and probes).
+    /// gRPC health check; exits 0 when the node is SERVING (for HEALTHCHECK
+    /// and probes). With NODE: that member's status, response time, active
+    /// allocations and load (the swarm's HealthCheck).
     Health {
         #[command(flatten)]
         target: Target,
         /// A service name ("" is the whole node).
         #[arg(long, default_value = "")]
         service: String,
+        /// A member's id, for the swarm's health check of it.
+        node: Option<String>,
     },
 }
 
@@ -461,7 +465,16 @@ pub async fn run(command: Command) -> Result<(), ClientError> {
                 writeln!(out, "wrote {}", path.display())?;
             }
         }
-        Command::Health { target, service } => {
+        Command::Health {
+            target,
+            node: Some(node),
+            ..
+        } => super::swarm::health_of(target, node, &mut out).await?,
+        Command::Health {
+            target,
+            service,
+            node: None,
+        } => {
             let mut health = HealthClient::new(target.connect().await?);
             let status = health
                 .check(target.request(HealthCheckRequest { service }))

@@ -27,13 +27,6 @@ pub enum SwarmCommand {
     /// Create or delete a resource pool.
     #[command(subcommand)]
     Pool(PoolCommand),
-    /// A node's status, response time, active allocations and load
-    /// (without NODE: the node called).
-    Health {
-        #[command(flatten)]
-        target: Target,
-        node: Option<String>,
-    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -209,20 +202,25 @@ pub async fn run(command: SwarmCommand, out: &mut impl Write) -> Result<(), Clie
                 .map_err(|s| rpc(&target, s))?;
             writeln!(out, "pool {name} deleted")?;
         }
-        SwarmCommand::Health { target, node } => {
-            let mut api = SwarmClient::new(target.connect().await?);
-            let h = api
-                .health_check(target.request(pb::HealthCheckRequest {
-                    node: node.unwrap_or_default(),
-                }))
-                .await
-                .map_err(|s| rpc(&target, s))?
-                .into_inner();
-            match target.output {
-                Output::Json => json_line(out, &h)?,
-                Output::Table => out.write_all(health(&h).as_bytes())?,
-            }
-        }
+    }
+    Ok(())
+}
+
+/// `iarnet health NODE`: the swarm's health check of a member.
+pub async fn health_of(
+    target: Target,
+    node: String,
+    out: &mut impl Write,
+) -> Result<(), ClientError> {
+    let mut api = SwarmClient::new(target.connect().await?);
+    let h = api
+        .health_check(target.request(pb::HealthCheckRequest { node }))
+        .await
+        .map_err(|s| rpc(&target, s))?
+        .into_inner();
+    match target.output {
+        Output::Json => json_line(out, &h)?,
+        Output::Table => out.write_all(health(&h).as_bytes())?,
     }
     Ok(())
 }

@@ -36,12 +36,9 @@ fn grouped(n: usize, seed: u64) -> SwarmSim {
     .expect("every core sees n members led by n0");
     // The leader's roster counts everyone.
     s.run_until(50, |s| {
-        s.swarms.iter().all(|w| {
-            w.meta()
-                .rosters
-                .first()
-                .is_some_and(|r| r.members.len() == n)
-        })
+        s.swarms
+            .iter()
+            .all(|w| w.roster("g").is_some_and(|r| r.members.len() == n))
     })
     .expect("the roster reaches every core");
     s

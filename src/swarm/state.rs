@@ -43,11 +43,20 @@ impl Swarm {
         &self.base.models
     }
 
-    /// The record this node gossips about itself now.
+    /// The record this node gossips about itself now. It carries only the
+    /// rosters this node wrote as leader: members keep the newest roster
+    /// they saw in memory (so it outlives its leader, and a minority still
+    /// counts against it) without re-gossiping it, which would make every
+    /// join cost a set change on every member.
     pub fn meta(&self) -> NodeMeta {
         NodeMeta {
             groups: self.memberships.values().cloned().collect(),
-            rosters: self.rosters.values().cloned().collect(),
+            rosters: self
+                .rosters
+                .values()
+                .filter(|r| r.leader == self.me)
+                .cloned()
+                .collect(),
             pools: self.pools.values().cloned().collect(),
             ..self.base.clone()
         }
@@ -183,6 +192,11 @@ impl Swarm {
         }
         self.rosters.remove(name);
         Ok(())
+    }
+
+    /// The newest roster of `group` this node has seen.
+    pub fn roster(&self, group: &str) -> Option<&Roster> {
+        self.rosters.get(group)
     }
 
     pub fn is_member(&self, group: &str) -> bool {
