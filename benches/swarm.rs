@@ -44,7 +44,9 @@ fn steady(sim: &mut Sim, step: &mut dyn FnMut(&mut Sim)) -> f64 {
 /// `n` converged cores all in group "g", with a pool and models, and the
 /// bytes sent before the group was created.
 fn grouped(n: usize) -> (SwarmSim, u64) {
-    let mut s = SwarmSim::new(config(n));
+    let cfg = config(n);
+    let delay = cfg.mesh.gossip_interval;
+    let mut s = SwarmSim::new(cfg);
     for i in 0..n {
         s.swarms[i] = Swarm::new(
             &sim_id(i),
@@ -53,7 +55,8 @@ fn grouped(n: usize) -> (SwarmSim, u64) {
                 allow_remote: true,
                 ..Default::default()
             },
-        );
+        )
+        .with_takeover_delay(delay);
     }
     s.sim
         .run_until(500, |sim| sim.converged())

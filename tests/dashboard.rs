@@ -216,6 +216,15 @@ fn pages_render_escaped_behind_login_and_csrf() {
         r#"{"type":"docker","name":"evil-name","endpoint":"unix:///var/run/docker.sock","labels":{"zone":"<script>alert(1)</script>","description":"<b>bold</b>"}}"#,
     );
     assert_eq!(s, 201, "{b}");
+    // A swarm group and a pool whose description is markup.
+    let (s, b) = post_json(a, "/swarm/groups", r#"{"name":"lab","max_members":3}"#);
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = post_json(
+        a,
+        "/swarm/pools",
+        r#"{"name":"gpus","selector":{"zone":"x"},"description":"<script>alert(2)</script>"}"#,
+    );
+    assert!(s == 200 || s == 201, "{s} {b}");
 
     for path in [
         "/ui/",
@@ -242,6 +251,17 @@ fn pages_render_escaped_behind_login_and_csrf() {
         "{body}"
     );
     assert!(body.contains("description=&lt;b&gt;bold&lt;/b&gt;"));
+    // The mesh page lists the group with its leader (this node) and the pool.
+    let (_, _, body) = get(a, "/ui/mesh", Some(&cookie)).unwrap();
+    assert!(
+        body.contains("Swarm groups") && body.contains(">lab<"),
+        "{body}"
+    );
+    assert!(body.contains("1 of 3"), "{body}");
+    assert!(
+        body.contains(">gpus<") && body.contains("&lt;script&gt;alert(2)&lt;/script&gt;"),
+        "{body}"
+    );
     let (s, _, _) = get(a, "/ui/deployments/iarnet-nope", Some(&cookie)).unwrap();
     assert_eq!(s, 404);
 

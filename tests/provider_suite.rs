@@ -112,6 +112,9 @@ async fn suite(p: &dyn Provider, image: &str) {
         class: PriorityClass::Batch,
         value: -3,
     };
+    // Placed for a swarm group: the group stays with the workload, so a
+    // member that leaves can be asked to stop the group's work.
+    web.scope.group = Some("lab".into());
     let d = p.deploy(&web, ProgressSink::none()).await.expect("deploy");
     assert_eq!(d.id, deployment_id(&rid));
     assert_eq!(d.request_id, rid);
@@ -137,9 +140,11 @@ async fn suite(p: &dyn Provider, image: &str) {
         (d.id.as_str(), rid.as_str())
     );
     assert_eq!(s.preemptible, Some(web.priority), "kept with the workload");
+    assert_eq!(s.group, "lab", "the group is kept with the workload");
     let all = p.list().await.expect("list");
     let listed_web = all.iter().find(|x| x.id == d.id).expect("listed");
     assert_eq!(listed_web.preemptible, Some(web.priority));
+    assert_eq!(listed_web.group, "lab");
     assert_eq!(listed(p, &d.id).await, 1);
     let mut logs = p
         .logs(&d.id, LogOptions::default())

@@ -226,6 +226,7 @@ async fn groups_form_from_any_node_with_a_leader_and_a_maximum() {
         .leave_group(pb::LeaveGroupRequest {
             group: "lab".into(),
             node: String::new(),
+            release: false,
         })
         .await
         .unwrap();
@@ -432,11 +433,14 @@ async fn group_deploys_go_through_the_leader_onto_members_only() {
         .unwrap();
     // c is no member: it forwards to the leader, a.
     group_until(c, "ab", "c to see both members", |g| g.members.len() == 2).await;
+    let mut placed = Vec::new();
     for i in 0..4 {
+        // Two CPUs each: the members' providers hold two apiece.
         let d = deploy(
             c,
             rpb::DeploySpec {
                 group: "ab".into(),
+                cpu: "2".into(),
                 ..spec(&format!("ab-{i}"))
             },
         )
@@ -446,6 +450,8 @@ async fn group_deploys_go_through_the_leader_onto_members_only() {
             [a.id(), b.id()].contains(&d.owner_id),
             "placed outside the group: {d:?}"
         );
+        assert_eq!(d.group, "ab", "{d:?}");
+        placed.push(d.clone());
         // Any node answers where it lives: its home is the leader.
         let found = resources(c)
             .await
@@ -465,6 +471,54 @@ async fn group_deploys_go_through_the_leader_onto_members_only() {
     .await
     .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
+
+    // a leaves, asked from c: what it runs for the group keeps running.
+    let on_a: Vec<&rpb::Deployment> = placed.iter().filter(|d| d.owner_id == a.id()).collect();
+    let on_b: Vec<&rpb::Deployment> = placed.iter().filter(|d| d.owner_id == b.id()).collect();
+    assert_eq!((on_a.len(), on_b.len()), (2, 2), "{placed:?}");
+    let left = swarm(c)
+        .await
+        .leave_group(pb::LeaveGroupRequest {
+            group: "ab".into(),
+            node: a.id().to_string(),
+            release: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(left.stopped.is_empty(), "{left:?}");
+    // b leaves with release, asked from c: b's share is stopped through
+    // its home, and a's share is untouched.
+    let released = swarm(c)
+        .await
+        .leave_group(pb::LeaveGroupRequest {
+            group: "ab".into(),
+            node: b.id().to_string(),
+            release: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut want: Vec<String> = on_b.iter().map(|d| d.id.clone()).collect();
+    let mut got = released.stopped.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{released:?}");
+    assert!(released.not_stopped.is_empty(), "{released:?}");
+    for d in &placed {
+        let now = resources(c)
+            .await
+            .get_deployment(rpb::GetDeploymentRequest { id: d.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let want = if d.owner_id == b.id() {
+            "stopped"
+        } else {
+            "running"
+        };
+        assert_eq!(now.state, want, "{now:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -621,4 +675,55 @@ async fn the_http_api_and_metrics_show_groups_pools_and_round_trips() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_node_keeps_its_groups_and_pools() {
+    let store: Arc<dyn iarnet::store::Store> = Arc::new(iarnet::store::memory::MemoryStore::new());
+    let boot = || async {
+        node::start_with_store(
+            Config::loopback("keep-a"),
+            ProviderSetup::Given(vec![provider("keep-a-p")]),
+            store.clone(),
+        )
+        .await
+        .expect("node starts")
+    };
+    let a = boot().await;
+    let id = a.id();
+    let mut api = swarm(&a).await;
+    api.create_group(pb::CreateGroupRequest {
+        name: "kept".into(),
+        max_members: 3,
+        node: String::new(),
+    })
+    .await
+    .unwrap();
+    api.create_pool(pb::CreatePoolRequest {
+        name: "mine".into(),
+        nodes: vec![id.clone()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let joined = group_until(&a, "kept", "a to lead kept", |g| g.leader == id).await;
+    // Shutdown saves what changed since the last round.
+    a.shutdown().await;
+
+    let a = boot().await;
+    assert_eq!(a.id(), id, "the identity is kept in the store");
+    let g = group_until(&a, "kept", "a to lead kept again", |g| g.leader == id).await;
+    assert_eq!(g.members[0].joined_ms, joined.members[0].joined_ms);
+    assert_eq!(g.max_members, 3);
+    let pools = swarm(&a)
+        .await
+        .list_pools(pb::ListPoolsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pools;
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    assert_eq!(pools[0].name, "mine");
+    assert_eq!(pools[0].members, [id]);
+    a.shutdown().await;
 }

@@ -4,18 +4,22 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use crate::node::shared::Shared;
 use crate::node::swarm::{capacity_of, meta_of, read_swarm, with_swarm, HEALTH_TIMEOUT};
+use crate::placement::manager::Op as DeploymentOp;
 use crate::placement::Manager;
 use crate::proto::peer::PoolRecord;
 use crate::proto::swarm as pb;
 use crate::proto::swarm::peer_op::Op;
 use crate::swarm::{check_name, pools, wall_ms, GroupState, SwarmError};
+
+/// A forwarded leave that stops work waits for each container's grace.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone)]
 pub struct SwarmApi {
@@ -60,6 +64,7 @@ impl SwarmApi {
             leader_since_ms: g.since_ms,
             quorum: g.quorum,
             reason: g.reason.clone(),
+            ..Default::default()
         }
     }
 
@@ -79,7 +84,7 @@ impl SwarmApi {
     }
 
     /// Applies a group change to this node, audited under `who`.
-    fn apply_here(&self, op: Op, who: &str) -> Result<pb::Group, Status> {
+    async fn apply_here(&self, op: Op, who: &str) -> Result<pb::Group, Status> {
         let (action, name) = match &op {
             Op::Create(r) => ("swarm.group.create", r.name.clone()),
             Op::Join(r) => ("swarm.group.join", r.group.clone()),
@@ -98,22 +103,58 @@ impl SwarmApi {
             json!({"group": name, "error": result.as_ref().err().map(|e| e.to_string())}),
         );
         result.map_err(Status::from)?;
-        self.group(&name)
+        let mut group = self.group(&name)?;
+        if matches!(&op, Op::Leave(r) if r.release) {
+            (group.stopped, group.not_stopped) = self.release(&name, who).await;
+        }
+        Ok(group)
+    }
+
+    /// Stops what this node's providers run for `group`. Each stop goes
+    /// through the deployment's home, so its record says stopped and no
+    /// restart or failover places it again.
+    async fn release(&self, group: &str, who: &str) -> (Vec<String>, Vec<String>) {
+        let running: Vec<String> = self
+            .manager
+            .list_local()
+            .await
+            .into_iter()
+            .filter(|d| d.group == group && !d.state().is_final())
+            .map(|d| d.id)
+            .collect();
+        let (mut stopped, mut failed) = (Vec::new(), Vec::new());
+        for id in running {
+            match self.manager.anywhere(DeploymentOp::Stop, &id, who).await {
+                Ok(_) => stopped.push(id),
+                Err(e) => failed.push(format!("{id}: {e}")),
+            }
+        }
+        self.shared.audit.record(
+            "swarm.group.release",
+            who,
+            if failed.is_empty() { "ok" } else { "partial" },
+            json!({"group": group, "stopped": stopped, "not_stopped": failed}),
+        );
+        (stopped, failed)
     }
 
     /// Applies a group change on `node` (empty or this node: here).
     async fn route(&self, node: &str, op: Op, who: String) -> Result<pb::Group, Status> {
         let me = self.shared.mesh().id().to_string();
         if node.is_empty() || node == me {
-            return self.apply_here(op, &who);
+            return self.apply_here(op, &who).await;
         }
+        let timeout = match &op {
+            Op::Leave(r) if r.release => RELEASE_TIMEOUT,
+            _ => HEALTH_TIMEOUT,
+        };
         let addr = self.live_addr(node)?;
         let mut client = self.shared.pool.swarm(&addr)?;
         let req = pb::PeerOp {
             op: Some(op),
             on_behalf_of: who,
         };
-        let reply = tokio::time::timeout(HEALTH_TIMEOUT, client.apply(req))
+        let reply = tokio::time::timeout(timeout, client.apply(req))
             .await
             .map_err(|_| {
                 Status::deadline_exceeded(format!("node {node:?} did not answer in time"))
@@ -436,7 +477,7 @@ impl pb::swarm_peer_server::SwarmPeer for SwarmApi {
         let op =
             r.op.ok_or_else(|| Status::invalid_argument("op: give create, join or leave"))?;
         let who = format!("{} via {peer}", r.on_behalf_of);
-        self.apply_here(op, &who).map(Response::new)
+        self.apply_here(op, &who).await.map(Response::new)
     }
 
     async fn health(

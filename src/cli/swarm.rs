@@ -51,13 +51,17 @@ pub enum GroupCommand {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Leave a group; what the node runs keeps running.
+    /// Leave a group; what the node runs for it keeps running unless
+    /// --release.
     Leave {
         #[command(flatten)]
         target: Target,
         group: String,
         #[arg(long)]
         node: Option<String>,
+        /// Also stop the group's deployments on the node's providers.
+        #[arg(long)]
+        release: bool,
     },
 }
 
@@ -129,11 +133,13 @@ pub async fn run(command: SwarmCommand, out: &mut impl Write) -> Result<(), Clie
                     target,
                     group,
                     node,
+                    release,
                 } => (
                     target,
                     Call::Leave(pb::LeaveGroupRequest {
                         group,
                         node: node.unwrap_or_default(),
+                        release,
                     }),
                 ),
             };
@@ -147,7 +153,15 @@ pub async fn run(command: SwarmCommand, out: &mut impl Write) -> Result<(), Clie
             .into_inner();
             match target.output {
                 Output::Json => json_line(out, &g)?,
-                Output::Table => out.write_all(groups(&[g]).as_bytes())?,
+                Output::Table => {
+                    out.write_all(groups(std::slice::from_ref(&g)).as_bytes())?;
+                    for id in &g.stopped {
+                        writeln!(out, "stopped {id}")?;
+                    }
+                    for why in &g.not_stopped {
+                        writeln!(out, "not stopped {why}")?;
+                    }
+                }
             }
         }
         SwarmCommand::Pools { target } => {

@@ -77,6 +77,8 @@ pub async fn prepare(mut config: Config, store: &dyn Store) -> Result<Prepared, 
     }
     let audit = Arc::new(open_audit(&config, &id, generation, tls.is_some())?);
     let shared = Arc::new(Shared::new(mesh, config, tls.clone(), audit));
+    // Groups and pools from the last run; published with the first step.
+    super::swarm::restore(&shared, store);
     Ok(Prepared {
         listener,
         http_listener,

@@ -252,7 +252,7 @@ pub async fn serve(
             .instrument(tracing::info_span!(parent: &span, "seeds")),
     );
     tasks.spawn(
-        super::swarm::swarm_loop(shared.clone(), cancel.child_token())
+        super::swarm::swarm_loop(shared.clone(), store.clone(), cancel.child_token())
             .instrument(tracing::info_span!(parent: &span, "swarm")),
     );
     tasks.spawn(

@@ -55,7 +55,8 @@ impl Shared {
                 tls: tls.is_some(),
                 ..NodeMeta::default()
             },
-        );
+        )
+        .with_takeover_delay(config.gossip.interval.as_millis() as u64);
         Shared {
             swarm: Mutex::new(swarm),
             mesh: Mutex::new(mesh),

@@ -2,13 +2,17 @@
 //! per gossip round and after every change, with the membership view and
 //! the wall clock; and answers what the swarm API asks of the view.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::shared::Shared;
 use crate::proto::peer::NodeMeta;
 use crate::proto::resource as rpb;
+use crate::store::Store;
 use crate::swarm::{peers_of, pools, wall_ms, Peer, Swarm};
 use crate::sync::lock;
 
@@ -17,13 +21,24 @@ use crate::sync::lock;
 pub fn with_swarm<R>(shared: &Shared, f: impl FnOnce(&mut Swarm, &[Peer<'_>], u64) -> R) -> R {
     let now = wall_ms();
     let mut mesh = shared.mesh();
-    let (out, meta) = {
+    let (out, meta, withdrawn) = {
         let peers = peers_of(&mesh);
         let mut swarm = lock(&shared.swarm);
         let out = f(&mut swarm, &peers, now);
-        (out, swarm.step(&peers, now))
+        let meta = swarm.step(&peers, now);
+        (out, meta, swarm.take_withdrawn())
     };
     mesh.set_meta(meta);
+    drop(mesh);
+    for (group, why) in withdrawn {
+        warn!(%group, "left a swarm group: {why}");
+        shared.audit.record(
+            "swarm.group.withdraw",
+            "iarnet",
+            "ok",
+            serde_json::json!({"group": group, "why": why}),
+        );
+    }
     out
 }
 
@@ -35,18 +50,53 @@ pub fn read_swarm<R>(shared: &Shared, f: impl FnOnce(&Swarm, &[Peer<'_>], u64) -
     f(&swarm, &peers, wall_ms())
 }
 
+/// Takes back the groups and pools a previous run saved in `store`.
+pub fn restore(shared: &Shared, store: &dyn Store) {
+    let saved = match store.swarm() {
+        Ok(Some(doc)) => doc,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "cannot read the saved swarm groups and pools");
+            return;
+        }
+    };
+    match NodeMeta::decode(saved.as_slice()) {
+        Ok(meta) => lock(&shared.swarm).restore(meta),
+        Err(e) => {
+            warn!(error = %e, "the saved swarm groups and pools do not decode; starting without")
+        }
+    }
+}
+
+/// Saves the groups and pools when they changed since the last save.
+async fn save(shared: &Shared, store: &Arc<dyn Store>) {
+    let Some(meta) = lock(&shared.swarm).take_unsaved() else {
+        return;
+    };
+    let (store, doc) = (store.clone(), meta.encode_to_vec());
+    match tokio::task::spawn_blocking(move || store.set_swarm(&doc)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "cannot save the swarm groups and pools"),
+        Err(e) => warn!(error = %e, "saving the swarm groups and pools did not finish"),
+    }
+}
+
 /// One step per gossip round: adopt rosters and pools, take office where
-/// this node should lead, publish.
-pub async fn swarm_loop(shared: std::sync::Arc<Shared>, cancel: CancellationToken) {
+/// this node should lead, publish; and save what changed.
+pub async fn swarm_loop(shared: Arc<Shared>, store: Arc<dyn Store>, cancel: CancellationToken) {
     let mut interval = tokio::time::interval(shared.config.gossip.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            _ = interval.tick() => with_swarm(&shared, |_, _, _| ()),
+            _ = interval.tick() => {
+                with_swarm(&shared, |_, _, _| ());
+                save(&shared, &store).await;
+            }
         }
     }
+    save(&shared, &store).await;
 }
 
 /// Puts the swarm labels (groups, models, pools) on candidates owned by

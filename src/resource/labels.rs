@@ -60,3 +60,5 @@ pub const REPLICA: &str = "iarnet.replica";
 pub const PREEMPTIBLE: &str = "iarnet.preemptible";
 /// Milliseconds its home may be out of reach before its owner stops it.
 pub const STOP_AFTER_DISCONNECT: &str = "iarnet.stop_after_disconnect_ms";
+/// The swarm group a deployment was placed for (`group:` on the deploy).
+pub const GROUP: &str = "iarnet.group";

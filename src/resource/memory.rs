@@ -189,6 +189,7 @@ impl Provider for MemoryProvider {
             attempts: Vec::new(),
             preemptible: spec.preemptible.then_some(spec.priority),
             stop_after_disconnect_ms: spec.stop_after_disconnect_ms,
+            group: spec.scope.group.clone().unwrap_or_default(),
         };
         for s in [
             DeployState::Pending,

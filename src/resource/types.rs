@@ -602,6 +602,9 @@ pub struct Deployment {
     pub health: Option<String>,
     /// Its ports as published on the provider's host (`host` 0: not published).
     pub ports: Vec<PortSpec>,
+    /// The swarm group it was deployed for (empty: none), so a member that
+    /// leaves may be asked to stop the group's work.
+    pub group: String,
 }
 
 /// One placement of a deployment: where, and why it moved on.

@@ -460,6 +460,7 @@ pub fn deployment_to_proto(d: &Deployment, owner_id: &str) -> pb::Deployment {
         preemptible: d.preemptible.is_some(),
         priority: d.preemptible.map(|p| p.label()).unwrap_or_default(),
         health: d.health.clone().unwrap_or_default(),
+        group: d.group.clone(),
         ports: d
             .ports
             .iter()
@@ -518,6 +519,7 @@ pub fn deployment_from_proto(d: pb::Deployment) -> Deployment {
             .map(|p| crate::resource::Priority::from_label(p).unwrap_or_default()),
         stop_after_disconnect_ms: None,
         health: Some(d.health).filter(|h| !h.is_empty()),
+        group: d.group,
         ports: d
             .ports
             .iter()

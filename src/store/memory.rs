@@ -21,6 +21,7 @@ struct Tables {
     applications: BTreeMap<String, Vec<u8>>,
     lease_epoch: u64,
     peers: Vec<String>,
+    swarm: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -187,6 +188,15 @@ impl Store for MemoryStore {
 
     fn set_peers(&self, addrs: &[String]) -> Result<(), StoreError> {
         self.tables().peers = addrs.to_vec();
+        Ok(())
+    }
+
+    fn swarm(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tables().swarm.clone())
+    }
+
+    fn set_swarm(&self, doc: &[u8]) -> Result<(), StoreError> {
+        self.tables().swarm = Some(doc.to_vec());
         Ok(())
     }
 }

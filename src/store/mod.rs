@@ -459,6 +459,11 @@ impl DeploymentRecord {
             stop_after_disconnect_ms: self.spec.as_ref().and_then(|s| s.stop_after_disconnect_ms),
             health: None,
             ports: Vec::new(),
+            group: self
+                .spec
+                .as_ref()
+                .and_then(|s| s.scope.group.clone())
+                .unwrap_or_default(),
         };
         for c in history {
             if d.history.last().map(|h| &h.state) != Some(&c.state) {
@@ -517,6 +522,11 @@ pub trait Store: Send + Sync + 'static {
     fn peers(&self) -> Result<Vec<String>, StoreError>;
     /// Replaces the saved peer addresses.
     fn set_peers(&self, addrs: &[String]) -> Result<(), StoreError>;
+
+    /// This node's swarm groups and the pools it carries, as the swarm
+    /// layer encodes them (None before the first save).
+    fn swarm(&self) -> Result<Option<Vec<u8>>, StoreError>;
+    fn set_swarm(&self, doc: &[u8]) -> Result<(), StoreError>;
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {

@@ -27,6 +27,7 @@ const APPLICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("applica
 
 const IDENTITY_KEY: &str = "identity";
 const PEERS_KEY: &str = "peers";
+const SWARM_KEY: &str = "swarm";
 const LEASE_EPOCH_KEY: &str = "lease_epoch";
 
 /// The store's file name under `data_dir`.
@@ -295,5 +296,13 @@ impl Store for RedbStore {
 
     fn set_peers(&self, addrs: &[String]) -> Result<(), StoreError> {
         self.put(META, PEERS_KEY, &encode(&addrs))
+    }
+
+    fn swarm(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(META, SWARM_KEY)
+    }
+
+    fn set_swarm(&self, doc: &[u8]) -> Result<(), StoreError> {
+        self.put(META, SWARM_KEY, doc)
     }
 }

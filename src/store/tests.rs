@@ -83,6 +83,7 @@ fn suite(store: &dyn Store) {
         stop_after_disconnect_ms: None,
         health: None,
         ports: Vec::new(),
+        group: String::new(),
     });
     store.put_deployment(&a2).unwrap();
     let back = store.deployment(&a.id).unwrap().unwrap();

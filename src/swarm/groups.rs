@@ -49,6 +49,29 @@ pub struct GroupState {
     pub quorum: bool,
     /// Why there is no leader, or "" when there is one.
     pub reason: String,
+    /// Members beyond the maximum, who withdraw (see [`admitted`]).
+    pub over: Vec<String>,
+}
+
+/// Who of `members` (oldest first) fits in a group of `max` (0: no
+/// limit): those on the roster first, then the others in join order. Two
+/// joins racing on two nodes can both pass the size check; this decides,
+/// the same way on every node, which of them stays.
+pub fn admitted<'m>(
+    members: &'m [MemberState],
+    roster: Option<&Roster>,
+    max: u32,
+) -> BTreeSet<&'m str> {
+    let on_roster = |id: &str| roster.is_some_and(|r| r.members.iter().any(|m| m == id));
+    let mut order: Vec<&MemberState> = members.iter().collect();
+    // Stable: join order is kept on each side.
+    order.sort_by_key(|m| !on_roster(&m.id));
+    let keep = if max == 0 { order.len() } else { max as usize };
+    order
+        .into_iter()
+        .take(keep)
+        .map(|m| m.id.as_str())
+        .collect()
 }
 
 /// The higher of two rosters of one group: higher epoch, then leader id,
@@ -117,9 +140,15 @@ pub fn derive(
         })
         .min()
         .map_or(0, |(_, _, max)| max);
+    let fits = admitted(&members, roster, max_members);
+    let over: Vec<String> = members
+        .iter()
+        .filter(|m| !fits.contains(m.id.as_str()))
+        .map(|m| m.id.clone())
+        .collect();
     let alive: BTreeSet<&str> = members
         .iter()
-        .filter(|m| m.status == Status::Alive)
+        .filter(|m| m.status == Status::Alive && fits.contains(m.id.as_str()))
         .map(|m| m.id.as_str())
         .collect();
     let converged = members.iter().all(|m| m.status == Status::Alive);
@@ -133,6 +162,7 @@ pub fn derive(
         since_ms: 0,
         quorum: true,
         reason: String::new(),
+        over,
     };
     if let Some(r) = roster {
         let left = |id: &str| {
@@ -151,7 +181,12 @@ pub fn derive(
             .iter()
             .map(String::as_str)
             .filter(|id| !left(id))
-            .chain(members.iter().map(|m| m.id.as_str()))
+            .chain(
+                members
+                    .iter()
+                    .map(|m| m.id.as_str())
+                    .filter(|id| fits.contains(id)),
+            )
             .collect();
         let present = counted.iter().filter(|id| alive.contains(*id)).count();
         let lowest_present = counted.iter().min().is_some_and(|id| alive.contains(id));
@@ -193,7 +228,7 @@ pub fn derive(
             (state, None)
         }
         None => {
-            let Some(oldest) = members.iter().find(|m| m.status == Status::Alive) else {
+            let Some(oldest) = members.iter().find(|m| alive.contains(m.id.as_str())) else {
                 state.reason = "no member is reachable".into();
                 return (state, None);
             };

@@ -11,8 +11,11 @@
 //!
 //! **Groups.** Creating a group is joining it first, with a maximum size.
 //! Joining checks the size against the members this node sees. Two joins
-//! racing on two nodes can both pass, so a group may briefly hold one
-//! member too many; the leader does not evict anyone.
+//! racing on two nodes can both pass; once both are seen, every node ranks
+//! the members the same way (those on the roster first, then by join time
+//! and id, `groups::admitted`), the leader writes only the first
+//! `max_members` into the roster, and a member ranked beyond withdraws on
+//! its own (logged and audited as `swarm.group.withdraw`).
 //!
 //! **A leader without an election protocol** (Akka Cluster's way). The
 //! leader is a deterministic function of the converged view and the
@@ -31,8 +34,11 @@
 //!   give the joiner's side a majority of what it knows; both sides may
 //!   then lead for a while, which is harmless (see below). A leader shrinks the
 //!   roster only once the view is converged, so a minority never shrinks
-//!   it. When a leader dies, the next one takes office once the death is
-//!   declared, within the detection time plus one round.
+//!   it. When a leader dies, the next one takes office one gossip interval
+//!   (and one step) after the death is declared: within the detection time
+//!   plus one round. That patience matters after a heal, when the cut-off
+//!   side's death reports reach the majority a moment before the leader's
+//!   refutation does; without it leadership would move for nothing.
 //!
 //! **What the leader decides, and why two leaders are harmless.** A deploy
 //! with `group: NAME` is placed only on the members' providers. The leader

@@ -13,8 +13,9 @@ pub struct SwarmSim {
 
 impl SwarmSim {
     pub fn new(cfg: SimConfig) -> SwarmSim {
+        let delay = cfg.mesh.gossip_interval;
         let swarms = (0..cfg.nodes)
-            .map(|i| Swarm::new(&sim_id(i), NodeMeta::default()))
+            .map(|i| Swarm::new(&sim_id(i), NodeMeta::default()).with_takeover_delay(delay))
             .collect();
         SwarmSim {
             sim: Sim::new(cfg),

@@ -73,6 +73,15 @@ fn only_the_majority_side_of_a_partition_has_a_leader_and_the_heal_reunites_them
 
     s.sim.heal();
     s.run_until(300, |s| {
+        // The minority's death reports arrive after the heal, but n2
+        // refutes them before anyone replaces it: leadership never moves.
+        for i in 0..5 {
+            let g = s.group(i, "g").unwrap();
+            assert!(
+                g.term <= 2 && g.leader.as_deref().is_none_or(|l| l == "n2"),
+                "core {i} after the heal: {g:?}"
+            );
+        }
         (0..5).all(|i| {
             s.group(i, "g").is_some_and(|g| {
                 g.members.len() == 5 && g.leader.as_deref() == Some("n2") && g.quorum
@@ -80,6 +89,50 @@ fn only_the_majority_side_of_a_partition_has_a_leader_and_the_heal_reunites_them
         })
     })
     .expect("after the heal all five follow n2");
+    for _ in 0..20 {
+        s.step();
+        assert!((0..5).all(|i| s.group(i, "g").unwrap().term == 2));
+    }
+}
+
+#[test]
+fn two_joins_racing_past_the_maximum_leave_one_member_out() {
+    let mut s = SwarmSim::new(SimConfig {
+        nodes: 4,
+        seed: 3,
+        ..SimConfig::default()
+    });
+    s.sim
+        .run_until(200, |sim| sim.converged())
+        .expect("the mesh converges");
+    let now = s.sim.now();
+    s.swarms[0].create_group("g", 2, &[], now).unwrap();
+    s.publish(0);
+    s.run_until(50, |s| (1..4).all(|i| s.group(i, "g").is_some()))
+        .expect("every core hears of g");
+    // n3 and n2 join in one round: each sees one member of two, so both pass.
+    for i in [3, 2] {
+        let now = s.sim.now();
+        let peers = super::peers_of(s.sim.core(i));
+        s.swarms[i].join_group("g", &peers, now).unwrap();
+        drop(peers);
+        s.publish(i);
+    }
+    s.run_until(100, |s| {
+        (0..4).all(|i| {
+            s.group(i, "g").is_some_and(|g| {
+                let ids: Vec<&str> = g.members.iter().map(|m| m.id.as_str()).collect();
+                ids == ["n0", "n2"] && g.leader.as_deref() == Some("n0")
+            })
+        })
+    })
+    .expect("n3 withdraws (same join time, higher id); n0 and n2 stay");
+    assert!(!s.swarms[3].is_member("g"));
+    let withdrawn = s.swarms[3].take_withdrawn();
+    assert_eq!(withdrawn.len(), 1, "{withdrawn:?}");
+    assert!(withdrawn[0].1.contains("is full"), "{withdrawn:?}");
+    assert!(s.swarms[2].take_withdrawn().is_empty());
+    assert_eq!(s.swarms[0].roster("g").unwrap().members, ["n0", "n2"]);
 }
 
 #[test]

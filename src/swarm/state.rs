@@ -22,6 +22,15 @@ pub struct Swarm {
     memberships: BTreeMap<String, GroupMembership>,
     rosters: BTreeMap<String, Roster>,
     pools: BTreeMap<String, PoolRecord>,
+    /// How long an incumbent must stay gone before this node replaces it.
+    takeover_delay_ms: u64,
+    /// Takeovers waiting out that delay: the roster they would replace
+    /// (epoch, leader) and when this node first wanted to.
+    pending: BTreeMap<String, (u64, String, u64)>,
+    /// Groups this node withdrew from, with why, not yet reported.
+    withdrawn: Vec<(String, String)>,
+    /// The memberships and pools last handed out to be saved.
+    saved: Option<NodeMeta>,
 }
 
 impl Swarm {
@@ -32,7 +41,57 @@ impl Swarm {
             memberships: BTreeMap::new(),
             rosters: BTreeMap::new(),
             pools: BTreeMap::new(),
+            takeover_delay_ms: 0,
+            pending: BTreeMap::new(),
+            withdrawn: Vec::new(),
+            saved: None,
         }
+    }
+
+    /// Takes back the memberships and pools a previous run saved. A member
+    /// keeps its join time, so it keeps its place among the oldest.
+    pub fn restore(&mut self, saved: NodeMeta) {
+        for g in saved.groups {
+            self.memberships.insert(g.group.clone(), g);
+        }
+        for p in &saved.pools {
+            pools::merge(&mut self.pools, p);
+        }
+        self.saved = Some(self.durable());
+    }
+
+    /// What outlives a restart: memberships and pools.
+    fn durable(&self) -> NodeMeta {
+        NodeMeta {
+            groups: self.memberships.values().cloned().collect(),
+            pools: self.pools.values().cloned().collect(),
+            ..NodeMeta::default()
+        }
+    }
+
+    /// The memberships and pools to save, when they changed since the
+    /// last call.
+    pub fn take_unsaved(&mut self) -> Option<NodeMeta> {
+        let now = self.durable();
+        if self.saved.as_ref() == Some(&now) {
+            return None;
+        }
+        self.saved = Some(now.clone());
+        Some(now)
+    }
+
+    /// Waits `ms` (and one more step) before replacing a leader that looks
+    /// gone. After a partition heals, the cut-off side's death reports can
+    /// reach the majority a moment before the leader's refutation does; a
+    /// gossip interval of patience keeps that from moving leadership.
+    pub fn with_takeover_delay(mut self, ms: u64) -> Swarm {
+        self.takeover_delay_ms = ms;
+        self
+    }
+
+    /// Groups this node withdrew from since the last call, with why.
+    pub fn take_withdrawn(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.withdrawn)
     }
 
     pub fn id(&self) -> &str {
@@ -74,6 +133,7 @@ impl Swarm {
         pools::prune(&mut self.pools, now_ms);
         let names: Vec<String> = self.memberships.keys().cloned().collect();
         self.rosters.retain(|g, _| self.memberships.contains_key(g));
+        self.pending.retain(|g, _| self.memberships.contains_key(g));
         for g in names {
             let own = self.meta();
             let all = with_me(peers, &self.me, &own);
@@ -81,11 +141,54 @@ impl Swarm {
             if let Some(r) = &best {
                 self.rosters.insert(g.clone(), r.clone());
             }
-            if let (_, Some(write)) = groups::derive(&g, &self.me, &all, best.as_ref(), now_ms) {
-                self.rosters.insert(g.clone(), write);
+            let (state, write) = groups::derive(&g, &self.me, &all, best.as_ref(), now_ms);
+            if state.over.contains(&self.me) {
+                self.withdraw(&g, &state);
+                continue;
             }
+            let Some(write) = write else {
+                self.pending.remove(&g);
+                continue;
+            };
+            if let Some(r) = best.as_ref().filter(|r| r.leader != self.me) {
+                let wanted = (r.epoch, r.leader.clone());
+                let since = match self.pending.get(&g) {
+                    Some((e, l, since)) if (*e, l) == (wanted.0, &wanted.1) => *since,
+                    _ => {
+                        self.pending.insert(g.clone(), (wanted.0, wanted.1, now_ms));
+                        continue;
+                    }
+                };
+                if now_ms.saturating_sub(since) < self.takeover_delay_ms {
+                    continue;
+                }
+            }
+            self.pending.remove(&g);
+            self.rosters.insert(g.clone(), write);
         }
         self.meta()
+    }
+
+    /// Leaves `g`, whose size this node's join pushed over the maximum in a
+    /// race with another join that ranks first.
+    fn withdraw(&mut self, g: &str, state: &GroupState) {
+        self.memberships.remove(g);
+        self.rosters.remove(g);
+        self.pending.remove(g);
+        self.withdrawn.push((
+            g.to_string(),
+            format!(
+                "group {g:?} is full: {} members joined for {} places, and this node's join came later",
+                state.members.len(),
+                state.max_members
+            ),
+        ));
+    }
+
+    /// Whether this node waits to replace `group`'s leader (see
+    /// [`Swarm::with_takeover_delay`]).
+    fn taking_office(&self, group: &str) -> bool {
+        self.pending.contains_key(group)
     }
 
     /// Every group some live member belongs to, as this node sees it.
@@ -104,7 +207,15 @@ impl Swarm {
             .into_iter()
             .map(|g| {
                 let best = groups::best_roster(g, &all, self.rosters.get(g));
-                groups::derive(g, &self.me, &all, best, now_ms).0
+                let mut state = groups::derive(g, &self.me, &all, best, now_ms).0;
+                if self.taking_office(g) && state.leader.as_deref() == Some(self.me.as_str()) {
+                    // Not in office until the roster is written.
+                    state.leader = None;
+                    state.reason = format!("{} is taking office", self.me);
+                    (state.term, state.epoch) = best.map_or((0, 0), |r| (r.term, r.epoch));
+                    state.since_ms = 0;
+                }
+                state
             })
             .collect()
     }

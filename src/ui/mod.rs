@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::admin::AdminApi;
 use crate::api::apps::ApplicationApi;
 use crate::api::resources::ResourceApi;
+use crate::api::swarm::SwarmApi;
 use crate::app::Applications;
 use crate::node::shared::Shared;
 use crate::placement::Manager;
@@ -50,6 +51,7 @@ pub struct Dashboard {
     pub(crate) manager: Arc<Manager>,
     pub(crate) resources: ResourceApi,
     pub(crate) admin: AdminApi,
+    pub(crate) swarm: SwarmApi,
     pub(crate) apps: ApplicationApi,
     pub(crate) applications: Arc<Applications>,
     pub(crate) sessions: Sessions,
@@ -81,6 +83,7 @@ impl Dashboard {
     ) -> Dashboard {
         Dashboard {
             admin: AdminApi::new(shared.clone()),
+            swarm: SwarmApi::new(shared.clone(), manager.clone()),
             apps: ApplicationApi::new(applications.clone(), shared.audit.clone()),
             secure: shared.security.tls.is_some(),
             cookie: session::cookie_name(manager.node_id()),

@@ -34,6 +34,15 @@ pub struct OnNode {
     node: String,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Leave {
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    release: bool,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePool {
@@ -74,18 +83,19 @@ pub(super) async fn create_group(
     Ok((StatusCode::CREATED, Json(g.into_inner())))
 }
 
-/// `{"node": ID}`, or an empty body for the node called.
-fn on_node(raw: &[u8]) -> Result<String, ApiError> {
+/// A JSON body, or an empty one for every field's default (the node called).
+fn optional_body<T: Default + serde::de::DeserializeOwned>(
+    raw: &[u8],
+    hint: &str,
+) -> Result<T, ApiError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
-        return Ok(String::new());
+        return Ok(T::default());
     }
-    serde_json::from_slice::<OnNode>(raw)
-        .map(|b| b.node)
-        .map_err(|e| {
-            ApiError::from(tonic::Status::invalid_argument(format!(
-                "invalid JSON body: {e}; send {{\"node\": \"ID\"}} or nothing"
-            )))
-        })
+    serde_json::from_slice::<T>(raw).map_err(|e| {
+        ApiError::from(tonic::Status::invalid_argument(format!(
+            "invalid JSON body: {e}; send {hint} or nothing"
+        )))
+    })
 }
 
 pub(super) async fn join_group(
@@ -94,7 +104,7 @@ pub(super) async fn join_group(
     Path(group): Path<String>,
     raw: axum::body::Bytes,
 ) -> Result<Json<pb::Group>, ApiError> {
-    let node = on_node(&raw)?;
+    let OnNode { node } = optional_body(&raw, r#"{"node": "ID"}"#)?;
     let g = api
         .swarm
         .join_group(as_caller(caller, pb::JoinGroupRequest { group, node }))
@@ -108,10 +118,17 @@ pub(super) async fn leave_group(
     Path(group): Path<String>,
     raw: axum::body::Bytes,
 ) -> Result<Json<pb::Group>, ApiError> {
-    let node = on_node(&raw)?;
+    let Leave { node, release } = optional_body(&raw, r#"{"node": "ID", "release": true}"#)?;
     let g = api
         .swarm
-        .leave_group(as_caller(caller, pb::LeaveGroupRequest { group, node }))
+        .leave_group(as_caller(
+            caller,
+            pb::LeaveGroupRequest {
+                group,
+                node,
+                release,
+            },
+        ))
         .await?;
     Ok(Json(g.into_inner()))
 }

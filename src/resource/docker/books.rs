@@ -120,6 +120,7 @@ impl DockerProvider {
             attempts: Vec::new(),
             preemptible: f.preemptible,
             stop_after_disconnect_ms: f.stop_after_disconnect_ms,
+            group: f.group.clone(),
             health: f.health.clone(),
             ports: f.ports.clone(),
         }

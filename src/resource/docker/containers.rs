@@ -229,6 +229,9 @@ impl DockerProvider {
         if let Some(ms) = spec.stop_after_disconnect_ms {
             labels.insert(labels::STOP_AFTER_DISCONNECT.into(), ms.to_string());
         }
+        if let Some(g) = &spec.scope.group {
+            labels.insert(labels::GROUP.into(), g.clone());
+        }
         if let Some(r) = &spec.replica_of {
             labels.insert(labels::SERVICE.into(), r.service.clone());
             labels.insert(labels::REPLICA.into(), r.index.to_string());

@@ -38,6 +38,7 @@ pub(super) struct Facts {
     /// Its priority when it may be evicted, from its label.
     pub(super) preemptible: Option<crate::resource::Priority>,
     pub(super) stop_after_disconnect_ms: Option<u64>,
+    pub(super) group: String,
     /// Its health probe's verdict (inspect only).
     pub(super) health: Option<String>,
     /// Its ports published on the host (inspect only).
@@ -136,6 +137,7 @@ impl Facts {
                 .and_then(|ms| ms.parse().ok()),
             health: None,
             ports: Vec::new(),
+            group: labels.get(labels::GROUP).cloned().unwrap_or_default(),
         })
         .map(|f| f.settled(labels))
     }

@@ -142,6 +142,7 @@ fn seeded_history_follows_the_engine() {
         stop_after_disconnect_ms: None,
         health: None,
         ports: Vec::new(),
+        group: String::new(),
     };
     let states: Vec<DeployState> = f.seed_history().into_iter().map(|c| c.state).collect();
     assert_eq!(

@@ -156,6 +156,9 @@ pub(crate) fn build_pod(
     if spec.preemptible {
         annotations.insert(labels::PREEMPTIBLE.into(), spec.priority.label());
     }
+    if let Some(g) = &spec.scope.group {
+        annotations.insert(labels::GROUP.into(), g.clone());
+    }
     if let Some(ms) = spec.stop_after_disconnect_ms {
         annotations.insert(labels::STOP_AFTER_DISCONNECT.into(), ms.to_string());
     }
@@ -397,6 +400,7 @@ pub(crate) fn to_deployment(pod: &Pod, provider_id: &str) -> Deployment {
         preemptible: annotation(labels::PREEMPTIBLE).and_then(|p| Priority::from_label(p)),
         stop_after_disconnect_ms: annotation(labels::STOP_AFTER_DISCONNECT)
             .and_then(|ms| ms.parse().ok()),
+        group: annotation(labels::GROUP).cloned().unwrap_or_default(),
         health: None,
         ports: Vec::new(),
     };

@@ -1,6 +1,7 @@
 //! Mesh: every member with its state, generation, incarnation, when it
 //! was last heard, the round-trip time of this node's gossip to it, and
-//! its providers; and a form to add a peer by address.
+//! its providers; the swarm groups with their leaders and the pools with
+//! their capacity; and a form to add a peer by address.
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ use super::{all_live, Page};
 use crate::api::http::views::NodesReport;
 use crate::proto::admin::admin_server::Admin;
 use crate::proto::admin::AddPeerRequest;
+use crate::proto::swarm as spb;
+use crate::proto::swarm::swarm_server::Swarm;
 use crate::ui::layout::{self, Nav};
 use crate::ui::{request, respond, see_other, Ctx, Dashboard};
 
@@ -69,10 +72,90 @@ async fn render(
     respond(status, layout::page("Mesh", Nav::Mesh, &chrome, body))
 }
 
-pub async fn fragments(d: &Dashboard, _ctx: &Ctx) -> Vec<(&'static str, Markup)> {
-    match crate::api::http::nodes_report(&d.admin, &d.manager).await {
-        Ok(r) => vec![("members", members(&r))],
-        Err(s) => vec![("members", layout::notice("error", s.message()))],
+pub async fn fragments(d: &Dashboard, ctx: &Ctx) -> Vec<(&'static str, Markup)> {
+    let members = match crate::api::http::nodes_report(&d.admin, &d.manager).await {
+        Ok(r) => members(&r),
+        Err(s) => layout::notice("error", s.message()),
+    };
+    let groups = match d
+        .swarm
+        .list_groups(request(ctx, spb::ListGroupsRequest {}))
+        .await
+    {
+        Ok(r) => groups(&r.into_inner().groups),
+        Err(s) => layout::notice("error", s.message()),
+    };
+    let pools = match d
+        .swarm
+        .list_pools(request(ctx, spb::ListPoolsRequest {}))
+        .await
+    {
+        Ok(r) => pools(&r.into_inner().pools),
+        Err(s) => layout::notice("error", s.message()),
+    };
+    vec![("members", members), ("groups", groups), ("pools", pools)]
+}
+
+/// Swarm groups: members, leader with its term, or why there is none.
+pub fn groups(list: &[spb::Group]) -> Markup {
+    html! {
+        h2 { "Swarm groups" }
+        @if list.is_empty() {
+            p.muted { "No groups. Create one with " code { "iarnet group create NAME" } "." }
+        } @else {
+            table {
+                thead { tr {
+                    th scope="col" { "Group" } th scope="col" { "Members" }
+                    th scope="col" { "Leader" } th scope="col" { "Term" }
+                } }
+                tbody {
+                    @for g in list {
+                        tr {
+                            td { (g.name) }
+                            td {
+                                (g.members.len()) " of " (g.max_members) br;
+                                @for m in &g.members {
+                                    span.label-chip { (if m.name.is_empty() { &m.id } else { &m.name }) " " (layout::badge(&m.state)) }
+                                }
+                            }
+                            td {
+                                @if g.leader.is_empty() { span.muted { (g.reason) } }
+                                @else { code { (g.leader) } }
+                            }
+                            td { (g.term) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pools with their members and capacity.
+pub fn pools(list: &[spb::Pool]) -> Markup {
+    html! {
+        h2 { "Pools" }
+        @if list.is_empty() {
+            p.muted { "No pools. Create one with " code { "iarnet pool create NAME" } "." }
+        } @else {
+            table {
+                thead { tr {
+                    th scope="col" { "Pool" } th scope="col" { "Nodes" } th scope="col" { "Providers" }
+                    th scope="col" { "Free / total" } th scope="col" { "Description" }
+                } }
+                tbody {
+                    @for p in list {
+                        tr {
+                            td { (p.name) }
+                            td { (p.members.len()) }
+                            td { (p.providers) }
+                            td { (free_of_total(p)) }
+                            td { (p.description) }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -109,6 +192,22 @@ pub fn members(r: &NodesReport) -> Markup {
             }
         }
     }
+}
+
+/// "CPU 3.5 / 8 · memory 6.0 / 16.0 GiB · GPUs 1 / 2" for a pool.
+fn free_of_total(p: &spb::Pool) -> String {
+    let c = p.capacity.unwrap_or_default();
+    let (free, total) = (c.available.unwrap_or_default(), c.total.unwrap_or_default());
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    format!(
+        "CPU {} / {} · memory {:.1} / {:.1} GiB · GPUs {} / {}",
+        free.cpu_millis as f64 / 1000.0,
+        total.cpu_millis as f64 / 1000.0,
+        gib(free.memory_bytes),
+        gib(total.memory_bytes),
+        free.gpus,
+        total.gpus
+    )
 }
 
 pub async fn add_peer(
