@@ -1045,9 +1045,65 @@ async fn forbidden_is_permission_denied() {
     let err = deployed.expect_err("forbidden");
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     assert!(err.to_string().contains("cannot list resource"), "{err}");
+    assert!(err.to_string().contains("set resource_limits"), "{err}");
     // describe reports the provider unhealthy instead of failing.
     assert!(!described.expect("describe").healthy);
     assert_eq!(stat.expect_err("forbidden").code(), Code::PermissionDenied);
+    no_more_calls(p, handle).await;
+}
+
+/// A namespace-scoped service account may not list nodes (nor pods
+/// cluster-wide): with `resource_limits` set, they are the capacity, and
+/// the provider's own pods in its namespace are booked against them.
+#[tokio::test]
+async fn without_list_on_nodes_resource_limits_are_the_capacity() {
+    let (p, mut handle) = provider_with(KubeSettings {
+        limits: Some(res(3000, 6 * GI, 0, 0)),
+        ..settings()
+    });
+    let forbidden = status(
+        403,
+        "Forbidden",
+        "nodes is forbidden: User \"system:serviceaccount:iarnet:default\" cannot list resource \"nodes\"",
+    );
+    let scenario = async {
+        let (_, r) = expect(
+            &mut handle,
+            Method::GET,
+            "/api/v1/nodes",
+            &[("limit", "500")],
+        )
+        .await;
+        answer(r, 403, &forbidden);
+        // Only its namespace's pods are listed, with the same selector.
+        let (_, r) = expect(
+            &mut handle,
+            Method::GET,
+            PODS,
+            &[("fieldSelector", LIVE), ("limit", "500")],
+        )
+        .await;
+        answer(
+            r,
+            200,
+            &list(vec![
+                own_pod(
+                    "iarnet-a",
+                    "k8s-a",
+                    "Running",
+                    &[("cpu", "1"), ("memory", "1Gi")],
+                ),
+                other_pod(NS, "theirs", Some("node-1"), &[("cpu", "500m")]),
+            ]),
+        );
+    };
+    let d = run(scenario, p.describe()).await.expect("describe");
+    assert!(d.healthy, "a namespace-only identity still serves: {d:?}");
+    assert_eq!(d.capacity.total.cpu_millis, 3000);
+    assert_eq!(d.capacity.total.memory_bytes, 6 * GI);
+    // Its own pod is booked; the other pod draws on the cluster, not on it.
+    assert_eq!(d.capacity.reserved.cpu_millis, 1000, "{:?}", d.capacity);
+    assert_eq!(d.capacity.reserved.memory_bytes, GI);
     no_more_calls(p, handle).await;
 }
 

@@ -198,6 +198,25 @@ pub(crate) fn census(nodes: &[Node], pods: &[Pod], is_own: impl Fn(&Pod) -> bool
     c
 }
 
+/// The census of an identity that may not list nodes: `limits` is what
+/// the provider offers (no storage limit: not accounted), and only its own
+/// pods in its namespace count against it. Other pods there draw on the
+/// cluster, not on this provider's share; the cluster's scheduler still
+/// refuses what does not fit.
+pub(crate) fn namespace_census(
+    pods: &[Pod],
+    is_own: impl Fn(&Pod) -> bool,
+    limits: Resources,
+) -> Census {
+    let mut c = census(&[], pods, is_own);
+    c.others = Resources::ZERO;
+    c.total = limits;
+    if c.total.storage_bytes == 0 {
+        c.total.storage_bytes = u64::MAX;
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

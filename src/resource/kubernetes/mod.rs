@@ -43,7 +43,10 @@
 //!
 //! The identity iarnet uses needs: `list` on nodes and `list` on pods
 //! cluster-wide (capacity); `create`, `get`, `list`, `delete` on pods and
-//! `get` on `pods/log` in its namespace. A refusal is
+//! `get` on `pods/log` in its namespace. An identity that may not list
+//! nodes (a namespace-scoped service account) still serves when
+//! [`KubeSettings::limits`] are set: they become the total, and only its own
+//! pods in its namespace are booked against them. A refusal is
 //! [`ResourceError::PermissionDenied`]; an unreachable API server is
 //! [`ResourceError::Unavailable`] naming the endpoint. Credentials are never
 //! logged and never part of `Debug` output.
@@ -63,7 +66,7 @@ use kube::Client;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use self::capacity::{cap, census, pod_is_terminated};
+use self::capacity::{cap, census, namespace_census, pod_is_terminated};
 use self::pod::{build_pod, is_pod_name, to_deployment, Owner, CONTAINER};
 use super::error::ResourceError;
 use super::ledger::Ledger;
@@ -126,6 +129,8 @@ pub struct KubernetesProvider {
     owner: Owner,
     client: Client,
     books: Mutex<Books>,
+    /// Set once the API refused to list nodes (logged once).
+    namespace_only: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for KubernetesProvider {
@@ -162,6 +167,7 @@ impl KubernetesProvider {
             node: settings.node_id.clone(),
         };
         KubernetesProvider {
+            namespace_only: Default::default(),
             books: Mutex::new(Books {
                 // Nothing is offered until the first census.
                 ledger: Ledger::new(&settings.id, Resources::ZERO)
@@ -227,16 +233,24 @@ impl KubernetesProvider {
             b.started += 1;
             b.started
         };
-        let nodes: Vec<Node> = self
-            .list_all(Api::all(self.client.clone()), ListParams::default())
-            .await?;
-        let pods: Vec<Pod> = self
-            .list_all(
-                Api::all(self.client.clone()),
-                ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
-            )
-            .await?;
-        let census = census(&nodes, &pods, |p| self.owner.owns(p));
+        let live = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+        let owns = |p: &Pod| self.owner.owns(p);
+        let (census, pods) = match self.list_nodes().await? {
+            Some(nodes) => {
+                let pods: Vec<Pod> = self.list_all(Api::all(self.client.clone()), live).await?;
+                (census(&nodes, &pods, owns), pods)
+            }
+            None => {
+                let pods: Vec<Pod> = self
+                    .list_all(
+                        Api::namespaced(self.client.clone(), &self.settings.namespace),
+                        live,
+                    )
+                    .await?;
+                let limits = self.settings.limits.unwrap_or_default();
+                (namespace_census(&pods, owns, limits), pods)
+            }
+        };
 
         let mut b = self.books();
         if seq > b.applied {
@@ -264,7 +278,35 @@ impl KubernetesProvider {
             b.applied = seq;
         }
         drop(b);
-        Ok(pods.into_iter().filter(|p| self.owner.owns(p)).collect())
+        Ok(pods.into_iter().filter(owns).collect())
+    }
+
+    /// The cluster's nodes; None when this identity may not list them and
+    /// `resource_limits` say what the provider offers instead (a
+    /// namespace-scoped service account, as many clusters hand out).
+    async fn list_nodes(&self) -> Result<Option<Vec<Node>>, ResourceError> {
+        match self
+            .list_all(Api::all(self.client.clone()), ListParams::default())
+            .await
+        {
+            Ok(nodes) => Ok(Some(nodes)),
+            Err(ResourceError::PermissionDenied(why)) => {
+                if self.settings.limits.is_none() {
+                    return Err(ResourceError::PermissionDenied(format!(
+                        "{why}; or, without list on nodes, set resource_limits (cpu, memory) for this provider: they become its capacity"
+                    )));
+                }
+                if !self
+                    .namespace_only
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    info!(provider = %self.settings.id, namespace = %self.settings.namespace,
+                        "may not list nodes: offering resource_limits, counting the pods of its namespace");
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The cluster's GPU models that `spec.gpu_model` names.
