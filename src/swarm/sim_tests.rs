@@ -5,8 +5,9 @@
 use super::sim::SwarmSim;
 use crate::mesh::sim::{sim_id, SimConfig};
 
-/// `n` converged cores, all in group "g" (core 0 created it).
-fn grouped(n: usize, seed: u64) -> SwarmSim {
+/// `n` converged cores that all heard of group "g", which core 0 created
+/// with at most `max` members.
+fn created(n: usize, seed: u64, max: u32) -> SwarmSim {
     let mut s = SwarmSim::new(SimConfig {
         nodes: n,
         seed,
@@ -16,10 +17,16 @@ fn grouped(n: usize, seed: u64) -> SwarmSim {
         .run_until(200, |sim| sim.converged())
         .expect("the mesh converges");
     let now = s.sim.now();
-    s.swarms[0].create_group("g", 16, &[], now).unwrap();
+    s.swarms[0].create_group("g", max, &[], now).unwrap();
     s.publish(0);
     s.run_until(50, |s| (1..n).all(|i| s.group(i, "g").is_some()))
         .expect("every core hears of g");
+    s
+}
+
+/// `n` converged cores, all in group "g" (core 0 created it).
+fn grouped(n: usize, seed: u64) -> SwarmSim {
+    let mut s = created(n, seed, 16);
     for i in 1..n {
         let now = s.sim.now();
         let peers = super::peers_of(s.sim.core(i));
@@ -97,19 +104,7 @@ fn only_the_majority_side_of_a_partition_has_a_leader_and_the_heal_reunites_them
 
 #[test]
 fn two_joins_racing_past_the_maximum_leave_one_member_out() {
-    let mut s = SwarmSim::new(SimConfig {
-        nodes: 4,
-        seed: 3,
-        ..SimConfig::default()
-    });
-    s.sim
-        .run_until(200, |sim| sim.converged())
-        .expect("the mesh converges");
-    let now = s.sim.now();
-    s.swarms[0].create_group("g", 2, &[], now).unwrap();
-    s.publish(0);
-    s.run_until(50, |s| (1..4).all(|i| s.group(i, "g").is_some()))
-        .expect("every core hears of g");
+    let mut s = created(4, 3, 2);
     // n3 and n2 join in one round: each sees one member of two, so both pass.
     for i in [3, 2] {
         let now = s.sim.now();
