@@ -136,6 +136,17 @@ async fn census(handle: &mut Handle, nodes: Vec<Value>, pods: Vec<Value>) {
     answer(r, 200, &list(pods));
 }
 
+/// Answers a listing of nodes as a namespace-scoped service account gets it.
+async fn refuse_nodes(handle: &mut Handle) {
+    let (_, r) = expect(handle, Method::GET, "/api/v1/nodes", &[("limit", "500")]).await;
+    let forbidden = status(
+        403,
+        "Forbidden",
+        "nodes is forbidden: User \"system:serviceaccount:iarnet:default\" cannot list resource \"nodes\"",
+    );
+    answer(r, 403, &forbidden);
+}
+
 /// Runs `action` while `scenario` answers its calls; a failed expectation
 /// in the scenario fails the test right there.
 async fn run<T>(scenario: impl Future<Output = ()>, action: impl Future<Output = T>) -> T {
@@ -1008,28 +1019,9 @@ async fn stop_deletes_the_pod_then_it_is_not_found() {
 async fn forbidden_is_permission_denied() {
     let (p, mut handle) = provider();
     let key = deployment_id("req");
-    let forbidden = status(
-        403,
-        "Forbidden",
-        "nodes is forbidden: User \"system:serviceaccount:iarnet:default\" cannot list resource \"nodes\"",
-    );
     let scenario = async {
-        let (_, r) = expect(
-            &mut handle,
-            Method::GET,
-            "/api/v1/nodes",
-            &[("limit", "500")],
-        )
-        .await;
-        answer(r, 403, &forbidden);
-        let (_, r) = expect(
-            &mut handle,
-            Method::GET,
-            "/api/v1/nodes",
-            &[("limit", "500")],
-        )
-        .await;
-        answer(r, 403, &forbidden);
+        refuse_nodes(&mut handle).await;
+        refuse_nodes(&mut handle).await;
         let (_, r) = expect(&mut handle, Method::GET, &format!("{PODS}/{key}"), &[]).await;
         answer(r, 403, &status(403, "Forbidden", "pods is forbidden"));
     };
@@ -1061,20 +1053,8 @@ async fn without_list_on_nodes_resource_limits_are_the_capacity() {
         limits: Some(res(3000, 6 * GI, 0, 0)),
         ..settings()
     });
-    let forbidden = status(
-        403,
-        "Forbidden",
-        "nodes is forbidden: User \"system:serviceaccount:iarnet:default\" cannot list resource \"nodes\"",
-    );
     let scenario = async {
-        let (_, r) = expect(
-            &mut handle,
-            Method::GET,
-            "/api/v1/nodes",
-            &[("limit", "500")],
-        )
-        .await;
-        answer(r, 403, &forbidden);
+        refuse_nodes(&mut handle).await;
         // Only its namespace's pods are listed, with the same selector.
         let (_, r) = expect(
             &mut handle,

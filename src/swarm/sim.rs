@@ -44,6 +44,17 @@ impl SwarmSim {
         self.sim.core_mut(i).set_meta(meta);
     }
 
+    /// Core `i` joins `group` as it sees it now, and publishes at once.
+    pub fn join(&mut self, i: usize, group: &str) -> Result<GroupState, super::SwarmError> {
+        let now = self.sim.now();
+        let joined = {
+            let peers = peers_of(self.sim.core(i));
+            self.swarms[i].join_group(group, &peers, now)
+        };
+        self.publish(i);
+        joined
+    }
+
     /// Runs rounds until `done` holds or `max` pass; the rounds taken.
     pub fn run_until(&mut self, max: u64, mut done: impl FnMut(&SwarmSim) -> bool) -> Option<u64> {
         for r in 0..=max {

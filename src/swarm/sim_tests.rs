@@ -28,11 +28,7 @@ fn created(n: usize, seed: u64, max: u32) -> SwarmSim {
 fn grouped(n: usize, seed: u64) -> SwarmSim {
     let mut s = created(n, seed, 16);
     for i in 1..n {
-        let now = s.sim.now();
-        let peers = super::peers_of(s.sim.core(i));
-        s.swarms[i].join_group("g", &peers, now).unwrap();
-        drop(peers);
-        s.publish(i);
+        s.join(i, "g").unwrap();
     }
     s.run_until(100, |s| {
         (0..n).all(|i| {
@@ -107,11 +103,7 @@ fn two_joins_racing_past_the_maximum_leave_one_member_out() {
     let mut s = created(4, 3, 2);
     // n3 and n2 join in one round: each sees one member of two, so both pass.
     for i in [3, 2] {
-        let now = s.sim.now();
-        let peers = super::peers_of(s.sim.core(i));
-        s.swarms[i].join_group("g", &peers, now).unwrap();
-        drop(peers);
-        s.publish(i);
+        s.join(i, "g").unwrap();
     }
     s.run_until(100, |s| {
         (0..4).all(|i| {
