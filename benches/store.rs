@@ -1,10 +1,13 @@
 //! Store benchmark: how long a deploy takes to be acknowledged through the
 //! manager when its records are committed to redb (fsync per commit)
 //! against the in-memory twin, with the in-memory provider so that only
-//! the store differs; and the redb file's size per 10,000 records.
+//! the store differs; acknowledgements per second and p99 at 1, 16 and 200
+//! concurrent deploys, group commit against one commit per write (the
+//! store before group commit); and the redb file's size per 10,000 records.
 //!
 //! `cargo bench --bench store`            full run
 //! `cargo bench --bench store -- --quick` fewer deploys
+//! `cargo bench --bench store -- --concurrent` only the concurrency table
 //!
 //! Figures are printed with the ratio against the baseline measured in the
 //! same run; nothing is asserted.
@@ -82,6 +85,97 @@ async fn deploys(m: &Manager, n: usize, run: &str) -> anyhow::Result<Vec<Duratio
     Ok(out)
 }
 
+/// `total` deploys by `concurrency` callers at once: acks/s and sorted latencies.
+async fn concurrent(
+    m: &Arc<Manager>,
+    concurrency: usize,
+    total: usize,
+    run: &str,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
+    let started = Instant::now();
+    let callers: Vec<_> = (0..concurrency)
+        .map(|c| {
+            let (m, run) = (m.clone(), format!("{run}-c{c}"));
+            tokio::spawn(async move { deploys(&m, total / concurrency, &run).await })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(total);
+    for c in callers {
+        all.extend(c.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    Ok((all.len() as f64 / secs, all))
+}
+
+/// Group commit against one commit per write, each level measured on both
+/// in alternation; prints the table.
+async fn concurrency_table(quick: bool) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let batched_store = Arc::new(RedbStore::open_batching(
+        &dir.path().join("batched.redb"),
+        iarnet::store::redb::MAX_WRITES_PER_COMMIT,
+    )?);
+    let batched = Arc::new(manager(batched_store.clone()).await?);
+    let single = Arc::new(
+        manager(Arc::new(RedbStore::open_batching(
+            &dir.path().join("single.redb"),
+            1,
+        )?))
+        .await?,
+    );
+    println!("\nconcurrent deploys through the Manager on redb: group commit against one commit per write");
+    println!(
+        "{:>11} {:>10} {:>14} {:>14} {:>9} {:>14} {:>14} {:>13}",
+        "concurrent",
+        "deploys",
+        "acks/s single",
+        "acks/s group",
+        "ratio",
+        "p99 single",
+        "p99 group",
+        "writes/commit"
+    );
+    let stats = batched_store.commit_stats();
+    for concurrency in [1, 16, 200] {
+        let total = match (quick, concurrency) {
+            (true, 1) => 100,
+            (true, _) => 400,
+            (false, 1) => 400,
+            (false, _) => 2000,
+        };
+        let (commits, writes) = (stats.commits(), stats.writes());
+        let (mut s_rate, mut g_rate) = (Vec::new(), Vec::new());
+        let (mut s_lat, mut g_lat) = (Vec::new(), Vec::new());
+        for round in 0..2 {
+            let run = format!("k{concurrency}-r{round}");
+            let (r, l) = concurrent(&single, concurrency, total / 2, &run).await?;
+            s_rate.push(r);
+            s_lat.extend(l);
+            let (r, l) = concurrent(&batched, concurrency, total / 2, &run).await?;
+            g_rate.push(r);
+            g_lat.extend(l);
+        }
+        s_lat.sort();
+        g_lat.sort();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let per_commit =
+            (stats.writes() - writes) as f64 / (stats.commits() - commits).max(1) as f64;
+        println!(
+            "{:>11} {:>10} {:>14.0} {:>14.0} {:>8.1}x {:>11.2} ms {:>11.2} ms {:>13.1}",
+            concurrency,
+            g_lat.len(),
+            mean(&s_rate),
+            mean(&g_rate),
+            mean(&g_rate) / mean(&s_rate),
+            us(pct(&s_lat, 0.99)) / 1000.0,
+            us(pct(&g_lat, 0.99)) / 1000.0,
+            per_commit,
+        );
+    }
+    Ok(())
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -93,6 +187,9 @@ fn us(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--concurrent") {
+        return concurrency_table(quick).await;
+    }
     let n = if quick { 200 } else { 1000 };
     let dir = tempfile::tempdir()?;
 
@@ -175,5 +272,5 @@ async fn main() -> anyhow::Result<()> {
         size_10k as f64 / (1 << 20) as f64,
         write_10k.as_secs_f64()
     );
-    Ok(())
+    concurrency_table(quick).await
 }

@@ -563,3 +563,92 @@ async fn queued_work_survives_sigkill_in_order() {
     }
     assert!(queue(&mut client).await.is_empty());
 }
+
+/// 200 deploys at once queue together, so their records share commits
+/// (group commit). The node is killed while they are being acknowledged:
+/// every one acknowledged is back after the restart, and the queue holds
+/// no entry without its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_acknowledged_in_shared_commits_survives_sigkill() {
+    const STORM: usize = 200;
+    let seed = std::env::var("IARNET_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    let node_id = format!("crash-batch-{}", suffix());
+    let data = tempfile::tempdir().expect("data dir");
+    let logs: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&node_id);
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let mut rng = SmallRng::seed_from_u64(seed);
+
+    let node = spawn(data.path(), &node_id, &logs.join("node-0.log"));
+    let client = ready(&node).await;
+    let (acks, mut first_ack) = tokio::sync::watch::channel(0usize);
+    let acks = Arc::new(acks);
+    let tasks: Vec<_> = (0..STORM)
+        .map(|i| {
+            let (mut c, acks) = (client.clone(), acks.clone());
+            let req = format!("{node_id}-s{i:03}");
+            tokio::spawn(async move {
+                let d = deploy_spec(&mut c, waiting_spec(&req, "batch")).await;
+                if let Ok(d) = &d {
+                    assert_eq!(d.state, "queued", "{d:?}");
+                    acks.send_modify(|n| *n += 1);
+                }
+                d.ok().map(|d| d.request_id)
+            })
+        })
+        .collect();
+    first_ack
+        .wait_for(|n| *n > 0)
+        .await
+        .expect("a first acknowledgement");
+    let after = Duration::from_millis(rng.random_range(0..40));
+    tokio::time::sleep(after).await; // the random kill moment, not a wait on a condition
+    let mut node = node;
+    node.child.kill().expect("SIGKILL the node");
+    node.child.wait().expect("the killed node is reaped");
+    let mut acked = BTreeSet::new();
+    for t in tasks {
+        if let Some(r) = t.await.unwrap() {
+            acked.insert(r);
+        }
+    }
+
+    // The store file itself, read while the node is down: every queue
+    // entry has its record, and every acknowledged deploy is there.
+    {
+        let store = RedbStore::open_dir(data.path()).expect("the store reopens");
+        let records: BTreeSet<String> = store
+            .deployments()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect();
+        let queued: BTreeSet<String> = store
+            .queued()
+            .unwrap()
+            .into_iter()
+            .map(|q| q.spec.request_id)
+            .collect();
+        assert!(queued.is_subset(&records), "a queue entry lost its record");
+        let lost: Vec<_> = acked.difference(&queued).collect();
+        assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    }
+    let node = spawn(data.path(), &node_id, &logs.join("node-1.log"));
+    let mut client = ready(&node).await;
+    let order: BTreeSet<String> = queue(&mut client)
+        .await
+        .into_iter()
+        .map(|e| e.request_id)
+        .collect();
+    assert!(
+        acked.is_subset(&order),
+        "acknowledged entries are queued again"
+    );
+    println!(
+        "crash_recovery batch: seed {seed}, killed {after:?} after the first ack; {} of {STORM} acknowledged, {} queued after restart",
+        acked.len(),
+        order.len()
+    );
+}

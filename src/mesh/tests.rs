@@ -220,6 +220,13 @@ fn sim_crash_is_detected_and_never_resurrected() {
             "node 7 resurrected (seed {})",
             s.seed()
         );
+        // The counts kept on every change agree with a scan.
+        for i in [0, 7, 63] {
+            let view = s.core(i).view();
+            let scan = |f: fn(Status) -> bool| view.iter().filter(|e| f(e.status)).count();
+            assert_eq!(view.live_len(), scan(|st| !st.is_tombstone()));
+            assert_eq!(view.dead_len(), scan(|st| st == Status::Dead));
+        }
     }
     assert!(s
         .core(0)

@@ -133,6 +133,10 @@ pub struct View {
     entries: HashSet<Entry>,
     hash: u64,
     fine: Vec<u64>,
+    /// Entries DEAD or LEFT, and of those DEAD: kept on every change so
+    /// that counting the live ones is not a scan (a tick asks every round).
+    tombstones: usize,
+    dead: usize,
 }
 
 impl Default for View {
@@ -141,6 +145,8 @@ impl Default for View {
             entries: HashSet::new(),
             hash: 0,
             fine: vec![0; FINE_BUCKETS as usize],
+            tombstones: 0,
+            dead: 0,
         }
     }
 }
@@ -158,6 +164,16 @@ impl View {
         self.entries.is_empty()
     }
 
+    /// Entries neither DEAD nor LEFT, this node's own included.
+    pub fn live_len(&self) -> usize {
+        self.entries.len() - self.tombstones
+    }
+
+    /// Entries held DEAD.
+    pub fn dead_len(&self) -> usize {
+        self.dead
+    }
+
     pub fn get(&self, id: &str) -> Option<&Entry> {
         self.entries.get(id)
     }
@@ -166,34 +182,48 @@ impl View {
         self.entries.iter()
     }
 
-    fn toggle(&mut self, entry: &Entry) {
+    /// Adds `entry` to the hashes and counts, or takes it out of them.
+    fn toggle(&mut self, entry: &Entry, adding: bool) {
         let h = entry.hash();
         self.hash ^= h;
         self.fine[entry.bucket as usize] ^= h;
+        let count = |n: &mut usize| {
+            if adding {
+                *n += 1;
+            } else {
+                *n -= 1;
+            }
+        };
+        if entry.status.is_tombstone() {
+            count(&mut self.tombstones);
+        }
+        if entry.status == Status::Dead {
+            count(&mut self.dead);
+        }
     }
 
     /// Inserts or replaces the entry for `entry.info.id`.
     pub fn put(&mut self, mut entry: Entry) {
         entry.bucket = bucket_of(&entry.info.id, FINE_BUCKETS) as u16;
-        self.toggle(&entry);
+        self.toggle(&entry, true);
         if let Some(old) = self.entries.replace(entry) {
-            self.toggle(&old);
+            self.toggle(&old, false);
         }
     }
 
     /// Changes an entry in place, keeping the hashes right.
     pub fn update<R>(&mut self, id: &str, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
         let mut entry = self.entries.take(id)?;
-        self.toggle(&entry);
+        self.toggle(&entry, false);
         let out = f(&mut entry);
-        self.toggle(&entry);
+        self.toggle(&entry, true);
         self.entries.insert(entry);
         Some(out)
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Entry> {
         let old = self.entries.take(id)?;
-        self.toggle(&old);
+        self.toggle(&old, false);
         Some(old)
     }
 

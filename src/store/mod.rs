@@ -7,6 +7,7 @@
 //! ```text
 //! mod      the Store trait and its record types
 //! redb     the durable store: one file under data_dir (see its module doc)
+//! group_commit  concurrent writes share one transaction and one fsync
 //! memory   the in-memory twin: tests, benchmarks, embedded nodes
 //! ```
 //!
@@ -15,9 +16,11 @@
 //! read out of the file is legible when debugging. The benchmark in
 //! `benches/store.rs` measures what that costs in bytes.
 //!
-//! The trait is synchronous: a commit is one fsync. Async callers run it
-//! on the blocking pool (`spawn_blocking`) so no runtime worker waits on a disk.
+//! The trait is synchronous: a write returns once it is durable. Async
+//! callers run it on the blocking pool (`spawn_blocking`) so no runtime
+//! worker waits on a disk; writes made at the same time share one commit.
 
+mod group_commit;
 pub mod memory;
 pub mod redb;
 
@@ -34,6 +37,7 @@ use crate::resource::{
     DeploySpec, DeployState, Deployment, ProviderKind, Resources, StateChange, Tier,
 };
 
+pub use self::group_commit::CommitStats;
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
 

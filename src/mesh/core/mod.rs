@@ -221,10 +221,7 @@ impl Mesh {
 
     /// Members that are alive or suspected (not tombstones), self included.
     pub fn live_count(&self) -> usize {
-        self.view
-            .iter()
-            .filter(|e| !e.status.is_tombstone())
-            .count()
+        self.view.live_len()
     }
 
     /// Every provider advertised by a live or suspected member, own included.
