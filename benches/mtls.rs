@@ -148,10 +148,15 @@ async fn measure(channel: &Channel, calls: usize, concurrency: usize) -> Figures
 }
 
 /// New connections per second: what a node pays when peers (re)connect.
-async fn connects(make: impl Fn() -> Endpoint, n: usize) -> f64 {
+/// A fresh endpoint each time is first contact (a full handshake); one
+/// endpoint connecting again is a reconnect, which resumes the TLS session
+/// (the node keeps one endpoint per peer, so its reconnects do the same).
+async fn connects(make: impl Fn() -> Endpoint, n: usize, reuse: bool) -> f64 {
+    let shared = make();
     let started = Instant::now();
     for _ in 0..n {
-        let ch = make().connect().await.unwrap();
+        let endpoint = if reuse { shared.clone() } else { make() };
+        let ch = endpoint.connect().await.unwrap();
         PeerServiceClient::new(ch)
             .call_provider(capacity_call())
             .await
@@ -209,34 +214,33 @@ fn main() {
 
         let n = if quick { 50 } else { 300 };
         let plain_addr = plain.node.advertise_addr();
-        let plain_connects = connects(
-            || Endpoint::from_shared(format!("http://{plain_addr}")).unwrap(),
-            n,
-        )
-        .await;
+        let plain_endpoint = || Endpoint::from_shared(format!("http://{plain_addr}")).unwrap();
         let ca = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
         let cert = std::fs::read_to_string(dir.path().join("node.pem")).unwrap();
         let key = std::fs::read_to_string(dir.path().join("node-key.pem")).unwrap();
         let tls_addr = tls.node.advertise_addr();
-        let tls_connects = connects(
-            || {
-                Endpoint::from_shared(format!("https://{tls_addr}"))
-                    .unwrap()
-                    .tls_config(
-                        ClientTlsConfig::new()
-                            .ca_certificate(Certificate::from_pem(&ca))
-                            .identity(Identity::from_pem(&cert, &key))
-                            .domain_name("iarnet"),
-                    )
-                    .unwrap()
-            },
-            n,
-        )
-        .await;
-        println!(
-            "new connection + first call: plaintext {plain_connects:.0}/s, mtls {tls_connects:.0}/s (ratio {:.2}x)",
-            tls_connects / plain_connects
-        );
+        let tls_endpoint = || {
+            Endpoint::from_shared(format!("https://{tls_addr}"))
+                .unwrap()
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(&ca))
+                        .identity(Identity::from_pem(&cert, &key))
+                        .domain_name("iarnet"),
+                )
+                .unwrap()
+        };
+        for (what, reuse) in [
+            ("first contact (full handshake)", false),
+            ("reconnect (session resumed)", true),
+        ] {
+            let plain_connects = connects(plain_endpoint, n, reuse).await;
+            let tls_connects = connects(tls_endpoint, n, reuse).await;
+            println!(
+                "new connection + first call, {what}: plaintext {plain_connects:.0}/s, mtls {tls_connects:.0}/s (ratio {:.2}x)",
+                tls_connects / plain_connects
+            );
+        }
         plain.node.shutdown().await;
         tls.node.shutdown().await;
     });
