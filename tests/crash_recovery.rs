@@ -357,6 +357,20 @@ async fn check_after_restart(
     }
 }
 
+/// A test's seed (`IARNET_CRASH_SEED` replays one), node id, data dir and
+/// log dir.
+fn setup(prefix: &str) -> (u64, String, tempfile::TempDir, PathBuf) {
+    let seed = std::env::var("IARNET_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    let node_id = format!("{prefix}-{}", suffix());
+    let data = tempfile::tempdir().expect("data dir");
+    let logs: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&node_id);
+    std::fs::create_dir_all(&logs).expect("log dir");
+    (seed, node_id, data, logs)
+}
+
 /// Sends a storm of deploys and stops; returns their tasks.
 fn storm(
     client: &ResourceServiceClient<Channel>,
@@ -406,14 +420,7 @@ fn storm(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_deploys_and_stops_survive_sigkill() {
     ensure_test_image();
-    let seed = std::env::var("IARNET_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    let node_id = format!("crash-{}", suffix());
-    let data = tempfile::tempdir().expect("data dir");
-    let logs: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&node_id);
-    std::fs::create_dir_all(&logs).expect("log dir");
+    let (seed, node_id, data, logs) = setup("crash");
     println!(
         "crash_recovery: seed {seed} (IARNET_CRASH_SEED={seed} replays), node {node_id}, logs in {}",
         logs.display()
@@ -480,14 +487,7 @@ async fn queue(client: &mut ResourceServiceClient<Channel>) -> Vec<pb::QueueEntr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_work_survives_sigkill_in_order() {
     ensure_test_image();
-    let seed = std::env::var("IARNET_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    let node_id = format!("crash-queue-{}", suffix());
-    let data = tempfile::tempdir().expect("data dir");
-    let logs: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&node_id);
-    std::fs::create_dir_all(&logs).expect("log dir");
+    let (seed, node_id, data, logs) = setup("crash-queue");
     println!("crash_recovery queue: seed {seed}, node {node_id}");
     let mut rng = SmallRng::seed_from_u64(seed);
 
@@ -571,14 +571,7 @@ async fn queued_work_survives_sigkill_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_acknowledged_in_shared_commits_survives_sigkill() {
     const STORM: usize = 200;
-    let seed = std::env::var("IARNET_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    let node_id = format!("crash-batch-{}", suffix());
-    let data = tempfile::tempdir().expect("data dir");
-    let logs: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&node_id);
-    std::fs::create_dir_all(&logs).expect("log dir");
+    let (seed, node_id, data, logs) = setup("crash-batch");
     let mut rng = SmallRng::seed_from_u64(seed);
 
     let node = spawn(data.path(), &node_id, &logs.join("node-0.log"));
