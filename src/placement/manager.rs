@@ -393,13 +393,22 @@ impl Manager {
         if !d.state().is_final() {
             return;
         }
-        let Some(mut rec) = self.book.get(&d.id) else {
+        let Some(rec) = self.book.get(&d.id) else {
             return;
         };
         if rec.state().is_final() || !rec.placed_on.is_placed() {
             return;
         }
         let _held = self.inflight.lock(&rec.request_id).await;
+        // Re-read under the request's lock: a stop that held it has recorded
+        // its own end (the exit seen here is often the one the stop caused),
+        // and writing back the copy read above would undo it.
+        let Some(mut rec) = self.book.get(&d.id) else {
+            return;
+        };
+        if rec.state().is_final() || rec.state() == Stored::Stopping {
+            return;
+        }
         rec.observe(d);
         if let Err(e) = self.book.persist(&rec).await {
             warn!(deployment = %d.id, error = %e, "cannot record how a deployment ended");

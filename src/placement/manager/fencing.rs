@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::disconnect::Disconnected;
 use super::Manager;
 use crate::proto::directory as pb;
-use crate::store::Stored;
+use crate::store::{DeploymentRecord, Stored};
 use crate::sync::Ticker;
 
 /// Deployments per check call.
@@ -169,9 +169,7 @@ impl Manager {
                     .await;
             }
             let stale = a.attempt < current;
-            let lost =
-                matches!(rec.state(), Stored::Failed { reason } if reason.starts_with("lost:"));
-            if !stale && lost && rec.placed_on.owner_id == from {
+            if !stale && is_lost(&rec) && rec.placed_on.owner_id == from {
                 self.found_again(&rec.id, from).await;
             }
             out.push(pb::Verdict {
@@ -194,7 +192,8 @@ impl Manager {
     async fn found_again(&self, id: &str, owner: &str) {
         let Some(rec) = self.book.get(id) else { return };
         let _held = self.inflight.lock(&rec.request_id).await;
-        let Some(mut rec) = self.book.get(id) else {
+        // Still lost under the lock: a stop or a new attempt may have come first.
+        let Some(mut rec) = self.book.get(id).filter(is_lost) else {
             return;
         };
         rec.push(Stored::Running);
@@ -204,4 +203,9 @@ impl Manager {
             info!(deployment = %id, owner = %owner, "deployment reported lost runs again: its owner is back");
         }
     }
+}
+
+/// Whether the home reported the deployment lost (its owner went silent).
+fn is_lost(rec: &DeploymentRecord) -> bool {
+    matches!(rec.state(), Stored::Failed { reason } if reason.starts_with("lost:"))
 }

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::{Reconciled, LOST, NOT_CREATED};
+use crate::placement::manager::queue::tests::until;
 use crate::placement::manager::{Manager, NoMesh, PlaceOptions};
 use crate::placement::Strategy;
 use crate::resource::memory::MemoryProvider;
@@ -38,11 +39,21 @@ fn spec(req: &str) -> DeploySpec {
 }
 
 /// The memory provider, checking on every deploy that the manager's
-/// intent is already in the store.
+/// intent is already in the store; a stop waits while `gate` is held.
 struct Checked {
     inner: MemoryProvider,
     store: Arc<dyn Store>,
     seen: Mutex<Vec<Option<Stored>>>,
+    gate: tokio::sync::Mutex<()>,
+}
+
+fn checked(store: &Arc<dyn Store>) -> Arc<Checked> {
+    Arc::new(Checked {
+        inner: MemoryProvider::new("p", total(), Default::default()),
+        store: store.clone(),
+        seen: Mutex::default(),
+        gate: tokio::sync::Mutex::default(),
+    })
 }
 
 #[async_trait::async_trait]
@@ -71,6 +82,7 @@ impl Provider for Checked {
         self.inner.logs(id, o).await
     }
     async fn stop(&self, id: &str) -> Result<Deployment, ResourceError> {
+        let _open = self.gate.lock().await;
         self.inner.stop(id).await
     }
 }
@@ -114,11 +126,7 @@ fn record(req: &str, state: Stored) -> DeploymentRecord {
 #[tokio::test]
 async fn a_deploy_is_recorded_before_the_provider_is_called_and_acknowledged_after() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let p = Arc::new(Checked {
-        inner: MemoryProvider::new("p", total(), Default::default()),
-        store: store.clone(),
-        seen: Mutex::default(),
-    });
+    let p = checked(&store);
     let m = manager(store.clone(), p.clone()).await;
     let placed = m
         .deploy(spec("r1"), PlaceOptions::default(), ProgressSink::none())
@@ -137,6 +145,45 @@ async fn a_deploy_is_recorded_before_the_provider_is_called_and_acknowledged_aft
     assert_eq!(
         states[states.len() - 2..],
         [Stored::Stopping, Stored::Stopped]
+    );
+}
+
+/// A stop's own kill reaches the manager as an exit while the stop still
+/// holds the request; noting that exit afterwards must not undo the stop.
+#[tokio::test]
+async fn an_exit_seen_while_a_stop_runs_does_not_undo_it() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let p = checked(&store);
+    let m = Arc::new(manager(store.clone(), p.clone()).await);
+    let placed = m
+        .deploy(spec("r1"), PlaceOptions::default(), ProgressSink::none())
+        .await
+        .unwrap();
+    let id = placed.deployment.id.clone();
+    let gate = p.gate.lock().await;
+    let stop = tokio::spawn({
+        let m = m.clone();
+        async move { m.stop("r1").await }
+    });
+    until("the stop is recorded", || async {
+        store.deployment(&id).unwrap().unwrap().state() == Stored::Stopping
+    })
+    .await;
+    let mut exited = placed.deployment.clone();
+    exited.push_state(DeployState::Exited(137));
+    let mut note = Box::pin(m.note(&exited));
+    assert!(
+        futures::poll!(&mut note).is_pending(),
+        "the exit waits for the stop"
+    );
+    drop(gate);
+    stop.await.unwrap().unwrap();
+    note.await;
+    let rec = store.deployment(&id).unwrap().unwrap();
+    assert_eq!(rec.state(), Stored::Stopped);
+    assert_eq!(
+        m.status("r1").await.unwrap().0.state(),
+        DeployState::Stopped
     );
 }
 
