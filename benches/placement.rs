@@ -3,6 +3,7 @@
 //! overhead of a CallProvider proxy against a bare tonic unary call.
 //!
 //! `cargo bench --bench placement`            full run (about a minute)
+//! `cargo bench --bench placement -- --index` only decisions and view changes
 //! `cargo bench --bench placement -- --quick` fewer iterations
 //!
 //! Figures are printed with ratios against baselines measured in the same
@@ -183,7 +184,159 @@ fn manager_decisions(n: usize, iters: usize) {
     }
     let rate = iters as f64 / start.elapsed().as_secs_f64();
     std::hint::black_box(found);
-    println!("manager path at {n} providers (cached index + rank): {rate:.0} decisions/s on one core; a view change rebuilds the index ({first:.2?})");
+    println!("manager path at {n} providers (cached index + rank): {rate:.0} decisions/s on one core; the first build of the index took {first:.2?}");
+}
+
+/// A mesh of `n` discovered providers, four per owner, that says whose
+/// changed when `keeps_feed` (a node's view does); without it every change
+/// rebuilds the index, as before the feed.
+struct ChangingMesh {
+    owners: std::sync::Mutex<BTreeMap<String, Vec<Candidate>>>,
+    log: std::sync::Mutex<Vec<String>>,
+    keeps_feed: bool,
+    whole_reads: std::sync::atomic::AtomicUsize,
+}
+
+impl iarnet::placement::Discovery for ChangingMesh {
+    fn discovered(&self) -> Vec<Candidate> {
+        self.whole_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let owners = self.owners.lock().unwrap();
+        owners.values().flatten().cloned().collect()
+    }
+    fn publish(&self, _: Vec<iarnet::proto::peer::ProviderInfo>) {}
+    fn caller(&self) -> Arc<dyn iarnet::placement::ProviderCaller> {
+        unreachable!()
+    }
+    fn version(&self) -> u64 {
+        self.log.lock().unwrap().len() as u64
+    }
+    fn feed_position(&self) -> Option<u64> {
+        self.keeps_feed.then(|| self.version())
+    }
+    fn changed_owners(&self, after: u64) -> Option<(u64, Vec<String>)> {
+        let log = self.log.lock().unwrap();
+        self.keeps_feed
+            .then(|| (log.len() as u64, log[after as usize..].to_vec()))
+    }
+    fn discovered_from(&self, owner: &str) -> Vec<Candidate> {
+        let owners = self.owners.lock().unwrap();
+        owners.get(owner).cloned().unwrap_or_default()
+    }
+}
+
+/// What one changed provider costs the next decision: the index kept up to
+/// date from the mesh's feed against the rebuild of the whole index, in
+/// alternation in the same run, then decisions on the updated index.
+fn view_change(n: usize, iters: usize) {
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut cands = view(n, &mut rng);
+    for c in &mut cands {
+        c.tier = Tier::Discovered;
+    }
+    let mut owners: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+    for c in cands {
+        owners.entry(c.owner_id.clone()).or_default().push(c);
+    }
+    let ids: Vec<String> = owners.keys().cloned().collect();
+    let managers: Vec<(Arc<ChangingMesh>, iarnet::placement::Manager)> = [false, true]
+        .into_iter()
+        .map(|keeps_feed| {
+            let mesh = Arc::new(ChangingMesh {
+                owners: std::sync::Mutex::new(owners.clone()),
+                log: std::sync::Mutex::default(),
+                keeps_feed,
+                whole_reads: Default::default(),
+            });
+            let m =
+                iarnet::placement::Manager::new("bench", mesh.clone(), Strategy::Spread, true, 1);
+            m.index();
+            (mesh, m)
+        })
+        .collect();
+    // The same changes for both, in blocks (each manager's garbage would
+    // otherwise be freed on the other's time): feed, rebuild, feed, rebuild.
+    let changes: Vec<(String, u64)> = (0..iters)
+        .map(|_| {
+            let owner = ids[rng.random_range(0..ids.len())].clone();
+            (owner, rng.random_range(0..4) * 1000)
+        })
+        .collect();
+    let mut lat: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for half in [0..iters / 2, iters / 2..iters] {
+        for which in [1, 0] {
+            let (mesh, m) = &managers[which];
+            for i in half.clone() {
+                // One provider of one owner reserves or frees some CPU.
+                let (owner, cpu) = &changes[i];
+                let mut held = mesh.owners.lock().unwrap();
+                let set = held.get_mut(owner).unwrap();
+                let at = i % set.len();
+                let c = &mut set[at];
+                c.capacity.reserved.cpu_millis = (*cpu).min(c.capacity.total.cpu_millis);
+                c.version += 1;
+                drop(held);
+                mesh.log.lock().unwrap().push(owner.clone());
+                let t = Instant::now();
+                std::hint::black_box(m.index().len());
+                lat[which].push(t.elapsed());
+            }
+        }
+    }
+    let [mut rebuild, mut update] = lat;
+    rebuild.sort();
+    update.sort();
+    let mean = |v: &[Duration]| v.iter().sum::<Duration>() / v.len() as u32;
+    println!("\n## a view change with one changed provider, {n} providers ({iters} changes each, one core)");
+    println!("| index | mean | p50 | p99 |");
+    println!("|---|---|---|---|");
+    for (name, v) in [
+        ("rebuilt (before)", &rebuild),
+        ("updated from the feed", &update),
+    ] {
+        println!(
+            "| {name} | {:.2?} | {:.2?} | {:.2?} |",
+            mean(v),
+            percentile(v, 0.5),
+            percentile(v, 0.99)
+        );
+    }
+    println!(
+        "whole-mesh reads: {} rebuilding, {} with the feed",
+        managers[0]
+            .0
+            .whole_reads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        managers[1]
+            .0
+            .whole_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!(
+        "speed-up (mean): {:.0}x",
+        mean(&rebuild).as_secs_f64() / mean(&update).as_secs_f64()
+    );
+    // Decisions on the index after all those updates.
+    let m = &managers[1].1;
+    let skip = HashSet::new();
+    let runs = iters * 50;
+    let start = Instant::now();
+    let mut found = 0;
+    for i in 0..runs {
+        let need = Need {
+            resources: res(250 * (1 + i as u64 % 16), 128),
+            ..Need::default()
+        };
+        found += m
+            .index()
+            .rank(&need, Strategy::Spread, 3, &skip, &mut rng)
+            .len();
+    }
+    std::hint::black_box(found);
+    println!(
+        "decisions on the updated index: {:.0}/s on one core",
+        runs as f64 / start.elapsed().as_secs_f64()
+    );
 }
 
 // ----- 2. placement among 50 remote providers --------------------------------
@@ -545,6 +698,10 @@ fn main() {
     decisions(1_000, 40_000 * scale);
     decisions(10_000, 40_000 * scale);
     manager_decisions(10_000, 40_000 * scale);
+    view_change(10_000, 400 * scale);
+    if std::env::args().any(|a| a == "--index") {
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -456,3 +456,38 @@ fn deleted_tombstones_are_not_resurrected_by_old_copies() {
         Ok(true)
     );
 }
+
+#[test]
+fn the_placement_feed_names_members_whose_providers_may_have_changed() {
+    let mut mesh = Mesh::new(identity("me", 1), MeshConfig::default(), 1, 0);
+    let start = mesh.view().placement_position().unwrap();
+    let changed = |mesh: &Mesh, after: u64| {
+        let (at, ids) = mesh.view().placement_changes(after).unwrap();
+        (at, ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
+    };
+    let _ = mesh.apply_member(0, member("a", 1, 0, Status::Alive), false);
+    let (at, ids) = changed(&mesh, start);
+    assert_eq!(ids, ["a"], "a new member");
+    // A refuted suspicion changes nothing placement reads.
+    let _ = mesh.apply_member(1, member("a", 1, 1, Status::Alive), false);
+    assert_eq!(changed(&mesh, at), (at, vec![]));
+    let _ = mesh.apply_member(2, member("a", 1, 2, Status::Dead), false);
+    let (at, ids) = changed(&mesh, at);
+    assert_eq!(ids, ["a"], "a member held dead");
+    // A reader further behind than the feed keeps is told to read it all.
+    for i in 0..5000 {
+        let _ = mesh.apply_member(3, member(&format!("m{i}"), 1, 0, Status::Alive), false);
+    }
+    assert!(mesh.view().placement_changes(at).is_none());
+    let now = mesh.view().placement_position().unwrap();
+    assert_eq!(changed(&mesh, now), (now, vec![]));
+    // The simulator's cores keep no feed.
+    let sim = Mesh::with_interner(
+        identity("s", 1),
+        MeshConfig::default(),
+        1,
+        0,
+        Default::default(),
+    );
+    assert!(sim.view().placement_position().is_none());
+}

@@ -1,7 +1,7 @@
 //! The member table one node holds, with its hash kept up to date on every
 //! change so that comparing two views costs one number.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::record::{bucket_of, entry_hash, MemberInfo, Millis, Stamp, Status};
@@ -137,6 +137,32 @@ pub struct View {
     /// that counting the live ones is not a scan (a tick asks every round).
     tombstones: usize,
     dead: usize,
+    /// Members whose providers, as placement sees them, changed; kept only
+    /// where something reads it (a node, not the simulator's cores).
+    feed: Option<Feed>,
+}
+
+/// The members whose placement-relevant state changed, in order, so that
+/// the placement index updates only their providers.
+#[derive(Debug, Default)]
+struct Feed {
+    seq: u64,
+    log: VecDeque<(u64, Arc<str>)>,
+}
+
+/// Changes kept; a reader further behind rebuilds from the whole view.
+const FEED_KEPT: usize = 4096;
+
+/// What placement reads of an entry: a change to any of it may change the
+/// candidates the member's providers make.
+fn placement_key(e: &Entry) -> (bool, bool, u64, u64, u64) {
+    (
+        e.status.is_tombstone(),
+        e.providers.is_some(),
+        e.held_version(),
+        e.info.generation,
+        Arc::as_ptr(&e.info) as *const u8 as u64,
+    )
 }
 
 impl Default for View {
@@ -147,6 +173,7 @@ impl Default for View {
             fine: vec![0; FINE_BUCKETS as usize],
             tombstones: 0,
             dead: 0,
+            feed: None,
         }
     }
 }
@@ -202,12 +229,61 @@ impl View {
         }
     }
 
+    /// Starts keeping the placement feed ([`View::placement_changes`]).
+    pub fn track_placement(&mut self) {
+        self.feed.get_or_insert_with(Feed::default);
+    }
+
+    /// The feed's position now; None when it is not kept.
+    pub fn placement_position(&self) -> Option<u64> {
+        self.feed.as_ref().map(|f| f.seq)
+    }
+
+    /// The feed's position now, and the members changed after `after` (an
+    /// earlier position); None when it is not kept or has moved on past
+    /// `after` (the reader then reads the whole view).
+    pub fn placement_changes(&self, after: u64) -> Option<(u64, Vec<Arc<str>>)> {
+        let feed = self.feed.as_ref()?;
+        if after > feed.seq {
+            return None;
+        }
+        let first = feed.log.front().map_or(feed.seq + 1, |(s, _)| *s);
+        if after + 1 < first {
+            return None;
+        }
+        let changed = feed
+            .log
+            .iter()
+            .skip_while(|(s, _)| *s <= after)
+            .map(|(_, id)| id.clone())
+            .collect();
+        Some((feed.seq, changed))
+    }
+
+    fn note(&mut self, id: Arc<str>) {
+        let Some(feed) = self.feed.as_mut() else {
+            return;
+        };
+        feed.seq += 1;
+        if feed.log.len() == FEED_KEPT {
+            feed.log.pop_front();
+        }
+        feed.log.push_back((feed.seq, id));
+    }
+
     /// Inserts or replaces the entry for `entry.info.id`.
     pub fn put(&mut self, mut entry: Entry) {
         entry.bucket = bucket_of(&entry.info.id, FINE_BUCKETS) as u16;
         self.toggle(&entry, true);
-        if let Some(old) = self.entries.replace(entry) {
-            self.toggle(&old, false);
+        let key = (self.feed.is_some()).then(|| (entry.info.id.clone(), placement_key(&entry)));
+        let old = self.entries.replace(entry);
+        if let Some(old) = &old {
+            self.toggle(old, false);
+        }
+        if let Some((id, key)) = key {
+            if old.as_ref().map(placement_key) != Some(key) {
+                self.note(id);
+            }
         }
     }
 
@@ -215,8 +291,12 @@ impl View {
     pub fn update<R>(&mut self, id: &str, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
         let mut entry = self.entries.take(id)?;
         self.toggle(&entry, false);
+        let before = self.feed.is_some().then(|| placement_key(&entry));
         let out = f(&mut entry);
         self.toggle(&entry, true);
+        if before.is_some_and(|k| k != placement_key(&entry)) {
+            self.note(entry.info.id.clone());
+        }
         self.entries.insert(entry);
         Some(out)
     }
@@ -224,6 +304,9 @@ impl View {
     pub fn remove(&mut self, id: &str) -> Option<Entry> {
         let old = self.entries.take(id)?;
         self.toggle(&old, false);
+        if self.feed.is_some() {
+            self.note(old.info.id.clone());
+        }
         Some(old)
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::shared::Shared;
+use crate::mesh::view::Entry;
 use crate::metrics::calls::{observe_call, Side};
 use crate::placement::call::build::{BuildCaller, BuildEvents};
 use crate::placement::directory::{DirectoryCaller, Member};
@@ -18,6 +19,7 @@ use crate::proto::peer::{ProviderCallRequest, ProviderCallResponse, ProviderInfo
 use crate::proto::resource as rpb;
 use crate::resource::wire::candidate_from_gossip;
 use crate::resource::Candidate;
+use crate::sync::lock;
 
 pub struct NodeDiscovery {
     pub shared: Arc<Shared>,
@@ -30,15 +32,21 @@ impl NodeDiscovery {
         let me = mesh.id().to_string();
         mesh.view()
             .iter()
-            .filter(|e| !e.status.is_tombstone() && *e.info.id != *me)
-            .filter_map(|e| e.providers.as_ref().map(|set| (e, set)))
-            .flat_map(|(e, set)| {
-                set.providers
-                    .iter()
-                    .map(|p| candidate_from_gossip(p, &e.info.addr))
-                    .collect::<Vec<_>>()
-            })
+            .filter(|e| *e.info.id != *me)
+            .flat_map(advertised)
             .collect()
+    }
+}
+
+/// The candidates a live member's providers make.
+fn advertised(e: &Entry) -> Vec<Candidate> {
+    match &e.providers {
+        Some(set) if !e.status.is_tombstone() => set
+            .providers
+            .iter()
+            .map(|p| candidate_from_gossip(p, &e.info.addr))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -64,6 +72,31 @@ impl Discovery for NodeDiscovery {
 
     fn version(&self) -> u64 {
         self.shared.mesh().view().hash()
+    }
+
+    fn feed_position(&self) -> Option<u64> {
+        self.shared.mesh().view().placement_position()
+    }
+
+    fn changed_owners(&self, after: u64) -> Option<(u64, Vec<String>)> {
+        let (at, ids) = self.shared.mesh().view().placement_changes(after)?;
+        Some((at, ids.iter().map(|id| id.to_string()).collect()))
+    }
+
+    fn discovered_from(&self, owner: &str) -> Vec<Candidate> {
+        let mut found = {
+            let mesh = self.shared.mesh();
+            if owner == mesh.id() {
+                return Vec::new();
+            }
+            mesh.view().get(owner).map(advertised).unwrap_or_default()
+        };
+        super::swarm::decorate(&self.shared, &mut found);
+        found
+    }
+
+    fn decorations_version(&self) -> u64 {
+        lock(&self.shared.swarm).pools_stamp()
     }
 
     fn members(&self) -> Vec<Member> {

@@ -26,6 +26,28 @@ pub trait Discovery: Send + Sync + 'static {
     fn caller(&self) -> Arc<dyn ProviderCaller>;
     /// Changes whenever `discovered` may answer differently (the view hash).
     fn version(&self) -> u64;
+    /// Where the feed of changed owners stands now; None when this mesh
+    /// keeps none (then every change rebuilds the index from `discovered`).
+    fn feed_position(&self) -> Option<u64> {
+        None
+    }
+    /// The owners whose advertised providers may have changed after feed
+    /// position `after`, and the position now; None when that is no longer
+    /// known (the feed moved on), and the index is rebuilt.
+    fn changed_owners(&self, _after: u64) -> Option<(u64, Vec<String>)> {
+        None
+    }
+    /// What `owner` advertises now, as `discovered` lists it.
+    fn discovered_from(&self, owner: &str) -> Vec<Candidate> {
+        let mut found = self.discovered();
+        found.retain(|c| c.owner_id == owner);
+        found
+    }
+    /// Changes whenever `decorate` may label a candidate differently for a
+    /// reason `version` does not see (pools defined on this node).
+    fn decorations_version(&self) -> u64 {
+        0
+    }
     /// Live members, this node included: the directory's ring. None known
     /// (a node alone, a test) leaves the directory idle.
     fn members(&self) -> Vec<super::directory::Member> {
@@ -61,8 +83,13 @@ struct Local {
     desc: ProviderDescriptor,
 }
 
-/// An index and the (discovery, local) versions it was built at.
-type CachedIndex = ((u64, u64), Arc<Index>);
+/// An index, the (discovery, local, decorations) versions it was made at,
+/// and the discovery feed's position then.
+struct CachedIndex {
+    versions: (u64, u64, u64),
+    feed: Option<u64>,
+    index: Arc<Index>,
+}
 
 pub struct Registry {
     node_id: String,
@@ -266,21 +293,106 @@ impl Registry {
         }
     }
 
-    /// The ranking index over `candidates()`, rebuilt only when the mesh
-    /// view or a local provider changed since the last decision.
+    /// The ranking index over `candidates()`. Unchanged, it is the cached
+    /// one. When other nodes' providers changed and the mesh says whose, or
+    /// this node's own changed, just those are replaced (O(changed · log n));
+    /// anything else rebuilds it.
     pub fn index(&self) -> Arc<Index> {
-        let key = (
+        let versions = (
             self.discovery.version(),
             self.local_version.load(Ordering::Relaxed),
+            self.discovery.decorations_version(),
         );
-        if let Some((k, index)) = lock(&self.index).as_ref() {
-            if *k == key {
-                return index.clone();
+        let mut cached = lock(&self.index);
+        if let Some(c) = cached.as_ref() {
+            if c.versions == versions {
+                return c.index.clone();
+            }
+            if let Some((index, feed)) = self.brought_up(c, versions) {
+                let index = Arc::new(index);
+                *cached = Some(CachedIndex {
+                    versions,
+                    feed,
+                    index: index.clone(),
+                });
+                return index;
             }
         }
+        // The position first: a change after it is applied again next time.
+        let feed = self.discovery.feed_position();
         let index = Arc::new(Index::build(self.candidates()));
-        *lock(&self.index) = Some((key, index.clone()));
+        *cached = Some(CachedIndex {
+            versions,
+            feed,
+            index: index.clone(),
+        });
         index
+    }
+
+    /// `c` brought up to `versions` by its changes alone, with the feed's
+    /// position after them; None where only a rebuild will do.
+    fn brought_up(
+        &self,
+        c: &CachedIndex,
+        versions: (u64, u64, u64),
+    ) -> Option<(Index, Option<u64>)> {
+        if c.versions.2 != versions.2 {
+            return None;
+        }
+        let (mut index, mut feed) = ((*c.index).clone(), c.feed);
+        if c.versions.0 != versions.0 {
+            let (at, owners) = self.discovery.changed_owners(c.feed?)?;
+            index = self.with_owners_again(&index, owners);
+            feed = Some(at);
+        }
+        if c.versions.1 != versions.1 {
+            index = self.with_locals_again(&index)?;
+        }
+        Some((index, feed))
+    }
+
+    /// `index` with this node's own providers read again; None when one was
+    /// added or removed (then a discovered one may be shadowed or uncovered).
+    fn with_locals_again(&self, index: &Index) -> Option<Index> {
+        let mut fresh: Vec<Candidate> = self
+            .local_candidates()
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        self.discovery.decorate(&mut fresh);
+        let held: HashSet<&str> = index.owned_by(&self.node_id).collect();
+        if fresh.len() != held.len() || fresh.iter().any(|c| !held.contains(c.id.as_str())) {
+            return None;
+        }
+        let now = fresh.into_iter().filter(|c| index.get(&c.id) != Some(c));
+        Some(index.updated(std::iter::empty(), now))
+    }
+
+    /// `index` with the providers of `owners` read again from the mesh:
+    /// only those that changed, appeared or went are touched.
+    fn with_owners_again(&self, index: &Index, mut owners: Vec<String>) -> Index {
+        owners.sort_unstable();
+        owners.dedup();
+        owners.retain(|o| *o != self.node_id);
+        let mine: HashSet<String> = self.read().keys().cloned().collect();
+        let (mut gone, mut now) = (Vec::new(), Vec::new());
+        for o in &owners {
+            let fresh: Vec<Candidate> = self
+                .discovery
+                .discovered_from(o)
+                .into_iter()
+                .filter(|c| c.owner_id != self.node_id && !mine.contains(&c.id))
+                .collect();
+            let kept: HashSet<&str> = fresh.iter().map(|c| c.id.as_str()).collect();
+            gone.extend(
+                index
+                    .owned_by(o)
+                    .filter(|id| !kept.contains(id))
+                    .map(str::to_string),
+            );
+            now.extend(fresh.into_iter().filter(|c| index.get(&c.id) != Some(c)));
+        }
+        index.updated(gone.iter().map(String::as_str), now)
     }
 
     /// Every provider this node can place on, best tier first.

@@ -332,6 +332,16 @@ impl Swarm {
             .collect()
     }
 
+    /// Changes whenever a pool record does (placement labels candidates by pool).
+    pub fn pools_stamp(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for p in self.pools.values() {
+            (&p.name, p.updated_ms, &p.writer, p.deleted).hash(&mut h);
+        }
+        h.finish()
+    }
+
     /// Every pool record held, deleted ones included (what is gossiped).
     pub fn pool_records(&self) -> impl Iterator<Item = &PoolRecord> {
         self.pools.values()

@@ -137,8 +137,11 @@ pub struct Mesh {
 }
 
 impl Mesh {
+    /// A node's core: its view keeps the placement feed.
     pub fn new(identity: Identity, cfg: MeshConfig, seed: u64, now: Millis) -> Mesh {
-        Self::with_interner(identity, cfg, seed, now, Interner::default())
+        let mut mesh = Self::with_interner(identity, cfg, seed, now, Interner::default());
+        mesh.view.track_placement();
+        mesh
     }
 
     /// Like [`Mesh::new`], sharing immutable records with other cores (the
