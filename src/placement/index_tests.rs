@@ -147,6 +147,8 @@ struct FeedMesh {
     owners: Mutex<BTreeMap<String, Vec<Candidate>>>,
     log: Mutex<Vec<String>>,
     whole_reads: Mutex<usize>,
+    /// Labels the mesh puts on every candidate (as swarm groups do).
+    decorations: Mutex<BTreeMap<String, String>>,
 }
 
 impl FeedMesh {
@@ -191,6 +193,12 @@ impl Discovery for FeedMesh {
             .get(owner)
             .cloned()
             .unwrap_or_default()
+    }
+    fn decorate(&self, candidates: &mut [Candidate]) {
+        let labels = self.decorations.lock().unwrap();
+        for c in candidates {
+            c.labels.extend(labels.clone());
+        }
     }
 }
 
@@ -263,6 +271,22 @@ async fn this_nodes_own_changes_update_it_and_a_new_provider_rebuilds_it() {
         4000
     );
     assert_same(&next, &Index::build(registry.candidates()));
+
+    // This node joins a swarm group: its own entry in the view changes, and
+    // so does what decorates its providers.
+    let reads = *mesh.whole_reads.lock().unwrap();
+    mesh.decorations
+        .lock()
+        .unwrap()
+        .insert("swarm.group".into(), "ab".into());
+    mesh.log.lock().unwrap().push("n0".into());
+    let grouped = registry.index();
+    assert_eq!(
+        *mesh.whole_reads.lock().unwrap(),
+        reads,
+        "updated, not rebuilt"
+    );
+    assert_eq!(grouped.get("own").unwrap().labels["swarm.group"], "ab");
 
     // Another provider of this node: rebuilt.
     let more = Arc::new(MemoryProvider::new("more", cpus(2), BTreeMap::new()));

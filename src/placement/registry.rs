@@ -340,12 +340,16 @@ impl Registry {
             return None;
         }
         let (mut index, mut feed) = ((*c.index).clone(), c.feed);
+        // This node's own entry in the view carries what decorates its own
+        // providers (swarm groups, models): a change there is theirs too.
+        let mut locals_changed = c.versions.1 != versions.1;
         if c.versions.0 != versions.0 {
             let (at, owners) = self.discovery.changed_owners(c.feed?)?;
+            locals_changed |= owners.contains(&self.node_id);
             index = self.with_owners_again(&index, owners);
             feed = Some(at);
         }
-        if c.versions.1 != versions.1 {
+        if locals_changed {
             index = self.with_locals_again(&index)?;
         }
         Some((index, feed))
