@@ -304,23 +304,18 @@ impl Registry {
             self.discovery.decorations_version(),
         );
         let mut cached = lock(&self.index);
-        if let Some(c) = cached.as_ref() {
-            if c.versions == versions {
-                return c.index.clone();
-            }
-            if let Some((index, feed)) = self.brought_up(c, versions) {
-                let index = Arc::new(index);
-                *cached = Some(CachedIndex {
-                    versions,
-                    feed,
-                    index: index.clone(),
-                });
-                return index;
-            }
+        if let Some(c) = cached.as_ref().filter(|c| c.versions == versions) {
+            return c.index.clone();
         }
-        // The position first: a change after it is applied again next time.
-        let feed = self.discovery.feed_position();
-        let index = Arc::new(Index::build(self.candidates()));
+        let (index, feed) = cached
+            .as_ref()
+            .and_then(|c| self.brought_up(c, versions))
+            .unwrap_or_else(|| {
+                // The position first: a change after it is applied again next time.
+                let feed = self.discovery.feed_position();
+                (Index::build(self.candidates()), feed)
+            });
+        let index = Arc::new(index);
         *cached = Some(CachedIndex {
             versions,
             feed,
