@@ -59,7 +59,7 @@
 //! - [`record`]: member records, their ordering, stable hashing.
 //! - [`view`]: the member table with an incrementally kept hash.
 //! - [`core`]: the sans-IO protocol state machine ([`Mesh`]).
-//! - [`intern`]: sharing of immutable records between cores.
+//! - [`intern`]: member numbers; sharing of immutable records between cores.
 //! - [`sim`]: a deterministic in-process simulator of many cores.
 
 pub mod core;
@@ -68,6 +68,11 @@ pub mod limits;
 pub mod record;
 pub mod sim;
 pub mod view;
+
+/// A map with a fixed-seed hasher: iteration order depends only on what
+/// was inserted, so protocol decisions replay exactly from a seed.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 
 pub use self::core::{Call, Exchange, Identity, Mesh, MeshConfig, Reply, Target};
 pub use self::record::{Millis, Status};

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::proto::peer::{Member, MemberDigest, MemberStatus};
+use crate::proto::peer::{Member, MemberDigest, MemberStatus, ProviderSet};
 
 /// Milliseconds on the driver's monotonic clock (the core never reads a clock).
 pub type Millis = u64;
@@ -14,6 +14,122 @@ pub struct MemberInfo {
     pub name: String,
     pub addr: String,
     pub generation: u64,
+    /// The id's number in its interner: where views keep the member.
+    pub number: u32,
+    /// The id's bucket among the view's finest buckets (asked on every digest).
+    pub bucket: u16,
+}
+
+/// What a node holds about a member, apart from its own timers. Every node
+/// holding the same version of a member holds the same record, so cores
+/// that share an interner share one copy (the simulator's 10,000 cores hold
+/// 10^8 entries and would not fit in memory otherwise).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub info: Arc<MemberInfo>,
+    pub incarnation: u64,
+    pub status: Status,
+    /// The owner's provider-set version as last announced in its record.
+    pub provider_version: u64,
+    /// The provider set held for this member, if any was received.
+    pub providers: Option<Arc<ProviderSet>>,
+    /// Nodes that independently failed to reach it (SUSPECT only).
+    pub suspected_by: Suspecters,
+}
+
+impl Record {
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            generation: self.info.generation,
+            incarnation: self.incarnation,
+            status: self.status,
+            confirmations: self.suspected_by.len() as u32,
+        }
+    }
+
+    pub fn held_version(&self) -> u64 {
+        self.providers.as_ref().map_or(0, |p| p.version)
+    }
+
+    /// The owner announced a provider set newer than the one held.
+    pub fn lacks_providers(&self) -> bool {
+        !self.status.is_tombstone() && self.provider_version > self.held_version()
+    }
+
+    pub fn digest(&self) -> MemberDigest {
+        MemberDigest {
+            id: String::from(&*self.info.id),
+            generation: self.info.generation,
+            incarnation: self.incarnation,
+            status: self.status.to_proto(),
+            provider_version: self.held_version(),
+            confirmations: self.suspected_by.len() as u32,
+        }
+    }
+
+    pub fn to_member(&self) -> Member {
+        Member {
+            id: String::from(&*self.info.id),
+            name: self.info.name.clone(),
+            generation: self.info.generation,
+            addr: self.info.addr.clone(),
+            incarnation: self.incarnation,
+            status: self.status.to_proto(),
+            provider_version: self.provider_version,
+            suspected_by: self
+                .suspected_by
+                .iter()
+                .map(|s| String::from(&**s))
+                .collect(),
+        }
+    }
+}
+
+/// A record with its digest-entry hash, computed once for every view
+/// holding it.
+#[derive(Debug)]
+pub struct SharedRecord {
+    record: Record,
+    hash: u64,
+}
+
+impl SharedRecord {
+    pub fn new(record: Record) -> SharedRecord {
+        let hash = entry_hash(&record.info.id, &record.stamp(), record.held_version());
+        SharedRecord { record, hash }
+    }
+
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    /// This record's term in a view's hash.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// The nodes that suspect a member; empty for almost every record, so it
+/// costs one pointer there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[allow(clippy::box_collection)] // one thin pointer per record instead of a 24-byte Vec
+pub struct Suspecters(Option<Box<Vec<Arc<str>>>>);
+
+impl From<Vec<Arc<str>>> for Suspecters {
+    fn from(ids: Vec<Arc<str>>) -> Self {
+        if ids.is_empty() {
+            Suspecters(None)
+        } else {
+            Suspecters(Some(Box::new(ids)))
+        }
+    }
+}
+
+impl std::ops::Deref for Suspecters {
+    type Target = [Arc<str>];
+    fn deref(&self) -> &[Arc<str>] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Liveness of a member as one node sees it.
@@ -158,6 +274,9 @@ impl Default for StableHasher {
         Self::new()
     }
 }
+
+/// Finest bucket resolution views keep incrementally; coarser counts fold it.
+pub const FINE_BUCKETS: u32 = 4096;
 
 /// The bucket a member id falls in, for `bucket_count` a power of two.
 pub fn bucket_of(id: &str, bucket_count: u32) -> u32 {

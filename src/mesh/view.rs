@@ -1,142 +1,76 @@
 //! The member table one node holds, with its hash kept up to date on every
 //! change so that comparing two views costs one number.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::record::{bucket_of, entry_hash, MemberInfo, Millis, Stamp, Status};
-use crate::proto::peer::{Member, MemberDigest, ProviderSet};
+use super::intern::Interner;
+use super::record::{Millis, Record, SharedRecord, Status};
+use super::FastMap;
 
 /// `Entry::last_heard` of a member never heard from directly.
 pub const NEVER: Millis = Millis::MAX;
 
-/// Finest bucket resolution kept incrementally; coarser counts fold it.
-pub const FINE_BUCKETS: u32 = 4096;
+pub use super::record::FINE_BUCKETS;
 
-/// What one node holds about one member.
+/// What one node holds about one member: the member's record (shared with
+/// every node holding the same version) and this node's own timers. Reads
+/// go through to the record (`entry.status`, `entry.info.id`).
+/// When this node saw a suspicion or tombstone begin is kept beside the
+/// entries ([`View::since`]): almost every entry is alive and needs none.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub info: Arc<MemberInfo>,
-    pub incarnation: u64,
-    pub status: Status,
-    /// The owner's provider-set version as last announced in its record.
-    pub provider_version: u64,
-    /// The provider set held for this member, if any was received.
-    pub providers: Option<Arc<ProviderSet>>,
-    /// Nodes that independently failed to reach it (SUSPECT only).
-    pub suspected_by: Suspecters,
-    /// Its bucket among [`FINE_BUCKETS`] (cached: computed on every digest).
-    pub bucket: u16,
-    /// When this node saw the current status begin (suspicion or tombstone start).
-    pub since: Millis,
+    rec: Arc<SharedRecord>,
     /// When this node last heard from the member itself ([`NEVER`] if not yet).
     pub last_heard: Millis,
 }
 
-// Entries are identified by member id: a view is a set of them, looked up by
-// id, so the id is stored once (in the shared `info`) rather than again as a key.
-impl PartialEq for Entry {
-    fn eq(&self, other: &Entry) -> bool {
-        self.info.id == other.info.id
-    }
-}
-
-impl Eq for Entry {}
-
-impl std::hash::Hash for Entry {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // Must hash exactly like the `str` it borrows as.
-        (*self.info.id).hash(state);
-    }
-}
-
-impl std::borrow::Borrow<str> for Entry {
-    fn borrow(&self) -> &str {
-        &self.info.id
+impl std::ops::Deref for Entry {
+    type Target = Record;
+    fn deref(&self) -> &Record {
+        self.rec.record()
     }
 }
 
 impl Entry {
+    pub fn new(rec: Arc<SharedRecord>, last_heard: Millis) -> Entry {
+        Entry { rec, last_heard }
+    }
+
+    /// The shared record, to derive a changed one from.
+    pub fn shared(&self) -> &Arc<SharedRecord> {
+        &self.rec
+    }
+
+    pub fn set_record(&mut self, rec: Arc<SharedRecord>) {
+        self.rec = rec;
+    }
+
     /// When this node last heard from the member itself, if ever.
     pub fn heard(&self) -> Option<Millis> {
         (self.last_heard != NEVER).then_some(self.last_heard)
     }
-
-    pub fn stamp(&self) -> Stamp {
-        Stamp {
-            generation: self.info.generation,
-            incarnation: self.incarnation,
-            status: self.status,
-            confirmations: self.suspected_by.len() as u32,
-        }
-    }
-
-    pub fn held_version(&self) -> u64 {
-        self.providers.as_ref().map_or(0, |p| p.version)
-    }
-
-    pub fn digest(&self) -> MemberDigest {
-        MemberDigest {
-            id: self.info.id.to_string(),
-            generation: self.info.generation,
-            incarnation: self.incarnation,
-            status: self.status.to_proto(),
-            provider_version: self.held_version(),
-            confirmations: self.suspected_by.len() as u32,
-        }
-    }
-
-    pub fn to_member(&self) -> Member {
-        Member {
-            id: self.info.id.to_string(),
-            name: self.info.name.clone(),
-            generation: self.info.generation,
-            addr: self.info.addr.clone(),
-            incarnation: self.incarnation,
-            status: self.status.to_proto(),
-            provider_version: self.provider_version,
-            suspected_by: self.suspected_by.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    fn hash(&self) -> u64 {
-        entry_hash(&self.info.id, &self.stamp(), self.held_version())
-    }
 }
 
-/// The nodes that suspect a member; empty for almost every entry, so it
-/// costs one pointer there (a simulated 10,000-node mesh holds 10^8 entries).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[allow(clippy::box_collection)] // one thin pointer per entry instead of a 24-byte Vec
-pub struct Suspecters(Option<Box<Vec<Arc<str>>>>);
-
-impl From<Vec<Arc<str>>> for Suspecters {
-    fn from(ids: Vec<Arc<str>>) -> Self {
-        if ids.is_empty() {
-            Suspecters(None)
-        } else {
-            Suspecters(Some(Box::new(ids)))
-        }
-    }
-}
-
-impl std::ops::Deref for Suspecters {
-    type Target = [Arc<str>];
-    fn deref(&self) -> &[Arc<str>] {
-        self.0.as_deref().map_or(&[], Vec::as_slice)
-    }
-}
-
-/// Every member one node knows, itself included.
+/// Every member one node knows, itself included, kept in the slot of the
+/// member's number: iteration follows the numbers, the same on every run.
 #[derive(Debug)]
 pub struct View {
-    entries: HashSet<Entry>,
+    interner: Interner,
+    start: u64,
+    slots: Vec<Option<Entry>>,
+    /// When each entry not alive became so, by member number.
+    since: FastMap<u32, Millis>,
+    len: usize,
     hash: u64,
     fine: Vec<u64>,
-    /// Entries DEAD or LEFT, and of those DEAD: kept on every change so
-    /// that counting the live ones is not a scan (a tick asks every round).
+    /// Entries DEAD or LEFT, DEAD, SUSPECT, and live ones whose owner
+    /// announced a provider set this node lacks: kept on every change so
+    /// that a round in which none exist scans nothing for them.
     tombstones: usize,
     dead: usize,
+    suspects: usize,
+    lacking: usize,
     /// Members whose providers, as placement sees them, changed; kept only
     /// where something reads it (a node, not the simulator's cores).
     feed: Option<Feed>,
@@ -165,35 +99,41 @@ fn placement_key(e: &Entry) -> (bool, bool, u64, u64, u64) {
     )
 }
 
-impl Default for View {
-    fn default() -> Self {
+impl View {
+    /// An empty view numbering members with `interner`, iterating from a
+    /// slot chosen by `start`.
+    pub fn new(interner: Interner, start: u64) -> View {
         View {
-            entries: HashSet::new(),
+            interner,
+            start,
+            slots: Vec::new(),
+            since: FastMap::default(),
+            len: 0,
             hash: 0,
             fine: vec![0; FINE_BUCKETS as usize],
             tombstones: 0,
             dead: 0,
+            suspects: 0,
+            lacking: 0,
             feed: None,
         }
     }
-}
 
-impl View {
     pub fn hash(&self) -> u64 {
         self.hash
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     /// Entries neither DEAD nor LEFT, this node's own included.
     pub fn live_len(&self) -> usize {
-        self.entries.len() - self.tombstones
+        self.len - self.tombstones
     }
 
     /// Entries held DEAD.
@@ -201,19 +141,54 @@ impl View {
         self.dead
     }
 
-    pub fn get(&self, id: &str) -> Option<&Entry> {
-        self.entries.get(id)
+    /// Entries held SUSPECT.
+    pub fn suspect_len(&self) -> usize {
+        self.suspects
     }
 
+    /// Live entries whose owner announced a provider set this node lacks.
+    pub fn lacking_len(&self) -> usize {
+        self.lacking
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.get_at(self.interner.number(id)?)
+    }
+
+    /// The entry of member number `n` (`entry.info.number`).
+    pub fn get_at(&self, n: u32) -> Option<&Entry> {
+        self.slots.get(n as usize)?.as_ref()
+    }
+
+    /// When this node saw `e`'s suspicion or tombstone begin (0 for an
+    /// alive entry, where it means nothing).
+    pub fn since(&self, e: &Entry) -> Millis {
+        self.since.get(&e.info.number).copied().unwrap_or(0)
+    }
+
+    fn set_since(&mut self, e: &Entry, since: Millis) {
+        if e.status == Status::Alive {
+            self.since.remove(&e.info.number);
+        } else {
+            self.since.insert(e.info.number, since);
+        }
+    }
+
+    /// Every entry, from this view's own starting slot round to it again.
+    /// Budgets cut messages after their first entries; if every view began
+    /// at member 0, every node would send and ask for the same members
+    /// first, and the rest would spread a round later.
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter()
+        let start = (self.start % self.slots.len().max(1) as u64) as usize;
+        let (before, after) = self.slots.split_at(start);
+        after.iter().chain(before).flatten()
     }
 
     /// Adds `entry` to the hashes and counts, or takes it out of them.
     fn toggle(&mut self, entry: &Entry, adding: bool) {
-        let h = entry.hash();
+        let h = entry.rec.hash();
         self.hash ^= h;
-        self.fine[entry.bucket as usize] ^= h;
+        self.fine[entry.info.bucket as usize] ^= h;
         let count = |n: &mut usize| {
             if adding {
                 *n += 1;
@@ -221,11 +196,18 @@ impl View {
                 *n -= 1;
             }
         };
+        count(&mut self.len);
         if entry.status.is_tombstone() {
             count(&mut self.tombstones);
         }
         if entry.status == Status::Dead {
             count(&mut self.dead);
+        }
+        if entry.status == Status::Suspect {
+            count(&mut self.suspects);
+        }
+        if entry.lacks_providers() {
+            count(&mut self.lacking);
         }
     }
 
@@ -271,12 +253,29 @@ impl View {
         feed.log.push_back((feed.seq, id));
     }
 
-    /// Inserts or replaces the entry for `entry.info.id`.
-    pub fn put(&mut self, mut entry: Entry) {
-        entry.bucket = bucket_of(&entry.info.id, FINE_BUCKETS) as u16;
+    /// The slot of member number `n`, made if the view is shorter.
+    fn slot(&mut self, n: u32) -> &mut Option<Entry> {
+        let n = n as usize;
+        if n >= self.slots.len() {
+            // To every id numbered so far (members arrive by the thousand
+            // while a node joins: one allocation, not one per arrival), and
+            // by an eighth at least: amortized, and at most an eighth unused.
+            let want = (n + 1)
+                .max(self.slots.len() + self.slots.len() / 8)
+                .max(self.interner.len());
+            self.slots.reserve_exact(want - self.slots.len());
+            self.slots.resize(want, None);
+        }
+        &mut self.slots[n]
+    }
+
+    /// Inserts or replaces the entry for `entry.info.id`, whose status
+    /// began at `since`.
+    pub fn put(&mut self, entry: Entry, since: Millis) {
+        self.set_since(&entry, since);
         self.toggle(&entry, true);
         let key = (self.feed.is_some()).then(|| (entry.info.id.clone(), placement_key(&entry)));
-        let old = self.entries.replace(entry);
+        let old = self.slot(entry.info.number).replace(entry);
         if let Some(old) = &old {
             self.toggle(old, false);
         }
@@ -287,22 +286,41 @@ impl View {
         }
     }
 
-    /// Changes an entry in place, keeping the hashes right.
-    pub fn update<R>(&mut self, id: &str, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
-        let mut entry = self.entries.take(id)?;
+    /// Changes an entry in place, with when its status began, keeping the
+    /// hashes right.
+    pub fn update<R>(
+        &mut self,
+        id: &str,
+        f: impl FnOnce(&mut Entry, &mut Millis) -> R,
+    ) -> Option<R> {
+        self.update_at(self.interner.number(id)?, f)
+    }
+
+    /// [`View::update`] by member number.
+    pub fn update_at<R>(
+        &mut self,
+        n: u32,
+        f: impl FnOnce(&mut Entry, &mut Millis) -> R,
+    ) -> Option<R> {
+        let mut entry = self.slots.get_mut(n as usize)?.take()?;
         self.toggle(&entry, false);
         let before = self.feed.is_some().then(|| placement_key(&entry));
-        let out = f(&mut entry);
+        let mut since = self.since(&entry);
+        let out = f(&mut entry, &mut since);
+        self.set_since(&entry, since);
         self.toggle(&entry, true);
         if before.is_some_and(|k| k != placement_key(&entry)) {
             self.note(entry.info.id.clone());
         }
-        self.entries.insert(entry);
+        let n = entry.info.number;
+        *self.slot(n) = Some(entry);
         Some(out)
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Entry> {
-        let old = self.entries.take(id)?;
+        let n = self.interner.number(id)?;
+        let old = self.slots.get_mut(n as usize)?.take()?;
+        self.since.remove(&n);
         self.toggle(&old, false);
         if self.feed.is_some() {
             self.note(old.info.id.clone());
@@ -324,8 +342,8 @@ impl View {
     pub fn bucket_sizes(&self, bucket_count: u32) -> Vec<usize> {
         let k = bucket_count.clamp(1, FINE_BUCKETS) as usize;
         let mut out = vec![0usize; k];
-        for e in self.entries.iter() {
-            out[e.bucket as usize & (k - 1)] += 1;
+        for e in self.iter() {
+            out[e.info.bucket as usize & (k - 1)] += 1;
         }
         out
     }
@@ -337,8 +355,8 @@ impl View {
         mask: &'a [bool],
     ) -> impl Iterator<Item = &'a Entry> + 'a {
         let k = bucket_count.clamp(1, FINE_BUCKETS) as usize;
-        self.entries.iter().filter(move |e| {
-            mask.get(e.bucket as usize & (k - 1))
+        self.iter().filter(move |e| {
+            mask.get(e.info.bucket as usize & (k - 1))
                 .copied()
                 .unwrap_or(false)
         })

@@ -1,7 +1,7 @@
 //! The client side of an exchange (open, replies, failures) and the server side
 //! (answering `ExchangePeers` and `ExchangeProviders`).
 
-use std::collections::{HashMap, HashSet};
+use crate::mesh::FastSet;
 
 /// Bytes of reply budget per provider set asked for beyond the digest's:
 /// a call asks for about as many as one capped reply holds.
@@ -54,17 +54,17 @@ impl Mesh {
     pub(super) fn suspect(&mut self, now: Millis, id: &str) {
         let me = self.me.id.clone();
         let k = self.cfg.suspicion_confirmations as usize + 1;
-        self.view.update(id, |e| match e.status {
+        self.restamp(id, |r, since| match r.status {
             Status::Alive => {
-                debug!(member = %e.info.id, "member suspected");
-                e.status = Status::Suspect;
-                e.suspected_by = Suspecters::from(vec![me]);
-                e.since = now;
+                debug!(member = %r.info.id, "member suspected");
+                r.status = Status::Suspect;
+                r.suspected_by = Suspecters::from(vec![me]);
+                *since = now;
             }
-            Status::Suspect if !e.suspected_by.contains(&me) && e.suspected_by.len() < k => {
-                let mut by = e.suspected_by.to_vec();
+            Status::Suspect if !r.suspected_by.contains(&me) && r.suspected_by.len() < k => {
+                let mut by = r.suspected_by.to_vec();
                 by.push(me);
-                e.suspected_by = Suspecters::from(by);
+                r.suspected_by = Suspecters::from(by);
             }
             _ => {}
         });
@@ -186,10 +186,15 @@ impl Mesh {
 
     pub(super) fn digest_for(&self, k: u32, buckets: &[u32]) -> Digest {
         let mask = bucket_mask(k, buckets);
+        // Sized for the buckets' share of the view: no regrowth of a message
+        // that can hold thousands of entries.
+        let share = self.view.len() * buckets.len() / k.max(1) as usize;
+        let mut entries = Vec::with_capacity(share + share / 4 + 8);
+        entries.extend(self.view.in_buckets(k, &mask).map(|e| e.digest()));
         Digest {
             bucket_count: k,
             buckets: buckets.to_vec(),
-            entries: self.view.in_buckets(k, &mask).map(Entry::digest).collect(),
+            entries,
         }
     }
 
@@ -200,8 +205,9 @@ impl Mesh {
         k: u32,
         mask: &[bool],
     ) -> Option<Call> {
-        let theirs: HashMap<&str, &MemberDigest> =
-            theirs.iter().map(|d| (d.id.as_str(), d)).collect();
+        let mut map = FastMap::with_capacity_and_hasher(theirs.len(), Default::default());
+        map.extend(theirs.iter().map(|d| (d.id.as_str(), d)));
+        let theirs: FastMap<&str, &MemberDigest> = map;
         let mut sets = Vec::new();
         let mut wants = Vec::new();
         let mut budget = self.cfg.max_message_bytes;
@@ -226,7 +232,7 @@ impl Mesh {
                 }
             } else if d.provider_version > held && e.info.id != self.me.id {
                 wants.push(MemberDigest {
-                    id: e.info.id.to_string(),
+                    id: String::from(&*e.info.id),
                     generation: e.info.generation,
                     provider_version: held,
                     ..Default::default()
@@ -236,13 +242,18 @@ impl Mesh {
         // Sets this node knows it lacks from member records alone (a joining
         // node lacks them all): ask for them too, whatever the digest
         // covered, in random order so concurrent exchanges fetch different ones.
-        let asked: HashSet<&str> = wants.iter().map(|w| w.id.as_str()).collect();
+        let asked: FastSet<&str> = wants.iter().map(|w| w.id.as_str()).collect();
         let room = (self.cfg.max_message_bytes / BYTES_PER_WANT).saturating_sub(wants.len());
         // A uniform sample (reservoir) of the lacking sets, without
         // allocating for the ones left out.
         let mut sample: Vec<&Entry> = Vec::with_capacity(room);
         let mut seen = 0usize;
-        for e in self.view.iter() {
+        let scanned = if self.view.lacking_len() > 0 {
+            self.view.len()
+        } else {
+            0
+        };
+        for e in self.view.iter().take(scanned) {
             if e.status.is_tombstone()
                 || e.provider_version <= e.held_version()
                 || e.info.id == self.me.id
@@ -263,7 +274,7 @@ impl Mesh {
         let extra: Vec<MemberDigest> = sample
             .into_iter()
             .map(|e| MemberDigest {
-                id: e.info.id.to_string(),
+                id: String::from(&*e.info.id),
                 generation: e.info.generation,
                 provider_version: e.held_version(),
                 ..Default::default()
@@ -277,7 +288,7 @@ impl Mesh {
             providers: Vec::new(),
             sets,
             wants,
-            sender_id: self.me.id.to_string(),
+            sender_id: String::from(&*self.me.id),
         }))
     }
 

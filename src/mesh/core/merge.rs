@@ -1,8 +1,6 @@
 //! Merging records from the network into the view: direct evidence,
 //! refutation, precedence, provider sets, and what a peer lacks.
 
-use std::collections::HashMap;
-
 use prost::Message;
 use tracing::{debug, info};
 
@@ -91,19 +89,17 @@ impl Mesh {
         let k = self.cfg.suspicion_confirmations as usize + 1;
         let Some(old) = self.view.get(&m.id) else {
             let info = self.interner.info(&m.id, m.name, m.addr, m.generation);
-            let entry = Entry {
+            let rec = self.interner.record(Record {
                 info,
                 incarnation: m.incarnation,
                 status: stamp.status,
                 provider_version: m.provider_version,
                 providers: None,
                 suspected_by: interned_ids(&self.interner, &m.suspected_by, k),
-                bucket: 0,
-                since: now,
-                last_heard: if direct { now } else { NEVER },
-            };
+            });
             info!(member = %m.id, status = stamp.status.as_str(), "member discovered");
-            self.view.put(entry);
+            self.view
+                .put(Entry::new(rec, if direct { now } else { NEVER }), now);
             return Ok(true);
         };
         let old_stamp = old.stamp();
@@ -127,7 +123,7 @@ impl Mesh {
             } else {
                 interned_ids(&self.interner, &m.suspected_by, k)
             };
-            let entry = Entry {
+            let rec = self.interner.record(Record {
                 info,
                 incarnation: m.incarnation,
                 status: stamp.status,
@@ -142,15 +138,14 @@ impl Mesh {
                     None
                 },
                 suspected_by,
-                bucket: 0,
-                since: if status_changed || old.incarnation != m.incarnation {
-                    now
-                } else {
-                    old.since
-                },
-                last_heard: if direct { now } else { old.last_heard },
+            });
+            let since = if status_changed || old.incarnation != m.incarnation {
+                now
+            } else {
+                self.view.since(old)
             };
-            self.view.put(entry);
+            let last_heard = if direct { now } else { old.last_heard };
+            self.view.put(Entry::new(rec, last_heard), since);
             return Ok(true);
         }
         // Not newer. Still: confirmations to merge, and direct contact to note.
@@ -164,12 +159,13 @@ impl Mesh {
                 .iter()
                 .any(|s| !old.suspected_by.iter().any(|o| **o == **s));
         let old_generation = old.info.generation;
+        let number = old.info.number;
         if merge {
             let merged = union_ids(&old.suspected_by, &self.interner, &m.suspected_by, k);
-            self.view.update(&m.id, |e| e.suspected_by = merged);
+            self.restamp_at(number, |r, _| r.suspected_by = merged);
         }
         if direct && old_generation == m.generation {
-            self.view.update(&m.id, |e| e.last_heard = now);
+            self.view.update_at(number, |e, _| e.last_heard = now);
         }
         if merge {
             Ok(true)
@@ -192,11 +188,12 @@ impl Mesh {
         {
             return;
         }
-        let set = self.interner.set(set);
+        let number = e.info.number;
+        let set = self.interner.set(number, set);
         let version = set.version;
-        self.view.update(&e.info.id.clone(), |e| {
-            e.providers = Some(set);
-            e.provider_version = e.provider_version.max(version);
+        self.restamp_at(number, |r, _| {
+            r.providers = Some(set);
+            r.provider_version = r.provider_version.max(version);
         });
     }
 
@@ -208,10 +205,13 @@ impl Mesh {
         k: u32,
         mask: &[bool],
     ) -> Vec<Member> {
-        let theirs: HashMap<&str, Stamp> = theirs
-            .iter()
-            .filter_map(|d| Some((d.id.as_str(), Stamp::of_digest(d)?)))
-            .collect();
+        let mut map = FastMap::with_capacity_and_hasher(theirs.len(), Default::default());
+        map.extend(
+            theirs
+                .iter()
+                .filter_map(|d| Some((d.id.as_str(), Stamp::of_digest(d)?))),
+        );
+        let theirs: FastMap<&str, Stamp> = map;
         let mut candidates: Vec<(u64, &Entry)> = self
             .view
             .in_buckets(k, mask)

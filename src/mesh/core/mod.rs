@@ -16,8 +16,11 @@ mod exchange;
 mod merge;
 
 use super::intern::Interner;
-use super::record::{bucket_count_for, MemberInfo, Millis, Stamp, Status};
-use super::view::{bucket_mask, Entry, Suspecters, View, NEVER};
+use super::record::{
+    bucket_count_for, MemberInfo, Millis, Record, StableHasher, Stamp, Status, Suspecters,
+};
+use super::view::{bucket_mask, Entry, View, NEVER};
+use super::FastMap;
 use crate::proto::peer::{
     Digest, ExchangeRequest, ExchangeResponse, Member, MemberDigest, NodeMeta,
     ProviderExchangeRequest, ProviderExchangeResponse, ProviderInfo, ProviderSet,
@@ -130,7 +133,7 @@ pub struct Mesh {
     view: View,
     seeds: Vec<String>,
     self_addrs: HashSet<String>,
-    forgotten: HashMap<Arc<str>, (u64, u64, Millis)>,
+    forgotten: FastMap<Arc<str>, (u64, u64, Millis)>,
     forgotten_order: VecDeque<Arc<str>>,
     rng: SmallRng,
     interner: Interner,
@@ -159,31 +162,29 @@ impl Mesh {
             identity.addr,
             identity.generation,
         );
+        let own = interner.record(Record {
+            info: me.clone(),
+            incarnation: 0,
+            status: Status::Alive,
+            provider_version: 0,
+            providers: None,
+            suspected_by: Suspecters::default(),
+        });
         let mut mesh = Mesh {
             cfg,
             me: me.clone(),
             incarnation: 0,
             status: Status::Alive,
             provider_version: 0,
-            view: View::default(),
+            view: View::new(interner.clone(), StableHasher::new().u64(seed).finish()),
             seeds: Vec::new(),
             self_addrs: HashSet::from([me.addr.clone()]),
-            forgotten: HashMap::new(),
+            forgotten: FastMap::default(),
             forgotten_order: VecDeque::new(),
             rng: SmallRng::seed_from_u64(seed),
             interner,
         };
-        mesh.view.put(Entry {
-            info: me,
-            incarnation: 0,
-            status: Status::Alive,
-            provider_version: 0,
-            providers: None,
-            suspected_by: Suspecters::default(),
-            bucket: 0,
-            since: now,
-            last_heard: now,
-        });
+        mesh.view.put(Entry::new(own, now), now);
         mesh
     }
 
@@ -240,7 +241,7 @@ impl Mesh {
     /// This node's own record as it gossips it.
     pub fn self_member(&self) -> Member {
         Member {
-            id: self.me.id.to_string(),
+            id: String::from(&*self.me.id),
             name: self.me.name.clone(),
             generation: self.me.generation,
             addr: self.me.addr.clone(),
@@ -275,7 +276,7 @@ impl Mesh {
         let providers = providers
             .into_iter()
             .map(|mut p| {
-                p.owner_id = self.me.id.to_string();
+                p.owner_id = String::from(&*self.me.id);
                 p.owner_generation = self.me.generation;
                 // A provider keeps the version it last changed in.
                 p.version = match old.get(&p.id) {
@@ -313,16 +314,37 @@ impl Mesh {
 
     fn publish_set(&mut self, version: u64, providers: Vec<ProviderInfo>, meta: Option<NodeMeta>) {
         self.provider_version = version;
-        let set = Arc::new(ProviderSet {
-            owner_id: self.me.id.to_string(),
-            owner_generation: self.me.generation,
-            version,
-            providers,
-            meta,
+        let set = self.interner.set(
+            self.me.number,
+            ProviderSet {
+                owner_id: String::from(&*self.me.id),
+                owner_generation: self.me.generation,
+                version,
+                providers,
+                meta,
+            },
+        );
+        self.restamp_at(self.me.number, |r, _| {
+            r.providers = Some(set);
+            r.provider_version = version;
         });
-        self.view.update(&self.me.id.clone(), |e| {
-            e.providers = Some(set);
-            e.provider_version = version;
+    }
+
+    /// Replaces the record of member `id` with a changed copy; `f` may also
+    /// restart the entry's `since`.
+    pub(super) fn restamp(&mut self, id: &str, f: impl FnOnce(&mut Record, &mut Millis)) {
+        if let Some(n) = self.interner.number(id) {
+            self.restamp_at(n, f);
+        }
+    }
+
+    /// [`Mesh::restamp`] by member number.
+    pub(super) fn restamp_at(&mut self, n: u32, f: impl FnOnce(&mut Record, &mut Millis)) {
+        let interner = &self.interner;
+        self.view.update_at(n, |e, since| {
+            let mut r = Record::clone(e);
+            f(&mut r, since);
+            e.set_record(interner.record(r));
         });
     }
 
@@ -342,9 +364,9 @@ impl Mesh {
 
     pub(super) fn sync_self(&mut self) {
         let (inc, status) = (self.incarnation, self.status);
-        self.view.update(&self.me.id.clone(), |e| {
-            e.incarnation = inc;
-            e.status = status;
+        self.restamp_at(self.me.number, |r, _| {
+            r.incarnation = inc;
+            r.status = status;
         });
     }
 
@@ -438,17 +460,20 @@ impl Mesh {
         let n = self.live_count();
         let mut to_dead = Vec::new();
         let mut to_delete = Vec::new();
-        for e in self.view.iter() {
+        // Most rounds hold no suspect and no tombstone: nothing to scan for.
+        let timers = self.view.suspect_len() > 0 || self.view.live_len() < self.view.len();
+        let scanned = if timers { self.view.len() } else { 0 };
+        for e in self.view.iter().take(scanned) {
             match e.status {
                 Status::Suspect => {
                     let timeout = self.suspicion_timeout(n, e.suspected_by.len() as u32);
-                    if now.saturating_sub(e.since) >= timeout {
+                    if now.saturating_sub(self.view.since(e)) >= timeout {
                         to_dead.push(e.info.id.clone());
                     }
                 }
                 Status::Dead | Status::Left
                     if e.info.id != self.me.id
-                        && now.saturating_sub(e.since) >= self.cfg.tombstone_grace =>
+                        && now.saturating_sub(self.view.since(e)) >= self.cfg.tombstone_grace =>
                 {
                     to_delete.push(e.info.id.clone());
                 }
@@ -457,10 +482,10 @@ impl Mesh {
         }
         for id in to_dead {
             info!(member = %id, "member declared dead");
-            self.view.update(&id, |e| {
-                e.status = Status::Dead;
-                e.suspected_by = Suspecters::default();
-                e.since = now;
+            self.restamp(&id, |r, since| {
+                r.status = Status::Dead;
+                r.suspected_by = Suspecters::default();
+                *since = now;
             });
         }
         for id in to_delete {
