@@ -76,6 +76,11 @@ impl Sim {
     /// Starts `cfg.nodes` cores; every one but node 0 knows only node 0.
     pub fn new(cfg: SimConfig) -> Sim {
         let interner = Interner::shared();
+        // Numbered up front, so that each view is allocated once at its full
+        // size rather than grown (and the smaller copy left with the allocator).
+        for i in 0..cfg.nodes {
+            interner.id(&sim_id(i));
+        }
         let mut sim = Sim {
             nodes: Vec::with_capacity(cfg.nodes),
             by_addr: HashMap::new(),

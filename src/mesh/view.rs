@@ -179,7 +179,10 @@ impl View {
     /// at member 0, every node would send and ask for the same members
     /// first, and the rest would spread a round later.
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
-        let start = (self.start % self.slots.len().max(1) as u64) as usize;
+        // Relative to the ids numbered, not to the slots allocated: how the
+        // vector grows must not change what the protocol decides.
+        let numbered = self.interner.len().max(1) as u64;
+        let start = ((self.start % numbered) as usize).min(self.slots.len());
         let (before, after) = self.slots.split_at(start);
         after.iter().chain(before).flatten()
     }
