@@ -16,6 +16,7 @@ pub use super::record::FINE_BUCKETS;
 /// What one node holds about one member: the member's record (shared with
 /// every node holding the same version) and this node's own timers. Reads
 /// go through to the record (`entry.status`, `entry.info.id`).
+///
 /// When this node saw a suspicion or tombstone begin is kept beside the
 /// entries ([`View::since`]): almost every entry is alive and needs none.
 #[derive(Debug, Clone)]
@@ -35,11 +36,6 @@ impl std::ops::Deref for Entry {
 impl Entry {
     pub fn new(rec: Arc<SharedRecord>, last_heard: Millis) -> Entry {
         Entry { rec, last_heard }
-    }
-
-    /// The shared record, to derive a changed one from.
-    pub fn shared(&self) -> &Arc<SharedRecord> {
-        &self.rec
     }
 
     pub fn set_record(&mut self, rec: Arc<SharedRecord>) {
@@ -289,17 +285,8 @@ impl View {
         }
     }
 
-    /// Changes an entry in place, with when its status began, keeping the
-    /// hashes right.
-    pub fn update<R>(
-        &mut self,
-        id: &str,
-        f: impl FnOnce(&mut Entry, &mut Millis) -> R,
-    ) -> Option<R> {
-        self.update_at(self.interner.number(id)?, f)
-    }
-
-    /// [`View::update`] by member number.
+    /// Changes the entry of member number `n` in place, with when its
+    /// status began, keeping the hashes right.
     pub fn update_at<R>(
         &mut self,
         n: u32,
