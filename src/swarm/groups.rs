@@ -74,15 +74,15 @@ pub fn admitted<'m>(
         .collect()
 }
 
-/// The higher of two rosters of one group: higher epoch, then leader id,
-/// so every node that has seen both picks the same one.
+/// The higher of two rosters of one group: higher term, then epoch, then
+/// leader id, so every node that has seen both picks the same one. Term
+/// comes first: a leader cut off with a minority may have written epochs
+/// the majority never saw before electing its successor, and that
+/// successor's roster must still win after the heal.
 pub fn newer<'a>(a: Option<&'a Roster>, b: Option<&'a Roster>) -> Option<&'a Roster> {
+    let rank = |r: &'a Roster| (r.term, r.epoch, &r.leader);
     match (a, b) {
-        (Some(x), Some(y)) => Some(if (y.epoch, &y.leader) > (x.epoch, &x.leader) {
-            y
-        } else {
-            x
-        }),
+        (Some(x), Some(y)) => Some(if rank(y) > rank(x) { y } else { x }),
         (x, None) => x,
         (None, y) => y,
     }
@@ -435,5 +435,13 @@ mod tests {
         assert_eq!(newer(Some(&y), Some(&x)).unwrap().leader, "b");
         let z = roster(3, "a", &[]);
         assert_eq!(newer(Some(&y), Some(&z)).unwrap().epoch, 3);
+        // A later term wins over more epochs written in an earlier one.
+        let stale = Roster {
+            term: 1,
+            ..roster(9, "a", &[])
+        };
+        let successor = roster(2, "b", &[]);
+        assert_eq!(newer(Some(&stale), Some(&successor)).unwrap().leader, "b");
+        assert_eq!(newer(Some(&successor), Some(&stale)).unwrap().leader, "b");
     }
 }

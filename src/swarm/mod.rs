@@ -24,7 +24,8 @@
 //! - otherwise the oldest alive member takes office (joined first, then the
 //!   lowest id), once no member is suspected. It writes a roster with a
 //!   higher epoch and term, and every member carries the newest roster it
-//!   has seen, so the roster outlives its writer;
+//!   has seen (higher term first, then epoch), so the roster outlives its
+//!   writer and a successor's roster wins over epochs its side never saw;
 //! - **keep-majority** (Akka's split-brain resolver): a side of a partition
 //!   that reaches at most half of the roster's members has no leader (an
 //!   exact half keeps it only with the roster's lowest id). Members who

@@ -99,6 +99,50 @@ fn only_the_majority_side_of_a_partition_has_a_leader_and_the_heal_reunites_them
 }
 
 #[test]
+fn a_successor_wins_over_epochs_its_side_never_saw() {
+    let mut s = grouped(5, 13);
+    s.sim.partition(|i| u32::from(i >= 2));
+    s.run_until(300, |s| {
+        (2..5).all(|i| s.leader(i, "g").as_deref() == Some("n2"))
+    })
+    .expect("the majority elects n2");
+    let successor = s.swarms[2].roster("g").unwrap().clone();
+    assert_eq!(successor.term, 2);
+    // The old leader wrote rosters just before the cut that the majority
+    // never received: more epochs than its successor's, in the older term.
+    let stale = crate::proto::peer::Roster {
+        term: 1,
+        epoch: successor.epoch + 3,
+        leader: "n0".into(),
+        members: (0..5).map(sim_id).collect(),
+        ..successor.clone()
+    };
+    s.swarms[0].hold_roster(stale);
+    s.step();
+    assert!(
+        s.leader(0, "g").is_none(),
+        "the minority still has no leader"
+    );
+
+    s.sim.heal();
+    s.run_until(300, |s| {
+        for i in 0..5 {
+            let g = s.group(i, "g").unwrap();
+            assert!(
+                g.leader.as_deref().is_none_or(|l| l == "n2"),
+                "core {i} after the heal: {g:?}"
+            );
+        }
+        (0..5).all(|i| {
+            s.group(i, "g").is_some_and(|g| {
+                g.members.len() == 5 && g.leader.as_deref() == Some("n2") && g.term == 2
+            })
+        })
+    })
+    .expect("after the heal all five follow n2 in term 2");
+}
+
+#[test]
 fn two_joins_racing_past_the_maximum_leave_one_member_out() {
     let mut s = created(4, 3, 2);
     // n3 and n2 join in one round: each sees one member of two, so both pass.

@@ -310,6 +310,13 @@ impl Swarm {
         self.rosters.get(group)
     }
 
+    /// Holds `r` as the newest roster seen of its group, as if it had
+    /// been written here or heard of.
+    #[cfg(test)]
+    pub(crate) fn hold_roster(&mut self, r: Roster) {
+        self.rosters.insert(r.group.clone(), r);
+    }
+
     pub fn is_member(&self, group: &str) -> bool {
         self.memberships.contains_key(group)
     }
