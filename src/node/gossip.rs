@@ -25,7 +25,7 @@ pub async fn run_exchange(shared: &Shared, target: Target) -> Option<Member> {
     let (mut ex, first) = shared.mesh().open(target.clone());
     let mut queue = VecDeque::from([first]);
     let mut peer = None;
-    let client = shared.pool.client(&target.addr);
+    let mut client = shared.pool.client(&target.addr);
     while let Some(call) = queue.pop_front() {
         let result = match &client {
             Ok(c) => call_once(shared, &target.addr, c.clone(), call).await,
@@ -43,6 +43,11 @@ pub async fn run_exchange(shared: &Shared, target: Target) -> Option<Member> {
             Err(status) => {
                 Stats::add(&shared.stats.calls_failed, 1);
                 debug!(peer = %target.addr, code = ?status.code(), error = %status.message(), "gossip call failed");
+                if status.code() == tonic::Code::DeadlineExceeded {
+                    // The retry (and the next round) dial afresh.
+                    shared.pool.forget(&target.addr);
+                    client = shared.pool.client(&target.addr);
+                }
                 match shared.mesh().on_failure(now, &mut ex) {
                     Some(retry) => queue.push_front(retry),
                     None => break,

@@ -18,14 +18,21 @@ use crate::security::tls::Tls;
 pub struct Pool {
     clients: Mutex<HashMap<String, Channel>>,
     timeout: Duration,
+    keep_alive: Duration,
     tls: Option<ClientTlsConfig>,
 }
 
 impl Pool {
-    pub fn new(timeout: Duration, tls: Option<Tls>) -> Pool {
+    /// Channels with `timeout` to connect and to answer an HTTP/2 ping, and
+    /// a ping every `keep_alive`: a connection whose path went silent (a
+    /// partition) is closed within about `keep_alive + timeout`, so the
+    /// first call after the path is back dials afresh instead of waiting
+    /// on TCP retransmissions that back off for seconds.
+    pub fn new(timeout: Duration, keep_alive: Duration, tls: Option<Tls>) -> Pool {
         Pool {
             clients: Mutex::default(),
             timeout,
+            keep_alive,
             tls: tls.map(|t| t.client()),
         }
     }
@@ -88,6 +95,9 @@ impl Pool {
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(bad)?
             .connect_timeout(self.timeout)
+            .http2_keep_alive_interval(self.keep_alive)
+            .keep_alive_timeout(self.timeout)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
@@ -95,6 +105,16 @@ impl Pool {
         let channel = endpoint.connect_lazy();
         clients.insert(addr.to_string(), channel.clone());
         Ok(channel)
+    }
+
+    /// Forgets the channel to `addr` after a call on it timed out, so the
+    /// next call dials afresh. A connection whose packets were dropped (a
+    /// partition, a peer that rebooted) stays open on this side, its TCP
+    /// retransmissions backing off for seconds after the path is back;
+    /// every probe queued on it would time out and suspect a live peer.
+    pub fn forget(&self, addr: &str) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.remove(addr);
     }
 
     /// Drops channels to addresses no longer in `keep`.

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tonic::Status;
 
@@ -64,7 +65,11 @@ impl Shared {
             stats: Stats::default(),
             metrics,
             stopped: AtomicBool::new(false),
-            pool: Pool::new(config.gossip.call_timeout, tls),
+            pool: Pool::new(
+                config.gossip.call_timeout,
+                keep_alive(config.gossip.interval),
+                tls,
+            ),
             security,
             audit,
             discovered: Discovered::default(),
@@ -105,4 +110,11 @@ impl Shared {
             Ok(())
         }
     }
+}
+
+/// How often pooled channels ping their peer: every five rounds, between
+/// one second and a minute, so a silent connection is closed within a few
+/// rounds at the cost of one small frame per peer and period.
+fn keep_alive(interval: Duration) -> Duration {
+    (interval * 5).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
