@@ -544,3 +544,122 @@ async fn a_replacement_with_nowhere_to_go_waits_in_the_queue_until_room_appears(
     assert_eq!(placed.attempts.len(), 2, "{:?}", placed.attempts);
     assert!(home.manager().queue().is_empty());
 }
+
+/// A home that went down between writing its intent (`Placing` on another
+/// node's provider) and hearing the owner's answer settles each such
+/// record by asking the owner once it hears from it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_home_settles_the_placements_it_never_heard_back_about() {
+    use iarnet::resource::validate::deployment_id;
+    use iarnet::store::{DeploymentRecord, MemoryStore, Store, Stored};
+
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let home = node::start_with_store(
+        Config::loopback("uc-home"),
+        ProviderSetup::Given(Vec::new()),
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    let p = provider("uc-p0");
+    let owner = start(
+        "uc-o0",
+        &[home.advertise_addr()],
+        vec![p.clone() as Arc<dyn Provider>],
+    )
+    .await;
+    sees_providers(&home, 1).await;
+    let mut api = api_of(&home).await;
+    let made = deploy(
+        &mut api,
+        pb::DeploySpec {
+            request_id: "uc-made".into(),
+            image: "iarnet-test/busybox:1".into(),
+            cpu: "100m".into(),
+            memory: "16Mi".into(),
+            reschedule: Some(pb::Reschedule {
+                after: "1s".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(made.state, "running");
+    home.kill();
+
+    // What the store holds had the home died before each answer came:
+    // - "uc-made": the owner made it;
+    // - "uc-never": the owner never did, and a reschedule policy allows
+    //   the next attempt;
+    // - "uc-plain": the owner never did, and there is no policy.
+    let mut rec = store.deployment(&made.id).unwrap().unwrap();
+    rec.push(Stored::Placing);
+    store.put_deployment(&rec).unwrap();
+    let never = |request: &str, policy: bool| {
+        let id = deployment_id(request);
+        let mut r = DeploymentRecord::new(&id, request, &rec.image, rec.placed_on.clone());
+        r.set_resources(rec.resources());
+        r.note_attempt(1, &rec.placed_on.provider_id, &rec.placed_on.owner_id);
+        r.spec = rec.spec.clone().filter(|_| policy).map(|mut s| {
+            s.request_id = request.to_string();
+            s
+        });
+        r.push(Stored::Placing);
+        store.put_deployment(&r).unwrap();
+        id
+    };
+    let never_id = never("uc-never", true);
+    let plain_id = never("uc-plain", false);
+
+    let home = node::start_with_store(
+        {
+            let mut c = Config::loopback("uc-home");
+            c.initial_peers = vec![owner.advertise_addr()];
+            c
+        },
+        ProviderSetup::Given(Vec::new()),
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    let mut api = api_of(&home).await;
+    let settled = |id: &str| {
+        store
+            .deployment(id)
+            .unwrap()
+            .is_some_and(|r| r.state() != Stored::Placing)
+    };
+    common::wait_until("the three records to settle", WAIT, || {
+        match [&made.id, &never_id, &plain_id]
+            .into_iter()
+            .filter(|id| !settled(id))
+            .count()
+        {
+            0 => Ok(()),
+            n => Err(format!("{n} still placing")),
+        }
+    })
+    .await;
+
+    let kept = store.deployment(&made.id).unwrap().unwrap();
+    assert_eq!((kept.state(), kept.attempt), (Stored::Running, 1));
+    let again = get_until(&mut api, "uc-never", "the next attempt runs", |d| {
+        d.state == "running"
+    })
+    .await;
+    assert_eq!(again.attempt, 2, "{again:?}");
+    assert!(
+        again.attempts[0].ended.contains("never made attempt 1"),
+        "{:?}",
+        again.attempts
+    );
+    assert_eq!(p.status(&never_id).await.unwrap().attempt, 2);
+    let plain = get(&mut api, "uc-plain").await;
+    assert_eq!(plain.state, "failed", "{plain:?}");
+    assert!(plain.reason.contains("never made it"), "{plain:?}");
+    assert!(
+        p.status(&plain_id).await.is_err(),
+        "nothing was made for it"
+    );
+}

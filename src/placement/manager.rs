@@ -48,6 +48,7 @@ mod registration;
 mod reschedule;
 mod service_anywhere;
 mod services;
+mod unconfirmed;
 pub use super::place::{PlaceOptions, Placed};
 use crate::resource::{DeploySpec, ProgressSink};
 pub use anywhere::{Answer, Op};
@@ -88,6 +89,9 @@ pub struct Manager {
     /// `preemption.rs`).
     evicted_tx: tokio::sync::mpsc::UnboundedSender<super::preempting::Evicted>,
     evicted_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<super::preempting::Evicted>>>,
+    /// Placements on other nodes a restart left unconfirmed (see
+    /// `unconfirmed.rs`).
+    unconfirmed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Manager {
@@ -138,7 +142,8 @@ impl Manager {
         }
         let services = services::Services::restore(store.services()?);
         let leases = Leases::open(node_id, store)?;
-        Ok(Manager::with_book(
+        let unconfirmed = unconfirmed::at_start(&book, node_id);
+        let manager = Manager::with_book(
             node_id,
             discovery,
             strategy,
@@ -148,7 +153,12 @@ impl Manager {
             Pending::restore(queued),
             leases,
             services,
-        ))
+        );
+        *manager
+            .unconfirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = unconfirmed;
+        Ok(manager)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -182,6 +192,7 @@ impl Manager {
             owned: Default::default(),
             failover: Default::default(),
             services,
+            unconfirmed: Default::default(),
         }
     }
 

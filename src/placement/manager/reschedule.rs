@@ -21,6 +21,16 @@ use crate::resource::{ProgressSink, ReschedulePolicy};
 use crate::store::{now_ms, DeploymentRecord, Stored};
 use crate::sync::Ticker;
 
+/// Why a deployment is placed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The gossip layer declared its owner dead.
+    OwnerDead,
+    /// Its owner never made it: this node restarted before the owner
+    /// answered, and the owner, asked since, does not know it.
+    NeverMade,
+}
+
 /// When each deployment's owner was first seen gone, by deployment id.
 #[derive(Default)]
 pub(crate) struct Watch {
@@ -46,6 +56,7 @@ impl Manager {
         let mut watch = Watch::default();
         let mut ticker = Ticker::new(tick);
         while ticker.tick(&cancel).await {
+            self.confirm_round().await;
             self.reschedule_round(&mut watch).await;
             self.service_round().await;
         }
@@ -92,7 +103,7 @@ impl Manager {
                     self.report_lost(rec).await;
                 }
                 Some(p) if self.due(&rec, &p, since, now) => {
-                    placed += usize::from(self.replace(rec).await);
+                    placed += usize::from(self.replace(rec, Cause::OwnerDead).await);
                 }
                 _ => {}
             }
@@ -113,16 +124,23 @@ impl Manager {
         now.saturating_sub(last) >= p.delay(n) && p.allows(&earlier, now)
     }
 
-    /// Places the next attempt of `rec` elsewhere; true when it runs.
-    async fn replace(&self, rec: DeploymentRecord) -> bool {
+    /// Places the next attempt of `rec`; true when it runs. A dead owner's
+    /// providers are avoided.
+    pub(crate) async fn replace(&self, rec: DeploymentRecord, cause: Cause) -> bool {
         let Some(mut spec) = rec.spec.clone() else {
             return false;
         };
         let Some((_held, mut rec)) = self.watched_now(&rec).await else {
             return false;
         };
-        let dead = rec.placed_on.owner_id.clone();
-        let why = format!("its owner node {dead} was declared dead");
+        let from = rec.placed_on.owner_id.clone();
+        let why = match cause {
+            Cause::OwnerDead => format!("its owner node {from} was declared dead"),
+            Cause::NeverMade => format!(
+                "node {from} never made attempt {} (this node restarted before it answered)",
+                rec.attempt.max(1)
+            ),
+        };
         // The next attempt's number is durable before anyone hears of it.
         if !matches!(rec.state(), Stored::Rescheduling { .. }) {
             if let Some(last) = rec.attempts.last_mut() {
@@ -143,13 +161,16 @@ impl Manager {
         let strategy = self.strategy;
         let index = self.registry.index();
         // Not back onto the dead node, even if a stale view still lists it.
-        let avoid: HashSet<String> = index
-            .candidates()
-            .iter()
-            .filter(|c| c.owner_id == dead)
-            .map(|c| c.id.clone())
-            .chain([rec.placed_on.provider_id.clone()])
-            .collect();
+        let avoid: HashSet<String> = match cause {
+            Cause::OwnerDead => index
+                .candidates()
+                .iter()
+                .filter(|c| c.owner_id == from)
+                .map(|c| c.id.clone())
+                .chain([rec.placed_on.provider_id.clone()])
+                .collect(),
+            Cause::NeverMade => HashSet::new(),
+        };
         let need = crate::placement::feasible::Need {
             resources: spec.resources,
             gpu_model: spec.gpu_model.as_deref(),
@@ -173,11 +194,11 @@ impl Manager {
             .await;
         match result {
             Ok(Attempt::Placed(placed)) => {
-                info!(deployment = %rec.id, attempt = rec.attempt, from = %dead, to = %placed.placement.owner_id, "deployment rescheduled");
+                info!(deployment = %rec.id, attempt = rec.attempt, from = %from, to = %placed.placement.owner_id, ?cause, "deployment rescheduled");
                 self.audit(
                     "reschedule",
                     "placed",
-                    serde_json::json!({"deployment": rec.id, "attempt": rec.attempt, "from": dead, "provider": placed.placement.provider_id, "owner": placed.placement.owner_id}),
+                    serde_json::json!({"deployment": rec.id, "attempt": rec.attempt, "from": from, "provider": placed.placement.provider_id, "owner": placed.placement.owner_id}),
                 );
                 true
             }
@@ -196,7 +217,7 @@ impl Manager {
                     self.audit(
                         "reschedule",
                         "queued",
-                        serde_json::json!({"deployment": id, "attempt": attempt, "from": dead}),
+                        serde_json::json!({"deployment": id, "attempt": attempt, "from": from}),
                     );
                 }
                 false
