@@ -108,8 +108,9 @@ pub fn best_roster<'a>(
 /// - Quorum: the roster's members (minus those known to have left: a
 ///   goodbye, or alive without the membership) and the live members who
 ///   joined since must be reachable by more than half; on an exact half, the side holding the
-///   lowest id keeps it (Akka's keep-majority). A group with no roster yet
-///   (just created) has quorum.
+///   lowest id keeps it (Akka's keep-majority). Suspected members count as
+///   reachable until declared dead. A group with no roster yet (just
+///   created) has quorum.
 /// - The incumbent (the roster's leader) keeps office while it is a live
 ///   member; otherwise the oldest alive member (joined first, then lowest
 ///   id) takes it, but only once no member is suspected (a converged view).
@@ -188,8 +189,19 @@ pub fn derive(
                     .filter(|id| fits.contains(id)),
             )
             .collect();
-        let present = counted.iter().filter(|id| alive.contains(*id)).count();
-        let lowest_present = counted.iter().min().is_some_and(|id| alive.contains(id));
+        // A suspected member still counts until it is declared dead, as a
+        // suspected incumbent keeps office: a passing suspicion (a slow
+        // round on a loaded host) must not cost the group its leader.
+        let reachable: BTreeSet<&str> = members
+            .iter()
+            .map(|m| m.id.as_str())
+            .filter(|id| fits.contains(id))
+            .collect();
+        let present = counted.iter().filter(|id| reachable.contains(*id)).count();
+        let lowest_present = counted
+            .iter()
+            .min()
+            .is_some_and(|id| reachable.contains(id));
         state.quorum = counted.is_empty()
             || 2 * present > counted.len()
             || (2 * present == counted.len() && lowest_present);
@@ -403,6 +415,39 @@ mod tests {
         };
         assert!(derive("g", "a", &half(&["a", "b"]), Some(&r4), 9).0.quorum);
         assert!(!derive("g", "c", &half(&["c", "d"]), Some(&r4), 9).0.quorum);
+    }
+
+    #[test]
+    fn a_suspicion_alone_costs_no_quorum() {
+        let r = roster(3, "a", &["a", "b", "c", "d", "e"]);
+        let m = meta(&[("g", 1)], vec![r.clone()]);
+        let with = |suspect: Status| -> Vec<Peer<'_>> {
+            ["a", "b", "c", "d", "e"]
+                .into_iter()
+                .map(|id| {
+                    let status = if ["a", "b"].contains(&id) {
+                        Status::Alive
+                    } else {
+                        suspect
+                    };
+                    Peer {
+                        id,
+                        status,
+                        meta: (!status.is_tombstone()).then_some(&m),
+                    }
+                })
+                .collect()
+        };
+        let (state, write) = derive("g", "a", &with(Status::Suspect), Some(&r), 9);
+        assert!(state.quorum, "{state:?}");
+        assert_eq!(state.leader.as_deref(), Some("a"));
+        assert!(
+            write.is_none(),
+            "no roster change while members are suspected"
+        );
+        // Declared dead, they no longer count.
+        let (state, _) = derive("g", "a", &with(Status::Dead), Some(&r), 9);
+        assert!(!state.quorum && state.leader.is_none(), "{state:?}");
     }
 
     #[test]

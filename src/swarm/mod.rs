@@ -28,7 +28,9 @@
 //!   writer and a successor's roster wins over epochs its side never saw;
 //! - **keep-majority** (Akka's split-brain resolver): a side of a partition
 //!   that reaches at most half of the roster's members has no leader (an
-//!   exact half keeps it only with the roster's lowest id). Members who
+//!   exact half keeps it only with the roster's lowest id). A suspected
+//!   member counts as reached until it is declared dead, as a suspected
+//!   incumbent keeps office, so a passing suspicion costs no leader. Members who
 //!   joined since the roster was written count as well, so a leader that
 //!   dies before writing them in strands nobody. Members that left the
 //!   group or the mesh are not counted. A join that races a partition can
