@@ -122,6 +122,13 @@ async fn answered<T: Message>(
     Ok(reply)
 }
 
+/// How often, in rounds, the channel pool drops what it no longer needs.
+const POOL_SWEEP_ROUNDS: u64 = 10;
+/// Rounds a peer's channel may go unused before it is dropped: about the
+/// peers met in that many rounds stay connected (fanout × 30, not every
+/// member), and only those are pinged.
+const POOL_IDLE_ROUNDS: u32 = 30;
+
 /// One round per interval until cancelled.
 pub async fn gossip_loop(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut interval = tokio::time::interval(shared.config.gossip.interval);
@@ -140,7 +147,7 @@ pub async fn gossip_loop(shared: Arc<Shared>, cancel: CancellationToken) {
             _ = interval.tick() => {
                 let targets = shared.mesh().tick(shared.now());
                 let round = shared.stats.rounds.fetch_add(1, Ordering::Relaxed);
-                if round % 60 == 59 {
+                if round % POOL_SWEEP_ROUNDS == POOL_SWEEP_ROUNDS - 1 {
                     // One guard: the mesh mutex is not reentrant.
                     let keep: HashSet<String> = {
                         let mesh = shared.mesh();
@@ -150,7 +157,7 @@ pub async fn gossip_loop(shared: Arc<Shared>, cancel: CancellationToken) {
                             .chain(mesh.seeds().iter().cloned())
                             .collect()
                     };
-                    shared.pool.retain(&keep);
+                    shared.pool.retain(&keep, shared.config.gossip.interval * POOL_IDLE_ROUNDS);
                 }
                 for t in targets {
                     if !busy.insert(t.addr.clone()) {

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
@@ -16,10 +16,16 @@ use crate::security::tls::Tls;
 
 /// One lazily connected channel per peer address, reused across rounds.
 pub struct Pool {
-    clients: Mutex<HashMap<String, Channel>>,
+    clients: Mutex<HashMap<String, Pooled>>,
     timeout: Duration,
     keep_alive: Duration,
     tls: Option<ClientTlsConfig>,
+}
+
+/// A channel and when it was last handed out.
+struct Pooled {
+    channel: Channel,
+    used: Instant,
 }
 
 impl Pool {
@@ -85,8 +91,9 @@ impl Pool {
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = clients.get(addr) {
-            return Ok(c.clone());
+        if let Some(c) = clients.get_mut(addr) {
+            c.used = Instant::now();
+            return Ok(c.channel.clone());
         }
         let bad = |e: tonic::transport::Error| {
             Status::invalid_argument(format!("bad peer address {addr:?}: {e}"))
@@ -103,7 +110,13 @@ impl Pool {
             endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
         }
         let channel = endpoint.connect_lazy();
-        clients.insert(addr.to_string(), channel.clone());
+        clients.insert(
+            addr.to_string(),
+            Pooled {
+                channel: channel.clone(),
+                used: Instant::now(),
+            },
+        );
         Ok(channel)
     }
 
@@ -117,9 +130,40 @@ impl Pool {
         clients.remove(addr);
     }
 
-    /// Drops channels to addresses no longer in `keep`.
-    pub fn retain(&self, keep: &HashSet<String>) {
+    /// Drops channels to addresses no longer in `keep`, and those not
+    /// handed out for `idle`. Gossip picks peers at random, so without the
+    /// second rule a node would end up holding (and pinging) a connection
+    /// to every member; redialling a peer met again later is cheap.
+    pub fn retain(&self, keep: &HashSet<String>, idle: Duration) {
+        let now = Instant::now();
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients.retain(|addr, _| keep.contains(addr));
+        clients.retain(|addr, c| keep.contains(addr) && now.duration_since(c.used) < idle);
+    }
+
+    /// Channels held now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_channels_and_departed_peers_are_dropped() {
+        let pool = Pool::new(Duration::from_millis(100), Duration::from_secs(1), None);
+        for addr in ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"] {
+            pool.channel(addr).unwrap();
+        }
+        let keep: HashSet<String> = ["127.0.0.1:1", "127.0.0.1:2"].map(String::from).into();
+        pool.retain(&keep, Duration::from_secs(60));
+        assert_eq!(pool.len(), 2, "the departed peer's channel is dropped");
+        pool.retain(&keep, Duration::ZERO);
+        assert_eq!(pool.len(), 0, "idle channels are dropped");
     }
 }
