@@ -74,6 +74,7 @@ fn view(n: usize, rng: &mut SmallRng) -> Vec<Candidate> {
                 },
                 labels: [("region".to_string(), regions[i % 4].to_string())].into(),
                 version: 0,
+                gpus: Vec::new(),
             }
         })
         .collect()

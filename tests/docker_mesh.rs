@@ -1,10 +1,13 @@
 //! End to end across nodes with the real Docker engine: node A knows node
 //! B's Docker provider only through gossip, deploys onto it over
-//! CallProvider, reads its logs and stops it, all through A's gRPC API.
+//! CallProvider, reads its logs and stops it, all through A's gRPC API;
+//! the image B pulls for A reports its progress through A.
 
 mod common;
 #[path = "support/docker.rs"]
 mod docker_support;
+#[path = "support/registry.rs"]
+mod registry;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -348,4 +351,118 @@ async fn external_providers_are_accepted_only_after_a_live_test() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_deploy_reports_the_owners_image_pull_through_the_home() {
+    use pb::deploy_event::Event;
+    ensure_test_image();
+    let run = suffix();
+    let docker = engine().await;
+    // 8 MiB of layer: the engine reports the download in several steps.
+    let registry = registry::serve(&docker, TEST_IMAGE, 8 << 20).await;
+    let image = registry.image(&format!("iarnet-test/pulled-{run}"), "1");
+    let _image_gone = RemoveImage(image.clone());
+    let b_id = format!("pull-b-{run}");
+    let b_provider = format!("{b_id}/docker");
+    let _clean_b = Cleanup(b_provider.clone());
+    let b = start_with(
+        &b_id,
+        &[],
+        vec![docker_provider(&b_provider, &b_id).await],
+        true,
+    )
+    .await;
+    let a = start_with(
+        &format!("pull-a-{run}"),
+        &[b.advertise_addr()],
+        Vec::new(),
+        true,
+    )
+    .await;
+    wait_until("A to discover B's provider", WAIT, || {
+        let cands = a.manager().candidates();
+        if cands.iter().any(|p| p.id == b_provider) {
+            Ok(())
+        } else {
+            Err(format!("{cands:?}"))
+        }
+    })
+    .await;
+
+    let mut api = ResourceServiceClient::connect(format!("http://{}", a.local_addr()))
+        .await
+        .unwrap();
+    let mut pulled = spec(&format!("pull-{run}"), &b_provider);
+    pulled.image = image.clone();
+    let mut stream = api
+        .deploy(pulled)
+        .await
+        .expect("deploy through A")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(ev) = stream.next().await {
+        events.push(ev.expect("a deploy event").event.expect("an event"));
+    }
+
+    // B's pull steps reached A, in the engine's order, before the end.
+    let layer = &registry.new_layer["sha256:".len().."sha256:".len() + 12];
+    let steps: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Pull(p) if p.layer == layer => Some(p.status.as_str()),
+            _ => None,
+        })
+        .collect();
+    let first = |s: &str| steps.iter().position(|x| *x == s);
+    let (fs, complete) = (first("Pulling fs layer"), first("Pull complete"));
+    assert!(
+        fs.is_some() && complete.is_some() && fs < complete,
+        "the new layer's steps through A: {steps:?}"
+    );
+    let downloading = events.iter().find_map(|e| match e {
+        Event::Pull(p) if p.layer == layer && p.status == "Downloading" => Some(p),
+        _ => None,
+    });
+    if let Some(d) = downloading {
+        assert!(d.total > 0 && d.current <= d.total, "{d:?}");
+    }
+    let states: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::State(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(states.contains(&"pulling"), "{states:?}");
+    let pull_at = events
+        .iter()
+        .position(|e| matches!(e, Event::Pull(_)))
+        .unwrap();
+    let end_at = events
+        .iter()
+        .position(|e| matches!(e, Event::Deployment(_)))
+        .expect("the deployment ends the stream");
+    assert!(pull_at < end_at);
+    let Event::Deployment(d) = &events[end_at] else {
+        unreachable!()
+    };
+    assert_eq!(
+        (d.owner_id.as_str(), d.state.as_str()),
+        (b_id.as_str(), "running")
+    );
+    api.stop(pb::StopRequest { id: d.id.clone() })
+        .await
+        .unwrap();
+}
+
+/// Removes an image tag when dropped, also when the test panics.
+struct RemoveImage(String);
+
+impl Drop for RemoveImage {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.0])
+            .output();
+    }
 }

@@ -1,6 +1,7 @@
 //! Placement across real nodes on 127.0.0.1 with in-memory providers:
 //! admission under concurrency, remote deploys over CallProvider, the
-//! remote-access switch, idempotent retries, and the gRPC API.
+//! remote-access switch, idempotent retries, the gRPC API, and GPU
+//! readings that reach other nodes.
 
 mod common;
 
@@ -414,4 +415,93 @@ async fn the_grpc_api_deploys_lists_logs_and_stops() {
         p.describe().await.unwrap().capacity.reserved,
         Resources::ZERO
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_gpu_readings_reach_other_nodes_and_a_lost_gpu_is_not_offered() {
+    use iarnet::resource::gpu::{FakeGpus, GpuReadings};
+    let start = FakeGpus::uniform(2, "NVIDIA H100").0;
+    let readings = Arc::new(GpuReadings::new(start.clone()));
+    let b_provider = Arc::new(
+        MemoryProvider::with_gpus("b-gpu", cpus(8), BTreeMap::new(), start.clone())
+            .with_gpu_probe(readings.clone()),
+    );
+    let b = start_with("gb", &[], vec![b_provider], true).await;
+    let a = start_with("ga", &[b.advertise_addr()], Vec::new(), true).await;
+    sees_providers(&a, &["b-gpu"]).await;
+    let mut api = ResourceServiceClient::connect(format!("http://{}", a.local_addr()))
+        .await
+        .unwrap();
+
+    // B's refresh loop re-reads the GPUs; gossip carries the figures to A.
+    let mut busy = start.clone();
+    busy[1].utilization_pct = 93;
+    busy[1].memory_used_bytes = 30 << 30;
+    readings.set(busy);
+    let seen_busy = wait_for_entry(&mut api, "b-gpu", |e| {
+        e.gpus.len() == 2 && e.gpus[1].utilization_pct == 93
+    })
+    .await;
+    let g = &seen_busy.gpus[1];
+    assert_eq!(
+        (
+            g.uuid.as_str(),
+            g.memory_bytes,
+            g.memory_used_bytes,
+            g.holders
+        ),
+        (start[1].uuid.as_str(), 80 << 30, 30 << 30, 0)
+    );
+
+    // A deploy that takes a GPU shows as its holder.
+    let mut one_gpu = spec("gpu-1");
+    one_gpu.resources.gpus = 1;
+    a.manager()
+        .deploy(one_gpu, PlaceOptions::default(), ProgressSink::none())
+        .await
+        .expect("placed on B's GPU");
+    wait_for_entry(&mut api, "b-gpu", |e| {
+        e.gpus.iter().map(|g| g.holders).sum::<u32>() == 1
+    })
+    .await;
+
+    // A failed reading keeps the last one; a GPU that fell off the bus is
+    // no longer offered, so the other deploy finds no room.
+    readings.fail("NVML: GPU is lost");
+    b.manager().refresh().await;
+    readings.set(vec![start[0].clone()]);
+    let lost = wait_for_entry(&mut api, "b-gpu", |e| e.gpus.len() == 1).await;
+    assert_eq!(lost.capacity.unwrap().total.unwrap().gpus, 1);
+    let mut another = spec("gpu-2");
+    another.resources.gpus = 1;
+    let refused = a
+        .manager()
+        .deploy(another, PlaceOptions::default(), ProgressSink::none())
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+/// The entry A lists for `id` once `ok` holds for it.
+async fn wait_for_entry(
+    api: &mut ResourceServiceClient<tonic::transport::Channel>,
+    id: &str,
+    ok: impl Fn(&pb::ProviderEntry) -> bool,
+) -> pb::ProviderEntry {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let listed = api
+            .list_providers(pb::ListProvidersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let entry = listed.providers.into_iter().find(|e| e.id == id);
+        match entry {
+            Some(e) if ok(&e) => return e,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting on {id}: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -21,8 +21,10 @@ use crate::placement::manager::{
 use crate::placement::{Manager, PlaceOptions, QueueEntry};
 use crate::proto::resource as pb;
 use crate::proto::resource::resource_service_server::ResourceService;
-use crate::resource::wire::{deployment_to_proto, provider_entry, spec_from_proto};
-use crate::resource::{Capacity, LogOptions, Progress, ProgressSink, Tier};
+use crate::resource::wire::{
+    deployment_to_proto, progress_to_proto, provider_entry, spec_from_proto,
+};
+use crate::resource::{Capacity, LogOptions, ProgressSink, Tier};
 use crate::security::who;
 use crate::sync::TokenBucket;
 
@@ -109,26 +111,6 @@ fn sum(caps: impl Iterator<Item = Capacity>) -> Capacity {
         Some(a.map_or(c, |a| a.plus(&c)))
     })
     .unwrap_or_default()
-}
-
-pub(super) fn progress_event(p: Progress) -> pb::DeployEvent {
-    use pb::deploy_event::Event;
-    pb::DeployEvent {
-        event: Some(match p {
-            Progress::State(s) => Event::State(s.name().to_string()),
-            Progress::Pull {
-                layer,
-                status,
-                current,
-                total,
-            } => Event::Pull(pb::PullProgress {
-                layer,
-                status,
-                current,
-                total,
-            }),
-        }),
-    }
 }
 
 /// A deployment as any node answered for it, naming its owner and home.
@@ -353,12 +335,12 @@ impl ResourceService for ResourceApi {
                     _ = stop.cancelled() => return,
                     r = &mut deploy => break r,
                     Some(p) = progress.recv() => {
-                        let _ = tx.send(Ok(progress_event(p))).await;
+                        let _ = tx.send(Ok(progress_to_proto(p))).await;
                     }
                 }
             };
             while let Ok(p) = progress.try_recv() {
-                let _ = tx.send(Ok(progress_event(p))).await;
+                let _ = tx.send(Ok(progress_to_proto(p))).await;
             }
             use pb::deploy_event::Event;
             match &result {

@@ -5,12 +5,12 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::resources::progress_event;
 use crate::audit::Audit;
 use crate::placement::manager::ServiceView;
 use crate::placement::{Manager, PlaceOptions};
 use crate::proto::resource as pb;
 use crate::resource::wire::deployment_to_proto;
+use crate::resource::wire::progress_to_proto;
 use crate::resource::{DeploySpec, ProgressSink};
 
 /// A service as the API answers it.
@@ -67,12 +67,12 @@ pub async fn deploy_service(
             biased;
             r = &mut deploy => break r,
             Some(p) = progress.recv() => {
-                let _ = tx.send(Ok(progress_event(p))).await;
+                let _ = tx.send(Ok(progress_to_proto(p))).await;
             }
         }
     };
     while let Ok(p) = progress.try_recv() {
-        let _ = tx.send(Ok(progress_event(p))).await;
+        let _ = tx.send(Ok(progress_to_proto(p))).await;
     }
     match result {
         Ok((view, placed)) => {

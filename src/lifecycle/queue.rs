@@ -219,6 +219,7 @@ mod tests {
             },
             labels: BTreeMap::new(),
             version: 0,
+            gpus: Vec::new(),
         }
     }
 

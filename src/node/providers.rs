@@ -104,7 +104,7 @@ pub async fn detect_internal(config: &Config, node_id: &str) -> Option<Arc<dyn P
     match DockerProvider::connect(settings).await {
         Ok(p) => {
             info!(endpoint = %p.endpoint(), "internal Docker provider ready");
-            Some(Arc::new(p))
+            Some(Arc::new(p.with_gpu_probe(Arc::new(NvmlProbe))))
         }
         Err(e) => {
             let level_is_warn = config.mode == Mode::Standalone;

@@ -238,5 +238,6 @@ pub fn candidate_of(on: &PlacedOn) -> Candidate {
         capacity: Default::default(),
         labels: Default::default(),
         version: 0,
+        gpus: Vec::new(),
     }
 }

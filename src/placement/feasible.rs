@@ -374,6 +374,7 @@ mod tests {
             },
             labels: [(labels::REGION.to_string(), region.to_string())].into(),
             version: 0,
+            gpus: Vec::new(),
         }
     }
 

@@ -43,6 +43,7 @@ fn cand(owner: u8, slot: u8, tier: u8, free_cpu: u64, region: u8) -> Candidate {
             r => [("region".to_string(), format!("r{r}"))].into(),
         },
         version: 0,
+        gpus: Vec::new(),
     }
 }
 

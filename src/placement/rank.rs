@@ -127,6 +127,7 @@ fn at_least(cpu: u64) -> ByCpu {
             capacity: Default::default(),
             labels: Default::default(),
             version: 0,
+            gpus: Vec::new(),
         })
     });
     ByCpu(cpu, NOBODY.clone())

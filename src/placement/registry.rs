@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 
 use tracing::{info, warn};
 
+use super::call::journal::Journals;
 use super::call::proxy::RemoteProvider;
 use super::call::ProviderCaller;
 use super::rank::Index;
@@ -101,6 +102,8 @@ pub struct Registry {
     /// Bumped on every change to a local provider's descriptor.
     local_version: AtomicU64,
     index: Mutex<Option<CachedIndex>>,
+    /// What deploys served for other nodes report, for them to poll.
+    journals: Journals,
 }
 
 impl Registry {
@@ -114,11 +117,16 @@ impl Registry {
             published: Mutex::new(Some(Vec::new())),
             local_version: AtomicU64::new(0),
             index: Mutex::default(),
+            journals: Journals::default(),
         }
     }
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    pub fn journals(&self) -> &Journals {
+        &self.journals
     }
 
     pub fn allow_remote_access(&self) -> bool {

@@ -135,6 +135,7 @@ mod tests {
                 .map(|r| BTreeMap::from([("region".to_string(), r.to_string())]))
                 .unwrap_or_default(),
             version: 0,
+            gpus: Vec::new(),
         }
     }
 

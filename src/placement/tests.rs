@@ -39,6 +39,7 @@ fn cand(id: &str, tier: Tier, free_cpu: u64, labels: &[(&str, &str)]) -> Candida
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         version: 0,
+        gpus: Vec::new(),
     }
 }
 

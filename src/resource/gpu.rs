@@ -2,26 +2,44 @@
 //! specific GPUs, by UUID, to deployments.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
 
 use tracing::debug;
 
 use super::error::ResourceError;
 
 /// One GPU as NVML reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GpuInfo {
     pub index: u32,
     pub uuid: String,
     pub model: String,
     pub memory_bytes: u64,
+    /// Memory in use when last read, by any process.
+    pub memory_used_bytes: u64,
     /// Percent of time a kernel ran over the last sample period.
     pub utilization_pct: u32,
+}
+
+/// One GPU of a provider as its owner last read it, in the provider's
+/// record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GpuStatus {
+    pub gpu: GpuInfo,
+    /// Deployments holding it now (one exclusively, or any number shared).
+    pub holders: u32,
 }
 
 /// Reads the GPU inventory of this machine.
 pub trait GpuProbe: Send + Sync {
     /// The GPUs present now; a machine without a driver has none.
     fn inventory(&self) -> Vec<GpuInfo>;
+
+    /// A fresh reading, or why none could be taken (then the last one
+    /// stands: a passing driver error must not take every GPU away).
+    fn read(&self) -> Result<Vec<GpuInfo>, String> {
+        Ok(self.inventory())
+    }
 }
 
 /// The real probe: NVIDIA's management library, loaded at run time.
@@ -30,31 +48,80 @@ pub struct NvmlProbe;
 
 impl GpuProbe for NvmlProbe {
     fn inventory(&self) -> Vec<GpuInfo> {
-        match nvml_inventory() {
-            Ok(gpus) => gpus,
-            Err(e) => {
-                // No driver or no library is the normal case off GPU hosts.
-                debug!(error = %e, "no NVIDIA GPUs visible");
-                Vec::new()
-            }
-        }
+        self.read().unwrap_or_else(|e| {
+            // No driver or no library is the normal case off GPU hosts.
+            debug!(error = %e, "no NVIDIA GPUs visible");
+            Vec::new()
+        })
+    }
+
+    fn read(&self) -> Result<Vec<GpuInfo>, String> {
+        // Loading the library and initialising NVML costs far more than a
+        // reading: once per process.
+        static NVML: OnceLock<Result<nvml_wrapper::Nvml, String>> = OnceLock::new();
+        let nvml = NVML
+            .get_or_init(|| nvml_wrapper::Nvml::init().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        nvml_inventory(nvml).map_err(|e| e.to_string())
     }
 }
 
-fn nvml_inventory() -> Result<Vec<GpuInfo>, nvml_wrapper::error::NvmlError> {
-    let nvml = nvml_wrapper::Nvml::init()?;
+fn nvml_inventory(
+    nvml: &nvml_wrapper::Nvml,
+) -> Result<Vec<GpuInfo>, nvml_wrapper::error::NvmlError> {
     let mut out = Vec::new();
     for index in 0..nvml.device_count()? {
         let dev = nvml.device_by_index(index)?;
+        let memory = dev.memory_info().ok();
         out.push(GpuInfo {
             index,
             uuid: dev.uuid()?,
             model: dev.name()?,
-            memory_bytes: dev.memory_info().map(|m| m.total).unwrap_or(0),
+            memory_bytes: memory.as_ref().map_or(0, |m| m.total),
+            memory_used_bytes: memory.as_ref().map_or(0, |m| m.used),
             utilization_pct: dev.utilization_rates().map(|u| u.gpu).unwrap_or(0),
         });
     }
     Ok(out)
+}
+
+/// Keeps a provider's GPUs fresh: the ones it started with (within its
+/// `resource_limits.gpu`), re-read for memory in use and utilisation; one
+/// the probe no longer sees is no longer offered until it returns.
+pub struct GpuRefresh {
+    probe: Arc<dyn GpuProbe>,
+    known: BTreeSet<String>,
+}
+
+impl GpuRefresh {
+    pub fn new(probe: Arc<dyn GpuProbe>, pool: &GpuPool) -> GpuRefresh {
+        GpuRefresh {
+            probe,
+            known: pool.gpus.iter().map(|g| g.uuid.clone()).collect(),
+        }
+    }
+
+    pub fn follows_any(&self) -> bool {
+        !self.known.is_empty()
+    }
+
+    /// A fresh reading of the GPUs this provider offers, or None when none
+    /// could be taken (the last one stands). Read outside any lock: a
+    /// driver call may block.
+    pub fn read(&self, provider: &str) -> Option<Vec<GpuInfo>> {
+        match self.probe.read() {
+            Ok(gpus) => Some(
+                gpus.into_iter()
+                    .filter(|g| self.known.contains(&g.uuid))
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(provider, error = %e, "cannot read the GPUs: keeping the last reading");
+                None
+            }
+        }
+    }
 }
 
 /// The in-memory twin of NVML, for tests and simulations.
@@ -71,6 +138,7 @@ impl FakeGpus {
                     uuid: format!("GPU-{}-{index}", model.replace(' ', "-")),
                     model: model.to_string(),
                     memory_bytes: 80 << 30,
+                    memory_used_bytes: 0,
                     utilization_pct: 0,
                 })
                 .collect(),
@@ -81,6 +149,35 @@ impl FakeGpus {
 impl GpuProbe for FakeGpus {
     fn inventory(&self) -> Vec<GpuInfo> {
         self.0.clone()
+    }
+}
+
+/// The in-memory twin of a driver whose readings change: a test sets
+/// what the next reading returns, or makes it fail.
+#[derive(Debug)]
+pub struct GpuReadings(std::sync::Mutex<Result<Vec<GpuInfo>, String>>);
+
+impl GpuReadings {
+    pub fn new(gpus: Vec<GpuInfo>) -> GpuReadings {
+        GpuReadings(std::sync::Mutex::new(Ok(gpus)))
+    }
+
+    pub fn set(&self, gpus: Vec<GpuInfo>) {
+        *self.0.lock().expect("readings lock") = Ok(gpus);
+    }
+
+    pub fn fail(&self, why: &str) {
+        *self.0.lock().expect("readings lock") = Err(why.to_string());
+    }
+}
+
+impl GpuProbe for GpuReadings {
+    fn inventory(&self) -> Vec<GpuInfo> {
+        self.read().unwrap_or_default()
+    }
+
+    fn read(&self) -> Result<Vec<GpuInfo>, String> {
+        self.0.lock().expect("readings lock").clone()
     }
 }
 
@@ -112,6 +209,8 @@ impl GpuPool {
     }
 
     /// Takes a new inventory; assignments to GPUs still present are kept.
+    /// A GPU no longer present is not offered (its holders keep their
+    /// claim, should it return).
     pub fn refresh(&mut self, gpus: Vec<GpuInfo>) {
         for g in &gpus {
             self.holders.entry(g.uuid.clone()).or_default();
@@ -121,6 +220,19 @@ impl GpuPool {
 
     pub fn gpus(&self) -> &[GpuInfo] {
         &self.gpus
+    }
+
+    /// Each GPU offered, with how many deployments hold it.
+    pub fn statuses(&self) -> Vec<GpuStatus> {
+        self.gpus
+            .iter()
+            .map(|g| GpuStatus {
+                gpu: g.clone(),
+                holders: self.holders.get(&g.uuid).map_or(0, |h| {
+                    h.shared.len() as u32 + u32::from(h.exclusive.is_some())
+                }),
+            })
+            .collect()
     }
 
     /// GPUs nobody holds.
@@ -311,5 +423,52 @@ mod tests {
                 "{g:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_refresh_follows_the_gpus_it_started_with_and_keeps_the_last_reading_on_error() {
+        let start = FakeGpus::uniform(2, "NVIDIA H100").0;
+        let mut pool = GpuPool::new(start.clone());
+        let held = pool.assign("a", 1, None, false).unwrap();
+        let readings = Arc::new(GpuReadings::new(start.clone()));
+        let refresh = GpuRefresh::new(readings.clone(), &pool);
+
+        // Fresh figures, and a GPU this provider never offered (another
+        // provider's, or beyond resource_limits.gpu) stays out.
+        let mut now = start.clone();
+        now[0].utilization_pct = 87;
+        now[0].memory_used_bytes = 10 << 30;
+        let mut stranger = now[1].clone();
+        stranger.uuid = "GPU-other".into();
+        now.push(stranger);
+        readings.set(now);
+        pool.refresh(refresh.read("p").unwrap());
+        let statuses = pool.statuses();
+        assert_eq!(statuses.len(), 2);
+        assert_eq!(
+            (
+                statuses[0].gpu.utilization_pct,
+                statuses[0].gpu.memory_used_bytes
+            ),
+            (87, 10 << 30)
+        );
+        let holders: Vec<u32> = statuses.iter().map(|s| s.holders).collect();
+        let expect: Vec<u32> = start
+            .iter()
+            .map(|g| u32::from(held.contains(&g.uuid)))
+            .collect();
+        assert_eq!(holders, expect);
+
+        // A failed reading changes nothing.
+        readings.fail("NVML: GPU is lost");
+        assert_eq!(refresh.read("p"), None);
+
+        // A GPU that vanished is not offered; it returns with its holder.
+        readings.set(vec![start[1].clone()]);
+        pool.refresh(refresh.read("p").unwrap());
+        assert_eq!(pool.gpus().len(), 1);
+        readings.set(start.clone());
+        pool.refresh(refresh.read("p").unwrap());
+        assert_eq!(pool.held_by("a"), held);
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::error::ResourceError;
-use super::gpu::GpuPool;
+use super::gpu::{GpuInfo, GpuPool};
 use super::types::{Capacity, DeploySpec, Resources};
 
 /// Admission of one deployment: reserves its amounts under `key` and
@@ -30,6 +30,13 @@ pub fn admit(
         ledger.release(key);
     }
     assigned
+}
+
+/// A fresh GPU reading: the pool offers what is present now, and the
+/// ledger's GPU dimension follows it.
+pub fn offer_gpus(ledger: &mut Ledger, pool: &mut GpuPool, gpus: Vec<GpuInfo>) {
+    pool.refresh(gpus);
+    ledger.set_total_gpus(pool.gpus().len() as u32);
 }
 
 /// Reservations by key (a deployment id). Every change goes through
@@ -61,6 +68,11 @@ impl Ledger {
     pub fn with_max_deployments(mut self, max: Option<u32>) -> Ledger {
         self.max_deployments = max;
         self
+    }
+
+    /// The GPUs offered changed (one fell off the bus, or came back).
+    pub fn set_total_gpus(&mut self, gpus: u32) {
+        self.total.gpus = gpus;
     }
 
     pub fn max_deployments(&self) -> Option<u32> {

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use futures::stream;
 
 use super::error::ResourceError;
-use super::gpu::{GpuInfo, GpuPool};
-use super::ledger::{admit, Ledger};
+use super::gpu::{GpuInfo, GpuPool, GpuProbe, GpuRefresh};
+use super::ledger::{admit, offer_gpus, Ledger};
 use super::memory_build::{BuiltImage, MemoryBuilder};
 use super::provider::{ImageBuilder, LogOptions, LogStream, ProgressSink, Provider};
 use super::types::{
@@ -31,6 +31,8 @@ pub struct MemoryProvider {
     books: Mutex<Books>,
     /// Set when the twin builds images too.
     builder: Option<Arc<MemoryBuilder>>,
+    /// Re-reads the GPUs on each describe, as the Docker provider does.
+    gpu_refresh: Option<GpuRefresh>,
 }
 
 impl MemoryProvider {
@@ -58,7 +60,18 @@ impl MemoryProvider {
                 restart: HashMap::new(),
             }),
             builder: None,
+            gpu_refresh: None,
         }
+    }
+
+    /// Re-reads its GPUs from `probe` on each describe (the NVML twin
+    /// whose readings a test changes).
+    pub fn with_gpu_probe(mut self, probe: Arc<dyn GpuProbe>) -> MemoryProvider {
+        let refresh = GpuRefresh::new(probe, &self.books().gpus);
+        if refresh.follows_any() {
+            self.gpu_refresh = Some(refresh);
+        }
+        self
     }
 
     /// The twin builds images (as a Docker provider does).
@@ -142,7 +155,12 @@ impl Provider for MemoryProvider {
     }
 
     async fn describe(&self) -> Result<ProviderDescriptor, ResourceError> {
-        let books = self.books();
+        let reading = self.gpu_refresh.as_ref().and_then(|r| r.read(&self.id));
+        let mut books = self.books();
+        if let Some(gpus) = reading {
+            let books = &mut *books;
+            offer_gpus(&mut books.ledger, &mut books.gpus, gpus);
+        }
         let mut labels = self.labels.clone();
         if let Some(model) = books.gpus.models().first() {
             labels.insert(crate::resource::labels::GPU_MODEL.into(), model.clone());
@@ -155,6 +173,7 @@ impl Provider for MemoryProvider {
             healthy: true,
             capacity: books.ledger.capacity(),
             labels,
+            gpus: books.gpus.statuses(),
         })
     }
 

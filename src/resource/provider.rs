@@ -25,6 +25,11 @@ impl ProgressSink {
         (ProgressSink(Some(tx)), rx)
     }
 
+    /// Whether anyone listens: a caller may skip work only a listener needs.
+    pub fn is_some(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub fn emit(&self, p: Progress) {
         if let Some(tx) = &self.0 {
             let _ = tx.send(p);

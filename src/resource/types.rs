@@ -7,6 +7,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::gpu::GpuStatus;
+
 /// A storage amount that is not accounted: on the wire as the largest
 /// `uint64`, shown as absent (`null`, "unlimited") to people.
 pub const UNLIMITED: u64 = u64::MAX;
@@ -187,6 +189,8 @@ pub struct ProviderDescriptor {
     pub capacity: Capacity,
     /// `region`, `zone`, `gpu.model`, …
     pub labels: BTreeMap<String, String>,
+    /// Its GPUs as last read (memory in use, utilisation, holders).
+    pub gpus: Vec<GpuStatus>,
 }
 
 /// A provider placement may choose, as seen from this node: what its
@@ -207,6 +211,8 @@ pub struct Candidate {
     /// node's own): a new one is a change even when the figures match one
     /// seen before, since gossip may skip the states in between.
     pub version: u64,
+    /// Its GPUs as the owner last read them.
+    pub gpus: Vec<GpuStatus>,
 }
 
 impl Candidate {
@@ -223,6 +229,7 @@ impl Candidate {
             capacity: d.capacity,
             labels: d.labels.clone(),
             version: 0,
+            gpus: d.gpus.clone(),
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::proto::resource as pb;
 use crate::resource::Quantity;
 
 use super::error::ResourceError;
+use super::gpu::{GpuInfo, GpuStatus};
 use super::lease::{LeaseState, LeaseTerms, LeaseView};
 use super::target::ProviderTarget;
 use super::types::*;
@@ -561,7 +562,34 @@ pub fn provider_info(d: &ProviderDescriptor) -> ProviderInfo {
         },
         labels: d.labels.clone().into_iter().collect(),
         capacity: Some(d.capacity.into()),
+        gpus: d.gpus.iter().map(gpu_to_proto).collect(),
         ..Default::default()
+    }
+}
+
+pub fn gpu_to_proto(g: &GpuStatus) -> pb::Gpu {
+    pb::Gpu {
+        index: g.gpu.index,
+        uuid: g.gpu.uuid.clone(),
+        model: g.gpu.model.clone(),
+        memory_bytes: g.gpu.memory_bytes,
+        memory_used_bytes: g.gpu.memory_used_bytes,
+        utilization_pct: g.gpu.utilization_pct,
+        holders: g.holders,
+    }
+}
+
+pub fn gpu_from_proto(g: &pb::Gpu) -> GpuStatus {
+    GpuStatus {
+        gpu: GpuInfo {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            model: g.model.clone(),
+            memory_bytes: g.memory_bytes,
+            memory_used_bytes: g.memory_used_bytes,
+            utilization_pct: g.utilization_pct,
+        },
+        holders: g.holders,
     }
 }
 
@@ -578,6 +606,7 @@ pub fn candidate_from_gossip(p: &ProviderInfo, owner_addr: &str) -> Candidate {
         capacity: p.capacity.unwrap_or_default().into(),
         labels: p.labels.clone().into_iter().collect(),
         version: p.version,
+        gpus: p.gpus.iter().map(gpu_from_proto).collect(),
     }
 }
 
@@ -594,6 +623,7 @@ pub fn provider_entry(c: &Candidate) -> pb::ProviderEntry {
         capacity: Some(c.capacity.into()),
         labels: c.labels.clone().into_iter().collect(),
         endpoint: String::new(),
+        gpus: c.gpus.iter().map(gpu_to_proto).collect(),
     }
 }
 
@@ -611,5 +641,41 @@ impl From<pb::RegisterProviderRequest> for ProviderTarget {
             labels: r.labels.into_iter().collect(),
             max_deployments: Some(r.max_deployments).filter(|m| *m > 0),
         }
+    }
+}
+
+/// A deploy's progress as a `DeployEvent`.
+pub fn progress_to_proto(p: Progress) -> pb::DeployEvent {
+    use pb::deploy_event::Event;
+    pb::DeployEvent {
+        event: Some(match p {
+            Progress::State(s) => Event::State(s.name().to_string()),
+            Progress::Pull {
+                layer,
+                status,
+                current,
+                total,
+            } => Event::Pull(pb::PullProgress {
+                layer,
+                status,
+                current,
+                total,
+            }),
+        }),
+    }
+}
+
+/// The progress a `DeployEvent` carries; None for other events.
+pub fn progress_from_proto(e: pb::DeployEvent) -> Option<Progress> {
+    use pb::deploy_event::Event;
+    match e.event? {
+        Event::State(s) => Some(Progress::State(state_from(&s, ""))),
+        Event::Pull(p) => Some(Progress::Pull {
+            layer: p.layer,
+            status: p.status,
+            current: p.current,
+            total: p.total,
+        }),
+        _ => None,
     }
 }

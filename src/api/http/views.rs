@@ -123,6 +123,36 @@ pub struct ProviderView {
     pub status: &'static str,
     pub capacity: CapacityView,
     pub labels: BTreeMap<String, String>,
+    /// Its GPUs as the owner last read them; absent without GPUs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuView>,
+}
+
+/// One GPU of a provider in `GET /resource/providers`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GpuView {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    pub memory_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub utilization_pct: u32,
+    /// Deployments holding it.
+    pub holders: u32,
+}
+
+impl From<&pb::Gpu> for GpuView {
+    fn from(g: &pb::Gpu) -> GpuView {
+        GpuView {
+            index: g.index,
+            uuid: g.uuid.clone(),
+            model: g.model.clone(),
+            memory_bytes: g.memory_bytes,
+            memory_used_bytes: g.memory_used_bytes,
+            utilization_pct: g.utilization_pct,
+            holders: g.holders,
+        }
+    }
 }
 
 impl From<&pb::ProviderEntry> for ProviderView {
@@ -137,6 +167,7 @@ impl From<&pb::ProviderEntry> for ProviderView {
             status: if p.healthy { "active" } else { "unhealthy" },
             capacity: p.capacity.as_ref().into(),
             labels: p.labels.clone().into_iter().collect(),
+            gpus: p.gpus.iter().map(GpuView::from).collect(),
         }
     }
 }

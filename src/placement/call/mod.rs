@@ -1,9 +1,12 @@
 //! `CallProvider`, both sides: [`proxy`] operates another node's provider,
 //! [`serve`] answers such calls for this node's own providers. Both speak
 //! the typed `iarnet.resource.v1` payloads named by [`ProviderMethod`].
-//! [`build`] streams build contexts to another node's provider.
+//! [`build`] streams build contexts to another node's provider;
+//! [`journal`] keeps what deploys served here report, for their callers
+//! to poll.
 
 pub mod build;
+pub mod journal;
 pub mod proxy;
 pub mod serve;
 
@@ -44,10 +47,12 @@ pub enum ProviderMethod {
     Prepare,
     /// `AbortCall` → `AbortReply`: give that room back.
     Abort,
+    /// `ProgressCall` → `ProgressReply`: what a deploy in flight reported.
+    Progress,
 }
 
 impl ProviderMethod {
-    pub const ALL: [ProviderMethod; 9] = [
+    pub const ALL: [ProviderMethod; 10] = [
         ProviderMethod::Capacity,
         ProviderMethod::Deploy,
         ProviderMethod::Status,
@@ -57,6 +62,7 @@ impl ProviderMethod {
         ProviderMethod::ReleaseLease,
         ProviderMethod::Prepare,
         ProviderMethod::Abort,
+        ProviderMethod::Progress,
     ];
 
     /// The name on the wire.
@@ -71,6 +77,7 @@ impl ProviderMethod {
             ProviderMethod::ReleaseLease => "release_lease",
             ProviderMethod::Prepare => "prepare",
             ProviderMethod::Abort => "abort",
+            ProviderMethod::Progress => "progress",
         }
     }
 

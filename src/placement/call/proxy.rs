@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use prost::Message;
+use tracing::debug;
 
 use crate::proto::peer::ProviderCallRequest;
 use crate::proto::resource as pb;
-use crate::resource::wire::{deployment_from_proto, spec_to_proto};
+use crate::resource::wire::{
+    deployment_from_proto, gpu_from_proto, progress_from_proto, spec_to_proto,
+};
 use crate::resource::{
     Candidate, DeploySpec, Deployment, LogLine, LogOptions, LogStream, ProgressSink, Provider,
     ProviderDescriptor, ResourceError,
@@ -21,6 +24,8 @@ use super::{ProviderCaller, ProviderMethod};
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(600);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_POLL: Duration = Duration::from_millis(500);
+/// How often a deploy in flight on the owner is asked for its progress.
+const PROGRESS_POLL: Duration = Duration::from_millis(250);
 
 pub struct RemoteProvider {
     candidate: Candidate,
@@ -82,6 +87,22 @@ impl RemoteProvider {
     }
 }
 
+fn request(
+    c: &Candidate,
+    on_behalf_of: &str,
+    method: ProviderMethod,
+    payload: impl Message,
+) -> ProviderCallRequest {
+    ProviderCallRequest {
+        provider_id: c.id.clone(),
+        method: method.as_str().to_string(),
+        payload: payload.encode_to_vec(),
+        // The node's caller fills in its own id.
+        caller_id: String::new(),
+        on_behalf_of: on_behalf_of.to_string(),
+    }
+}
+
 async fn call<Req: Message, Resp: Message + Default>(
     caller: &dyn ProviderCaller,
     c: &Candidate,
@@ -90,16 +111,12 @@ async fn call<Req: Message, Resp: Message + Default>(
     payload: Req,
     timeout: Duration,
 ) -> Result<Resp, ResourceError> {
-    let req = ProviderCallRequest {
-        provider_id: c.id.clone(),
-        method: method.as_str().to_string(),
-        payload: payload.encode_to_vec(),
-        // The node's caller fills in its own id.
-        caller_id: String::new(),
-        on_behalf_of: on_behalf_of.to_string(),
-    };
     let resp = caller
-        .call(&c.owner_addr, req, timeout)
+        .call(
+            &c.owner_addr,
+            request(c, on_behalf_of, method, payload),
+            timeout,
+        )
         .await
         .map_err(|s| ResourceError::from_status(&c.id, &s))?;
     if !resp.success {
@@ -114,6 +131,70 @@ async fn call<Req: Message, Resp: Message + Default>(
             c.owner_id
         ))
     })
+}
+
+/// Polls the owner for what a deploy in flight there reported, passing
+/// each event on once, in order.
+struct ProgressFollower {
+    request_id: String,
+    seen: u64,
+    /// Off once the owner does not know the method (an older node).
+    active: bool,
+}
+
+impl ProgressFollower {
+    fn new(request_id: &str) -> ProgressFollower {
+        ProgressFollower {
+            request_id: request_id.to_string(),
+            seen: 0,
+            active: true,
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.active
+    }
+
+    async fn poll(&mut self, remote: &RemoteProvider, progress: &ProgressSink) {
+        if !self.active {
+            return;
+        }
+        let call = pb::ProgressCall {
+            request_id: self.request_id.clone(),
+            skip: self.seen,
+        };
+        let c = &remote.candidate;
+        let req = request(c, &remote.on_behalf_of, ProviderMethod::Progress, call);
+        let reply = match remote
+            .caller
+            .call(&c.owner_addr, req, PROGRESS_POLL * 8)
+            .await
+        {
+            // An older owner: the deploy goes on without progress, as before.
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                self.active = false;
+                return;
+            }
+            Err(s) => Err(s.message().to_string()),
+            Ok(r) if !r.success => Err(r.error),
+            Ok(r) => pb::ProgressReply::decode(r.response.as_slice()).map_err(|e| e.to_string()),
+        };
+        // Progress is a courtesy: the deploy call decides the outcome.
+        match reply {
+            Ok(r) => {
+                if r.lost > 0 {
+                    debug!(request_id = %self.request_id, lost = r.lost, "deploy progress: the owner dropped events before they were read");
+                }
+                self.seen = self.seen.max(r.next);
+                for e in r.events.into_iter().filter_map(progress_from_proto) {
+                    progress.emit(e);
+                }
+            }
+            Err(e) => {
+                debug!(request_id = %self.request_id, error = %e, "deploy progress: poll failed")
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -134,24 +215,41 @@ impl Provider for RemoteProvider {
             healthy: e.healthy,
             capacity: e.capacity.unwrap_or_default().into(),
             labels: e.labels.into_iter().collect(),
+            gpus: e.gpus.iter().map(gpu_from_proto).collect(),
         })
     }
 
     async fn deploy(
         &self,
         spec: &DeploySpec,
-        _progress: ProgressSink,
+        progress: ProgressSink,
     ) -> Result<Deployment, ResourceError> {
-        let d: pb::Deployment = self
-            .call(
-                ProviderMethod::Deploy,
-                pb::DeployCall {
-                    spec: Some(spec_to_proto(spec)),
-                },
-                DEPLOY_TIMEOUT,
-            )
-            .await?;
-        Ok(deployment_from_proto(d))
+        let deploy = self.call(
+            ProviderMethod::Deploy,
+            pb::DeployCall {
+                spec: Some(spec_to_proto(spec)),
+            },
+            DEPLOY_TIMEOUT,
+        );
+        let mut follow = ProgressFollower::new(&spec.request_id);
+        let deployed: pb::Deployment = if progress.is_some() {
+            tokio::pin!(deploy);
+            loop {
+                tokio::select! {
+                    r = &mut deploy => break r?,
+                    () = tokio::time::sleep(PROGRESS_POLL), if follow.active() => {
+                        follow.poll(self, &progress).await;
+                    }
+                }
+            }
+        } else {
+            deploy.await?
+        };
+        // What the owner reported after the last poll comes before the end.
+        if progress.is_some() {
+            follow.poll(self, &progress).await;
+        }
+        Ok(deployment_from_proto(deployed))
     }
 
     async fn status(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {

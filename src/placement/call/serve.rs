@@ -10,8 +10,14 @@ use super::ProviderMethod;
 use crate::placement::registry::Registry;
 use crate::proto::resource as pb;
 use crate::resource::validate::validate;
-use crate::resource::wire::{deployment_to_proto, provider_entry, spec_from_proto};
-use crate::resource::{Candidate, LogOptions, ProgressSink};
+use crate::resource::wire::{
+    deployment_to_proto, progress_to_proto, provider_entry, spec_from_proto,
+};
+use crate::resource::{
+    Candidate, DeploySpec, Deployment, LogOptions, ProgressSink, Provider, ResourceError,
+};
+
+use super::journal::Journals;
 
 fn decode<M: Message + Default>(method: ProviderMethod, payload: &[u8]) -> Result<M, Status> {
     M::decode(payload).map_err(|e| {
@@ -45,7 +51,7 @@ pub async fn serve_call(
     };
     let Some(method) = ProviderMethod::parse(method) else {
         return Err(Status::unimplemented(format!(
-            "method {method:?} is not a provider operation: use capacity, deploy, status, logs, stop, renew_lease, release_lease, prepare or abort"
+            "method {method:?} is not a provider operation: use capacity, deploy, status, logs, stop, renew_lease, release_lease, prepare, abort or progress"
         )));
     };
     let bytes = match method {
@@ -61,9 +67,23 @@ pub async fn serve_call(
                     .ok_or_else(|| Status::invalid_argument("DeployCall.spec is missing"))?,
             )?;
             validate(&spec)?;
-            let d = p.deploy(&spec, ProgressSink::none()).await?;
+            let d = deploy_journaled(registry.journals(), &*p, &spec).await?;
             registry.changed(&*p).await;
             deployment_to_proto(&d, me).encode_to_vec()
+        }
+        ProviderMethod::Progress => {
+            let call: pb::ProgressCall = decode(method, payload)?;
+            let page = registry
+                .journals()
+                .read(provider_id, &call.request_id, call.skip);
+            pb::ProgressReply {
+                events: page.events.into_iter().map(progress_to_proto).collect(),
+                next: page.next,
+                lost: page.lost,
+                done: page.done,
+                known: page.known,
+            }
+            .encode_to_vec()
         }
         ProviderMethod::Status => {
             let call: pb::StatusCall = decode(method, payload)?;
@@ -128,4 +148,29 @@ pub async fn serve_call(
         }
     };
     Ok(bytes)
+}
+
+/// Deploys for another node, keeping what the deploy reports in its
+/// journal while it runs, for the caller to poll.
+async fn deploy_journaled(
+    journals: &Journals,
+    p: &dyn Provider,
+    spec: &DeploySpec,
+) -> Result<Deployment, ResourceError> {
+    let journal = journals.start(p.id(), &spec.request_id);
+    let (sink, mut events) = ProgressSink::channel();
+    let deploy = p.deploy(spec, sink);
+    tokio::pin!(deploy);
+    let result = loop {
+        tokio::select! {
+            r = &mut deploy => break r,
+            Some(e) = events.recv() => journal.lock().expect("journal lock").push(e),
+        }
+    };
+    let mut j = journal.lock().expect("journal lock");
+    while let Ok(e) = events.try_recv() {
+        j.push(e);
+    }
+    j.finish();
+    result
 }

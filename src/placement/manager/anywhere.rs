@@ -104,6 +104,7 @@ fn candidate(l: &Location, owner: &NodeRef) -> Candidate {
         capacity: Default::default(),
         labels: Default::default(),
         version: 0,
+        gpus: Vec::new(),
     }
 }
 

@@ -220,6 +220,7 @@ impl DockerProvider {
                 epoch: 0,
             }),
             key_locks: KeyLocks::new(),
+            gpu_refresh: None,
         };
         provider.sync().await?;
         let cap = provider.books().ledger.capacity();

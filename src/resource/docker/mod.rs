@@ -34,7 +34,7 @@ use bollard::errors::Error as EngineError;
 use bollard::{ClientVersion, Docker};
 
 use super::error::ResourceError;
-use super::gpu::GpuInfo;
+use super::gpu::{GpuInfo, GpuProbe, GpuRefresh};
 use super::types::Resources;
 use crate::sync::KeyLocks;
 use books::Books;
@@ -105,6 +105,8 @@ pub struct DockerProvider {
     labels: BTreeMap<String, String>,
     docker: Docker,
     books: Mutex<Books>,
+    /// Re-reads the GPUs on each describe, when the host has any.
+    gpu_refresh: Option<GpuRefresh>,
     /// One lock per deployment key: deploys and stops of the same request
     /// run one at a time, different requests in parallel.
     key_locks: KeyLocks,
@@ -128,6 +130,18 @@ impl DockerProvider {
     /// The engine's endpoint as advertised (never credentials).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Re-reads its GPUs from `probe` each time it is described (the
+    /// node's refresh loop): memory in use and utilisation reach its
+    /// record, and a GPU the probe stops seeing is no longer offered.
+    /// Without GPUs at start there is nothing to follow.
+    pub fn with_gpu_probe(mut self, probe: std::sync::Arc<dyn GpuProbe>) -> DockerProvider {
+        let refresh = GpuRefresh::new(probe, &self.books().gpus);
+        if refresh.follows_any() {
+            self.gpu_refresh = Some(refresh);
+        }
+        self
     }
 
     pub(super) fn not_found(&self, id: &str) -> ResourceError {

@@ -13,7 +13,7 @@ use super::logs::LogLines;
 use super::{DockerProvider, STOP_GRACE_S};
 use crate::resource::error::ResourceError;
 use crate::resource::labels;
-use crate::resource::ledger::admit;
+use crate::resource::ledger::{admit, offer_gpus};
 use crate::resource::provider::{LogOptions, LogStream, ProgressSink, Provider};
 use crate::resource::types::{
     DeploySpec, DeployState, Deployment, Progress, ProviderDescriptor, ProviderKind, StateChange,
@@ -47,7 +47,12 @@ impl Provider for DockerProvider {
                 false
             }
         };
-        let books = self.books();
+        let reading = self.gpu_refresh.as_ref().and_then(|r| r.read(&self.id));
+        let mut books = self.books();
+        if let Some(gpus) = reading {
+            let books = &mut *books;
+            offer_gpus(&mut books.ledger, &mut books.gpus, gpus);
+        }
         let mut labels = self.labels.clone();
         if let Some(model) = books.gpus.models().first() {
             labels.insert(labels::GPU_MODEL.into(), model.clone());
@@ -60,6 +65,7 @@ impl Provider for DockerProvider {
             healthy,
             capacity: books.ledger.capacity(),
             labels,
+            gpus: books.gpus.statuses(),
         })
     }
 

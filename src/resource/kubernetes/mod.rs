@@ -419,6 +419,8 @@ impl Provider for KubernetesProvider {
             healthy,
             capacity: b.ledger.capacity(),
             labels,
+            // The cluster's GPUs are counted per node, not read one by one.
+            gpus: Vec::new(),
         })
     }
 
