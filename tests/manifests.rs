@@ -74,13 +74,15 @@ const fn need(verb: &'static str, resource: &'static str, scope: Scope) -> Need 
 /// `refresh` lists nodes and the pods of all namespaces for capacity;
 /// `create` posts a pod and gets it back on AlreadyExists; `get_owned`
 /// (status, logs, stop) gets one; `list` lists by label; `stop` deletes;
-/// `logs` reads `pods/log`. Update this list with the code.
+/// `logs` reads `pods/log`; the pod watch (`watch.rs`) lists and watches
+/// its own pods. Update this list with the code.
 const PROVIDER_CALLS: &[Need] = &[
     need("list", "nodes", Scope::Cluster),
     need("list", "pods", Scope::Cluster),
     need("create", "pods", Scope::Workloads),
     need("get", "pods", Scope::Workloads),
     need("list", "pods", Scope::Workloads),
+    need("watch", "pods", Scope::Workloads),
     need("delete", "pods", Scope::Workloads),
     need("get", "pods/log", Scope::Workloads),
 ];

@@ -435,11 +435,11 @@ async fn fresh_gpu_readings_reach_other_nodes_and_a_lost_gpu_is_not_offered() {
 
     // B's refresh loop re-reads the GPUs; gossip carries the figures to A.
     let mut busy = start.clone();
-    busy[1].utilization_pct = 93;
+    busy[1].utilization_pct = 95;
     busy[1].memory_used_bytes = 30 << 30;
     readings.set(busy);
     let seen_busy = wait_for_entry(&mut api, "b-gpu", |e| {
-        e.gpus.len() == 2 && e.gpus[1].utilization_pct == 93
+        e.gpus.len() == 2 && e.gpus[1].utilization_pct == 95
     })
     .await;
     let g = &seen_busy.gpus[1];

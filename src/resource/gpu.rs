@@ -86,6 +86,21 @@ fn nvml_inventory(
     Ok(out)
 }
 
+/// Steps of the figures a provider's record carries: gossip sends the
+/// whole record on every change, and a busy GPU's exact figures change on
+/// every reading.
+const UTILIZATION_STEP_PCT: u32 = 5;
+const MEMORY_STEP_BYTES: u64 = 256 << 20;
+
+/// A reading rounded to the steps above (to the nearest step).
+fn coarse(mut g: GpuInfo) -> GpuInfo {
+    let u = UTILIZATION_STEP_PCT;
+    g.utilization_pct = ((g.utilization_pct + u / 2) / u * u).min(100);
+    let m = MEMORY_STEP_BYTES;
+    g.memory_used_bytes = g.memory_used_bytes.saturating_add(m / 2) / m * m;
+    g
+}
+
 /// Keeps a provider's GPUs fresh: the ones it started with (within its
 /// `resource_limits.gpu`), re-read for memory in use and utilisation; one
 /// the probe no longer sees is no longer offered until it returns.
@@ -114,6 +129,7 @@ impl GpuRefresh {
             Ok(gpus) => Some(
                 gpus.into_iter()
                     .filter(|g| self.known.contains(&g.uuid))
+                    .map(coarse)
                     .collect(),
             ),
             Err(e) => {
@@ -437,7 +453,7 @@ mod tests {
         // provider's, or beyond resource_limits.gpu) stays out.
         let mut now = start.clone();
         now[0].utilization_pct = 87;
-        now[0].memory_used_bytes = 10 << 30;
+        now[0].memory_used_bytes = (10 << 30) + 1000;
         let mut stranger = now[1].clone();
         stranger.uuid = "GPU-other".into();
         now.push(stranger);
@@ -450,7 +466,8 @@ mod tests {
                 statuses[0].gpu.utilization_pct,
                 statuses[0].gpu.memory_used_bytes
             ),
-            (87, 10 << 30)
+            (85, 10 << 30),
+            "rounded to 5 % and 256 MiB steps"
         );
         let holders: Vec<u32> = statuses.iter().map(|s| s.holders).collect();
         let expect: Vec<u32> = start

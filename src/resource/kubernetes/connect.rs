@@ -119,9 +119,7 @@ impl KubernetesProvider {
                 )))
             }
         }
-        Ok(KubernetesProvider::with_endpoint(
-            client, settings, endpoint,
-        ))
+        Ok(KubernetesProvider::with_endpoint(client, settings, endpoint).started())
     }
 
     /// Maps a kube error; `deployment` names the pod a 404 is about.
@@ -148,7 +146,7 @@ impl KubernetesProvider {
                         )),
                     },
                     401 | 403 => ResourceError::PermissionDenied(format!(
-                        "provider {provider}: the Kubernetes API at {endpoint} refused: {} (iarnet needs list on nodes, list on pods in all namespaces, and create/get/list/delete on pods and get on pods/log in namespace {})",
+                        "provider {provider}: the Kubernetes API at {endpoint} refused: {} (iarnet needs list on nodes, list on pods in all namespaces, and create/get/list/watch/delete on pods and get on pods/log in namespace {})",
                         s.message, self.settings.namespace
                     )),
                     400 | 422 => ResourceError::InvalidSpec {

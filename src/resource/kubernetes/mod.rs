@@ -39,12 +39,27 @@
 //! admission; reservations made for pods that a listing may not show yet
 //! are carried over.
 //!
+//! # Watching its pods
+//!
+//! From when it is made (or its first call) on, the provider follows its
+//! own pods (its namespace, the `iarnet.managed`/`iarnet.provider`
+//! selector) with a kube-runtime watcher into a reflector store, run by a
+//! task the provider owns and stops when it is dropped. `status`, `list`
+//! and `logs` answer from that store instead of a GET or LIST per call
+//! whenever it can be trusted: listed, no watch error since, and no write of this provider's
+//! (a create or delete) that the watch has not shown yet. Otherwise, and
+//! for a pod the store does not hold, they ask the API as before, with the
+//! same errors. `stop` always reads the pod fresh: its delete is
+//! conditional on the uid it reads. The capacity census still lists pods
+//! of all namespaces: it counts other tenants' pods too.
+//!
 //! # Access
 //!
 //! The identity iarnet uses needs: `list` on nodes and `list` on pods
-//! cluster-wide (capacity); `create`, `get`, `list`, `delete` on pods and
-//! `get` on `pods/log` in its namespace. An identity that may not list
-//! nodes (a namespace-scoped service account) still serves when
+//! cluster-wide (capacity); `create`, `get`, `list`, `watch`, `delete` on
+//! pods and `get` on `pods/log` in its namespace. Without `watch` it still
+//! works, asking the API on every call (and logging why). An identity that
+//! may not list nodes (a namespace-scoped service account) still serves when
 //! [`KubeSettings::limits`] are set: they become the total, and only its own
 //! pods in its namespace are booked against them. A refusal is
 //! [`ResourceError::PermissionDenied`]; an unreachable API server is
@@ -54,10 +69,11 @@
 mod capacity;
 mod connect;
 mod pod;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -68,6 +84,7 @@ use tracing::{info, warn};
 
 use self::capacity::{cap, census, namespace_census, pod_is_terminated};
 use self::pod::{build_pod, is_pod_name, to_deployment, Owner, CONTAINER};
+use self::watch::PodWatch;
 use super::error::ResourceError;
 use super::ledger::Ledger;
 use super::provider::{LogOptions, LogStream, ProgressSink, Provider};
@@ -131,6 +148,9 @@ pub struct KubernetesProvider {
     books: Mutex<Books>,
     /// Set once the API refused to list nodes (logged once).
     namespace_only: std::sync::atomic::AtomicBool,
+    /// The watch over its own pods; started when the provider is made in a
+    /// runtime, else by its first call; stopped on drop.
+    watch: OnceLock<PodWatch>,
 }
 
 impl fmt::Debug for KubernetesProvider {
@@ -145,9 +165,18 @@ impl fmt::Debug for KubernetesProvider {
 
 impl KubernetesProvider {
     /// A provider over `client` as is, without checking the connection
-    /// (tests hand in a mocked API service).
+    /// (tests hand in a mocked API service). Inside a tokio runtime its pod
+    /// watch starts now; otherwise with its first call.
     pub fn new(client: Client, settings: KubeSettings) -> KubernetesProvider {
-        KubernetesProvider::with_endpoint(client, settings, "kubernetes".into())
+        KubernetesProvider::with_endpoint(client, settings, "kubernetes".into()).started()
+    }
+
+    /// Starts the pod watch when there is a runtime to run it on.
+    fn started(self) -> KubernetesProvider {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.watch();
+        }
+        self
     }
 
     fn with_endpoint(
@@ -168,6 +197,7 @@ impl KubernetesProvider {
         };
         KubernetesProvider {
             namespace_only: Default::default(),
+            watch: OnceLock::new(),
             books: Mutex::new(Books {
                 // Nothing is offered until the first census.
                 ledger: Ledger::new(&settings.id, Resources::ZERO)
@@ -192,6 +222,24 @@ impl KubernetesProvider {
     /// The namespace the pods go to.
     pub fn namespace(&self) -> &str {
         &self.settings.namespace
+    }
+
+    /// Whether `status`, `list` and `logs` answer from the watch of its
+    /// pods now (listed, and no watch error since).
+    pub fn watching(&self) -> bool {
+        self.watch.get().is_some_and(PodWatch::synced)
+    }
+
+    /// The watch over this provider's pods, started on first use.
+    fn watch(&self) -> &PodWatch {
+        self.watch.get_or_init(|| {
+            PodWatch::start(
+                self.pods(),
+                &self.settings.namespace,
+                &self.owner.selector(),
+                &self.settings.id,
+            )
+        })
     }
 
     fn books(&self) -> MutexGuard<'_, Books> {
@@ -349,8 +397,20 @@ impl KubernetesProvider {
         b.inflight.remove(key);
     }
 
-    /// The pod `id` when it is one of this provider's.
-    async fn get_owned(&self, id: &str) -> Result<Pod, ResourceError> {
+    /// The pod `id` when it is one of this provider's: from the watch's
+    /// store when it holds it and can be trusted, else from the API.
+    async fn get_owned(&self, id: &str) -> Result<Arc<Pod>, ResourceError> {
+        if !is_pod_name(id) {
+            return Err(self.not_found(id));
+        }
+        match self.watch().get(id) {
+            Some(pod) if self.owner.owns(&pod) => Ok(pod),
+            _ => self.fetch_owned(id).await.map(Arc::new),
+        }
+    }
+
+    /// The pod `id`, read from the API, when it is one of this provider's.
+    async fn fetch_owned(&self, id: &str) -> Result<Pod, ResourceError> {
         if !is_pod_name(id) {
             return Err(self.not_found(id));
         }
@@ -372,7 +432,10 @@ impl KubernetesProvider {
             ..PostParams::default()
         };
         match self.pods().create(&pp, pod).await {
-            Ok(pod) => Ok(pod),
+            Ok(pod) => {
+                self.watch().wrote(&pod);
+                Ok(pod)
+            }
             Err(kube::Error::Api(s)) if s.code == 409 || s.reason == "AlreadyExists" => {
                 let existing = self
                     .pods()
@@ -399,6 +462,8 @@ impl Provider for KubernetesProvider {
     }
 
     async fn describe(&self) -> Result<ProviderDescriptor, ResourceError> {
+        // Started here too, so it has synced by the time status is asked.
+        self.watch();
         let healthy = match self.refresh().await {
             Ok(_) => true,
             Err(e) => {
@@ -430,6 +495,7 @@ impl Provider for KubernetesProvider {
         progress: ProgressSink,
     ) -> Result<Deployment, ResourceError> {
         validate(spec)?;
+        self.watch();
         let key = deployment_id(&spec.request_id);
         let own = self.refresh().await?;
         if let Some(pod) = own
@@ -490,14 +556,22 @@ impl Provider for KubernetesProvider {
     }
 
     async fn list(&self) -> Result<Vec<Deployment>, ResourceError> {
-        let pods = self
-            .list_all(
-                self.pods(),
-                ListParams::default().labels(&self.owner.selector()),
-            )
-            .await?;
+        let watched = self.watch().all();
+        let listed;
+        let pods: Vec<&Pod> = match &watched {
+            Some(pods) => pods.iter().map(Arc::as_ref).collect(),
+            None => {
+                listed = self
+                    .list_all(
+                        self.pods(),
+                        ListParams::default().labels(&self.owner.selector()),
+                    )
+                    .await?;
+                listed.iter().collect()
+            }
+        };
         let mut all: Vec<Deployment> = pods
-            .iter()
+            .into_iter()
             .filter(|p| self.owner.owns(p))
             .map(|p| {
                 if pod_is_terminated(p) {
@@ -556,7 +630,8 @@ impl Provider for KubernetesProvider {
     }
 
     async fn stop(&self, deployment_id: &str) -> Result<Deployment, ResourceError> {
-        let pod = self.get_owned(deployment_id).await?;
+        self.watch();
+        let pod = self.fetch_owned(deployment_id).await?;
         // Only the pod just looked at, not one made since under the same name.
         let dp = DeleteParams {
             preconditions: pod.metadata.uid.clone().map(|uid| Preconditions {
@@ -571,7 +646,10 @@ impl Provider for KubernetesProvider {
             .await
             .map_err(|e| self.error(e, Some(deployment_id)))?;
         self.release(deployment_id);
-        let mut d = to_deployment(deleted.left().as_ref().unwrap_or(&pod), &self.settings.id);
+        let last = deleted.left();
+        let last = last.as_ref().unwrap_or(&pod);
+        self.watch().wrote(last);
+        let mut d = to_deployment(last, &self.settings.id);
         d.push_state(DeployState::Stopped);
         info!(provider = %self.settings.id, pod = %deployment_id, "stopped");
         Ok(d)
